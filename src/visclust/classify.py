@@ -1,0 +1,178 @@
+"""The classifier step: a linear SVM trained on the most confident members of each cluster
+(pseudo-labels), refined by self-training, with temperature-scaled confidences.
+
+It is what assigns new images, so the clustering space (which may be UMAP) never needs to
+be stored: only ``coef_``, ``intercept_`` and ``temperature_``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+
+from .exceptions import InputError
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def confident_members(scores: np.ndarray, labels: np.ndarray, fraction: float, min_per_cluster: int = 5) -> np.ndarray:
+    """Indices of the ``fraction`` highest-scoring members of every cluster (at least a few)."""
+    keep = []
+    for c in np.unique(labels[labels >= 0]):
+        members = np.flatnonzero(labels == c)
+        n = max(min(min_per_cluster, len(members)), int(np.ceil(fraction * len(members))))
+        keep.append(members[np.argsort(-scores[members], kind="stable")[:n]])
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
+
+
+def centroid_margin(X: np.ndarray, labels: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """How clearly each point belongs to its cluster: distance to the nearest other centre
+    minus distance to its own (larger is surer)."""
+    d = np.sqrt(np.maximum((X ** 2).sum(1)[:, None] - 2 * X @ centers.T + (centers ** 2).sum(1)[None, :], 0))
+    own = d[np.arange(len(X)), np.maximum(labels, 0)]
+    d[np.arange(len(X)), np.maximum(labels, 0)] = np.inf
+    return d.min(1) - own
+
+
+class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
+    """Linear SVM on cluster pseudo-labels, with self-training and calibrated confidences.
+
+    Parameters
+    ----------
+    confident_fraction : float, default 0.5
+        Share of each cluster (its members nearest the centre) used as training examples.
+    self_training : int, default 2
+        Rounds of re-labelling all points with the SVM and retraining on its most confident
+        predictions.
+    C : float, default 1.0
+        SVM regularisation.
+    random_state : int, default 0
+
+    Attributes
+    ----------
+    coef_ : ndarray (n_classes, n_features)
+    intercept_ : ndarray (n_classes,)
+    temperature_ : float
+        Decision values are multiplied by this before the softmax; fitted by minimising the
+        log-loss of out-of-fold predictions against the cluster labels.
+    classes_ : ndarray (n_classes,)
+    """
+
+    def __init__(self, confident_fraction: float = 0.5, self_training: int = 2, C: float = 1.0,
+                 random_state: int | None = 0):
+        self.confident_fraction = confident_fraction
+        self.self_training = self_training
+        self.C = C
+        self.random_state = random_state
+
+    def fit(self, X, y, sample_score=None):
+        """Fit on features ``X`` and cluster labels ``y`` (-1 = noise, not used).
+
+        ``sample_score`` ranks members within a cluster (higher = more typical); by default
+        the margin between the nearest other cluster mean and the own cluster mean.
+        """
+        if not 0 < self.confident_fraction <= 1:
+            raise InputError(f"confident_fraction must be in (0, 1], got {self.confident_fraction}")
+        X = np.asarray(X, np.float32)
+        y = np.asarray(y, np.int64)
+        self.classes_ = np.unique(y[y >= 0])
+        self.n_features_in_ = X.shape[1]
+        k = len(self.classes_)
+        if k < 2:
+            self.coef_ = np.zeros((max(k, 1), X.shape[1]), np.float32)
+            self.intercept_ = np.zeros(max(k, 1), np.float32)
+            self.temperature_ = 1.0
+            if k == 0:
+                self.classes_ = np.array([0])
+            return self
+        if sample_score is None:
+            from .cluster import cluster_means
+
+            yi = np.full(len(y), -1, np.int64)
+            yi[y >= 0] = np.searchsorted(self.classes_, y[y >= 0])
+            sample_score = centroid_margin(X, yi, cluster_means(X, yi, k))
+        labels = y
+        train = confident_members(np.asarray(sample_score), labels, self.confident_fraction)
+        for _ in range(self.self_training + 1):
+            self._fit_svm(X[train], labels[train])
+            dec = self.decision_function(X)
+            labels = self.classes_[dec.argmax(1)]
+            top2 = np.sort(dec, 1)[:, -2:]
+            train = confident_members(top2[:, 1] - top2[:, 0], labels, self.confident_fraction)
+        self.temperature_ = self._fit_temperature(X, y)
+        return self
+
+    def _fit_svm(self, X, y):
+        from sklearn.svm import LinearSVC
+
+        svm = LinearSVC(C=self.C, class_weight="balanced", random_state=self.random_state, max_iter=2000)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ConvergenceWarning on near-separable data is harmless
+            svm.fit(X, y)
+        coef, intercept = svm.coef_, svm.intercept_
+        present = list(svm.classes_)
+        full_coef = np.zeros((len(self.classes_), X.shape[1]), np.float32)
+        full_int = np.full(len(self.classes_), -1e3, np.float32)  # a class with no examples is never chosen
+        if len(present) == 2 and coef.shape[0] == 1:
+            coef = np.vstack([-coef[0], coef[0]])
+            intercept = np.array([-intercept[0], intercept[0]])
+        for row, c in enumerate(present):
+            j = int(np.searchsorted(self.classes_, c))
+            full_coef[j], full_int[j] = coef[row], intercept[row]
+        self.coef_, self.intercept_ = full_coef, full_int
+
+    def _fit_temperature(self, X, y) -> float:
+        """Temperature from 3-fold out-of-fold decision values against the cluster labels."""
+        from scipy.optimize import minimize_scalar
+
+        ok = y >= 0
+        Xo, yo = X[ok], np.searchsorted(self.classes_, y[ok])
+        if len(Xo) < 30:
+            return 1.0
+        rng = np.random.default_rng(self.random_state)
+        fold = rng.integers(0, 3, len(Xo))
+        dec = np.zeros((len(Xo), len(self.classes_)), np.float64)
+        keep = (self.coef_.copy(), self.intercept_.copy())
+        for f in range(3):
+            tr = fold != f
+            self._fit_svm(Xo[tr], self.classes_[yo[tr]])
+            dec[~tr] = self.decision_function(Xo[~tr])
+        self.coef_, self.intercept_ = keep
+
+        def nll(log_t):
+            p = softmax(dec * np.exp(log_t))
+            return -np.mean(np.log(p[np.arange(len(yo)), yo] + 1e-12))
+
+        res = minimize_scalar(nll, bounds=(-3, 5), method="bounded")
+        return float(np.exp(res.x))
+
+    def decision_function(self, X) -> np.ndarray:
+        check_is_fitted(self, "coef_")
+        return np.asarray(X, np.float32) @ self.coef_.T + self.intercept_
+
+    def predict_proba(self, X) -> np.ndarray:
+        return softmax(self.decision_function(X).astype(np.float64) * self.temperature_)
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[self.decision_function(X).argmax(1)]
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"coef": self.coef_, "intercept": self.intercept_, "classes": self.classes_.astype(np.int64),
+                "temperature": np.array([self.temperature_], np.float64)}
+
+    @classmethod
+    def from_arrays(cls, params: dict, arrays: dict[str, np.ndarray]) -> "PseudoLabelClassifier":
+        c = cls(**params)
+        c.coef_ = arrays["coef"].astype(np.float32)
+        c.intercept_ = arrays["intercept"].astype(np.float32)
+        c.classes_ = arrays["classes"].astype(np.int64)
+        c.temperature_ = float(arrays["temperature"][0])
+        c.n_features_in_ = c.coef_.shape[1]
+        return c

@@ -1,0 +1,74 @@
+"""Options and output shared by several subcommands."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ..io import Assignments, write_csv_atomic
+
+
+def add_backbone_options(p, default: str | None = "torchvision/mobilenet_v2") -> None:
+    g = p.add_argument_group("backbone")
+    if default is not None:
+        g.add_argument("--backbone", default=default, metavar="NAME",
+                       help="feature extractor (default %(default)s; `visclust backbones` lists them)")
+    g.add_argument("--weights", metavar="FILE",
+                   help="local weights (.safetensors or .pth) instead of downloading the pretrained ones")
+    if default is not None:
+        g.add_argument("--random-weights", action="store_true",
+                       help="keep the network's random weights (testing plumbing only: the groups mean nothing)")
+
+
+def add_runtime_options(p) -> None:
+    g = p.add_argument_group("runtime")
+    g.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per batch (default %(default)s)")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="image decoding processes (default: one per spare CPU core)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+
+
+def progress_flag(args) -> bool | None:
+    return False if args.quiet else None
+
+
+def report_skipped(assignments: Assignments, csv_path: str | None, quiet: bool) -> int:
+    """Print the skipped images, write them next to ``csv_path``; return the exit status."""
+    from . import EXIT_OK, EXIT_PARTIAL
+
+    skipped = assignments.skipped
+    if not skipped:
+        return EXIT_OK
+    if csv_path:
+        out = skipped_path(csv_path)
+        write_csv_atomic(out, ("path", "reason"), skipped)
+        where = f"; list in {out}"
+    else:
+        where = ""
+    if not quiet:
+        print(f"skipped {len(skipped)} unreadable image(s){where}:", file=sys.stderr)
+        for path, reason in skipped[:10]:
+            print(f"  {reason}", file=sys.stderr)
+        if len(skipped) > 10:
+            print(f"  ... and {len(skipped) - 10} more", file=sys.stderr)
+    return EXIT_PARTIAL
+
+
+def skipped_path(csv_path: str) -> str:
+    root, _ = os.path.splitext(csv_path)
+    return root + ".skipped.csv"
+
+
+def cluster_summary(assignments: Assignments) -> str:
+    import numpy as np
+
+    c = assignments.clusters
+    sizes = np.bincount(c[c >= 0]) if (c >= 0).any() else np.zeros(0, int)
+    parts = [f"{len(assignments)} images in {int((sizes > 0).sum())} clusters"]
+    if (c < 0).any():
+        parts.append(f"{int((c < 0).sum())} fit no cluster (-1)")
+    if len(sizes):
+        parts.append(f"sizes {int(sizes[sizes > 0].min())}..{int(sizes.max())}")
+        parts.append(f"mean confidence {float(np.mean(assignments.confidence)):.3f}")
+    return ", ".join(parts)

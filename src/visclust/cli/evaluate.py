@@ -1,0 +1,50 @@
+"""visclust evaluate --assignments CSV [--labels folders|LABELS.csv] [--model MODEL] [--json]"""
+
+from __future__ import annotations
+
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("evaluate", help="score assignments against labels (ACC, NMI, ARI) or without them",
+                       description="With --labels: Hungarian accuracy (ACC), NMI, ARI and purity. Without: "
+                       "silhouette, Davies-Bouldin and Calinski-Harabasz in the model's feature space (needs --model).")
+    p.add_argument("--assignments", required=True, metavar="CSV", help="CSV written by fit or predict")
+    p.add_argument("--labels", metavar="folders|CSV",
+                   help="'folders' (class = parent directory name) or a path,label CSV")
+    p.add_argument("--model", metavar="MODEL", help="model file, for the label-free scores")
+    p.add_argument("--weights", metavar="FILE", help="backbone weights for --model, if not found automatically")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from ..evaluate import external_scores, internal_scores
+    from ..exceptions import InputError
+    from ..io import read_assignments, resolve_labels
+
+    a = read_assignments(args.assignments)
+    if len(a) == 0:
+        raise InputError(f"{args.assignments} has no rows to evaluate")
+    if args.labels:
+        labels = resolve_labels(args.labels, a.paths)
+        scores = external_scores(labels, a.clusters)
+        scores["n_rejected"] = int((a.clusters < 0).sum())
+    elif args.model:
+        from ..model import ImageClusterer
+
+        model = ImageClusterer.load(args.model, weights=args.weights)
+        res = model.extract(a.paths)
+        by_path = dict(zip(a.paths, a.clusters))
+        Z = model.feature_clusterer_.transform(res.features)
+        scores = internal_scores(Z, np.array([by_path[p] for p in res.paths]))
+    else:
+        raise InputError("nothing to score against: pass --labels folders|LABELS.csv, or --model MODEL for label-free scores")
+    if args.json:
+        print(json.dumps(scores, sort_keys=True))
+    else:
+        for k, v in scores.items():
+            print(f"{k:>18}: {v:.4f}" if isinstance(v, float) else f"{k:>18}: {v}")
+    return 0

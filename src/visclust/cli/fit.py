@@ -1,0 +1,58 @@
+"""visclust fit INPUT... --clusters N --backbone NAME [--weights FILE] --output MODEL [--assignments CSV]"""
+
+from __future__ import annotations
+
+import sys
+
+from ._common import add_backbone_options, add_runtime_options, cluster_summary, progress_flag, report_skipped
+
+
+def register(sub) -> None:
+    p = sub.add_parser("fit", help="cluster images and save a model that assigns new ones",
+                       description="Extract features, cluster them, train the classifier and save the model.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories (recursive) or .txt lists of paths")
+    p.add_argument("--clusters", "-k", default="8", metavar="N|auto",
+                   help="number of clusters, or 'auto' to choose it (default %(default)s)")
+    p.add_argument("--output", "-o", required=True, metavar="MODEL", help="model file to write (e.g. model.vcm)")
+    p.add_argument("--assignments", metavar="CSV", help="write path,cluster,confidence for every input image")
+    add_backbone_options(p)
+    g = p.add_argument_group("clustering")
+    g.add_argument("--method", default="kmeans", help="kmeans, gmm, agglomerative, hdbscan or spectral (default %(default)s)")
+    g.add_argument("--pca", type=int, default=64, metavar="D", help="PCA dimensions, 0 = none (default %(default)s)")
+    g.add_argument("--umap", type=int, default=None, metavar="D", help="cluster in a UMAP embedding of D dimensions")
+    g.add_argument("--k-range", default="2:30", metavar="MIN:MAX", help="candidates for --clusters auto (default %(default)s)")
+    g.add_argument("--reject", type=float, default=0.0, metavar="T",
+                   help="confidence below T assigns cluster -1 (default %(default)s: never)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    add_runtime_options(p)
+    p.set_defaults(func=run)
+
+
+def parse_k_range(text: str) -> tuple[int, int]:
+    from ..exceptions import InputError
+
+    try:
+        lo, hi = (int(x) for x in text.split(":"))
+    except ValueError as e:
+        raise InputError(f"--k-range must look like 2:30, got '{text}'") from e
+    return lo, hi
+
+
+def run(args) -> int:
+    from ..io import write_assignments
+    from ..model import FeatureClusterer, ImageClusterer
+
+    clusterer = FeatureClusterer(method=args.method, n_components=args.pca or None, umap_components=args.umap,
+                                 reject_threshold=args.reject, k_range=parse_k_range(args.k_range),
+                                 random_state=args.seed)
+    model = ImageClusterer(backbone=args.backbone, weights=args.weights, pretrained=not args.random_weights,
+                           n_clusters=args.clusters, clusterer=clusterer, batch_size=args.batch_size,
+                           num_workers=args.workers, device=args.device, progress=progress_flag(args))
+    model.fit(args.inputs)
+    model.save(args.output)
+    a = model.training_assignments()
+    if args.assignments:
+        write_assignments(args.assignments, a)
+    if not args.quiet:
+        print(f"fitted {cluster_summary(a)}; model written to {args.output}", file=sys.stderr)
+    return report_skipped(a, args.assignments or args.output, args.quiet)

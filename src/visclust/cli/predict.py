@@ -1,0 +1,37 @@
+"""visclust predict MODEL INPUT... --output CSV"""
+
+from __future__ import annotations
+
+import sys
+
+from ._common import add_backbone_options, add_runtime_options, cluster_summary, progress_flag, report_skipped
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="assign new images with a saved model",
+                       description="Assign every readable image to a cluster of a saved model.")
+    p.add_argument("model", metavar="MODEL", help="model file written by `visclust fit`")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories (recursive) or .txt lists of paths")
+    p.add_argument("--output", "-o", required=True, metavar="CSV", help="assignments CSV to write (path,cluster,confidence)")
+    p.add_argument("--reject", type=float, default=None, metavar="T",
+                   help="confidence below T assigns cluster -1 (default: the model's own threshold)")
+    add_backbone_options(p, default=None)
+    add_runtime_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..io import write_assignments
+    from ..model import ImageClusterer
+
+    model = ImageClusterer.load(args.model, weights=args.weights)
+    model.set_params(batch_size=args.batch_size, num_workers=args.workers, device=args.device,
+                     progress=progress_flag(args))
+    if args.reject is not None:
+        model.feature_clusterer_.set_params(reject_threshold=args.reject)
+        model.feature_clusterer_._validate_params()
+    a = model.assign(args.inputs)
+    write_assignments(args.output, a)
+    if not args.quiet:
+        print(f"assigned {cluster_summary(a)}; written to {args.output}", file=sys.stderr)
+    return report_skipped(a, args.output, args.quiet)

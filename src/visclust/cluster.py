@@ -1,0 +1,150 @@
+"""Finding groups in the reduced features: K-means, Gaussian mixture, Ward, HDBSCAN,
+spectral; and choosing the number of clusters without labels.
+
+Every function takes a feature matrix ``(n_samples, n_features)`` and returns integer
+labels ``0..k-1`` (HDBSCAN may also return -1 for noise).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from .exceptions import InputError
+
+METHODS = ("kmeans", "gmm", "agglomerative", "hdbscan", "spectral")
+#: Above this many samples, Ward and spectral clustering are fitted on a random subsample and
+#: the rest are assigned to the nearest cluster mean (both need O(n^2) memory or time).
+SUBSAMPLE = {"agglomerative": 15000, "spectral": 5000}
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        import difflib
+
+        close = difflib.get_close_matches(str(method), METHODS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise InputError(f"unknown clustering method '{method}'{hint}; choose one of {', '.join(METHODS)}")
+    return method
+
+
+def cluster_features(X: np.ndarray, n_clusters: int, method: str = "kmeans", *, random_state: int | None = 0,
+                     n_init: int = 10) -> np.ndarray:
+    """Cluster ``X`` into ``n_clusters`` groups with ``method``.
+
+    Returns
+    -------
+    labels : ndarray of int (n_samples,)
+        Values ``0..n_clusters-1``; for ``'hdbscan'`` the number of clusters is found by the
+        algorithm and noise points get -1.
+    """
+    check_method(method)
+    X = np.asarray(X, dtype=np.float32)
+    if method != "hdbscan" and len(X) < n_clusters:
+        raise InputError(f"{len(X)} samples cannot form {n_clusters} clusters; use fewer clusters or more images")
+    if method == "kmeans":
+        return kmeans_labels(X, n_clusters, random_state=random_state, n_init=n_init)
+    if method == "gmm":
+        from sklearn.mixture import GaussianMixture
+
+        cov = "full" if X.shape[1] <= 32 else "diag"
+        gm = GaussianMixture(n_clusters, covariance_type=cov, n_init=max(1, n_init // 3),
+                             random_state=random_state, reg_covar=1e-5, init_params="k-means++")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return gm.fit_predict(X).astype(np.int64)
+    if method == "hdbscan":
+        from sklearn.cluster import HDBSCAN
+
+        min_size = max(5, len(X) // (4 * max(n_clusters, 1)))
+        labels = HDBSCAN(min_cluster_size=min_size, min_samples=min(10, min_size)).fit_predict(X)
+        return _compact(labels)
+    rng = np.random.default_rng(random_state)
+    limit = SUBSAMPLE[method]
+    sample = np.sort(rng.choice(len(X), limit, replace=False)) if len(X) > limit else np.arange(len(X))
+    Xs = X[sample]
+    if method == "agglomerative":
+        from sklearn.cluster import AgglomerativeClustering
+
+        sub = AgglomerativeClustering(n_clusters, linkage="ward").fit_predict(Xs)
+    else:
+        from sklearn.cluster import SpectralClustering
+
+        sub = SpectralClustering(n_clusters, affinity="nearest_neighbors", n_neighbors=min(15, len(Xs) - 1),
+                                 random_state=random_state, assign_labels="cluster_qr").fit_predict(Xs)
+    if len(sample) == len(X):
+        return sub.astype(np.int64)
+    centers = np.stack([Xs[sub == c].mean(0) for c in range(n_clusters)])
+    return nearest_center(X, centers)
+
+
+def kmeans_labels(X, n_clusters, *, random_state=0, n_init=10) -> np.ndarray:
+    """K-means (k-means++ seeding, best of ``n_init`` runs by inertia)."""
+    from sklearn.cluster import KMeans
+
+    return KMeans(n_clusters, n_init=n_init, random_state=random_state).fit_predict(X).astype(np.int64)
+
+
+def cluster_means(X: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Mean of each cluster's members ``(n_clusters, n_features)`` (zeros for an empty one)."""
+    X = np.asarray(X, np.float32)
+    sums = np.zeros((n_clusters, X.shape[1]), np.float64)
+    ok = labels >= 0
+    np.add.at(sums, labels[ok], X[ok])
+    counts = np.bincount(labels[ok], minlength=n_clusters).astype(np.float64)
+    return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+
+
+def nearest_center(X: np.ndarray, centers: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    out = np.empty(len(X), np.int64)
+    c2 = (centers.astype(np.float32) ** 2).sum(1)
+    for s in range(0, len(X), chunk):
+        x = np.asarray(X[s:s + chunk], np.float32)
+        out[s:s + chunk] = np.argmin(c2[None, :] - 2 * x @ centers.T.astype(np.float32), axis=1)
+    return out
+
+
+def _compact(labels: np.ndarray) -> np.ndarray:
+    """Renumber labels to 0..m-1 in order of first appearance, keeping -1."""
+    labels = np.asarray(labels, np.int64)
+    out = np.full_like(labels, -1)
+    uniq = [u for u in dict.fromkeys(labels.tolist()) if u >= 0]
+    for new, old in enumerate(uniq):
+        out[labels == old] = new
+    return out
+
+
+def select_n_clusters(X: np.ndarray, k_range=(2, 30), method: str = "kmeans", *, random_state: int | None = 0,
+                      sample_size: int = 5000) -> tuple[int, dict[int, float]]:
+    """Choose the number of clusters by the mean silhouette, a label-free criterion.
+
+    Each candidate ``k`` is clustered with ``method`` on a random subsample of at most
+    ``sample_size`` points and scored by its silhouette (cosine distance); the best ``k``
+    wins.
+
+    Returns
+    -------
+    k : int
+    scores : dict {k: silhouette}
+    """
+    from sklearn.metrics import silhouette_score
+
+    lo, hi = int(k_range[0]), int(k_range[1])
+    if lo < 2 or hi < lo:
+        raise InputError(f"k range must satisfy 2 <= min <= max, got {k_range}")
+    X = np.asarray(X, np.float32)
+    rng = np.random.default_rng(random_state)
+    idx = rng.choice(len(X), sample_size, replace=False) if len(X) > sample_size else np.arange(len(X))
+    Xs = X[idx]
+    hi = min(hi, len(Xs) - 1)
+    if hi < lo:
+        raise InputError(f"{len(X)} samples are too few to choose among {k_range[0]}..{k_range[1]} clusters")
+    scores = {}
+    for k in range(lo, hi + 1):
+        labels = cluster_features(Xs, k, "kmeans" if method == "hdbscan" else method, random_state=random_state, n_init=3)
+        if len(np.unique(labels)) < 2:
+            continue
+        scores[k] = float(silhouette_score(Xs, labels, metric="cosine"))
+    best = max(scores, key=scores.get)
+    return best, scores
