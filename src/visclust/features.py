@@ -1,22 +1,40 @@
 """Images -> feature vectors: decode, preprocess and run the backbone in batches.
 
-Decoding runs in DataLoader worker processes and ships uint8 tensors (4x smaller than
-float); normalisation happens once per batch on the model's device. Unreadable images are
-skipped and reported, never fatal.
+The hot path is built for throughput:
+
+* DataLoader workers decode whole batches straight into one preallocated
+  ``(n, size, size, 3)`` uint8 array (no per-image tensors, no collate copy); uint8 is 4x
+  smaller than float to ship between processes.
+* JPEGs are decoded at a reduced scale with PIL's ``draft()`` when the image is much
+  larger than needed, and resize + centre crop are one PIL call (``resize(box=...)``),
+  computing only the pixels that survive the crop.
+* The engine (:mod:`visclust.engines`) normalises the batch and runs the network: ONNX
+  Runtime on CPU, PyTorch (bf16, channels_last) on CUDA.
+* On CUDA, JPEGs can instead be decoded on the GPU (``decode='torch'``): workers only read
+  the files, ``torchvision.io.decode_jpeg(device='cuda')`` decodes the whole batch and the
+  resize runs on the GPU; other formats and unusual JPEGs still decode with PIL.
+* With a :class:`~visclust.store.FeatureStore`, only files without a current row are
+  computed, and rows are committed in atomic shards as they are made: memory stays bounded
+  by a few batches plus one shard whatever the number of images.
+
+Unreadable images are skipped and reported, never fatal.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
 from .backbones import Backbone, Preprocess
-from .exceptions import ImageReadError
-from .io import load_image
+from .exceptions import ImageReadError, InputError
+from .io import MAX_IMAGE_PIXELS, load_image
+
+DECODERS = ("auto", "pil", "torch")
 
 
 @dataclass
@@ -28,57 +46,166 @@ class FeatureResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
+@dataclass
+class ExtractStats:
+    """What one extraction into a store did."""
+
+    n_inputs: int
+    n_cached: int  # rows already in the store
+    n_computed: int  # rows computed by this run
+    skipped: list[tuple[str, str]]
+    seconds: float
+    engine: str
+    store_path: str = ""
+
+    @property
+    def images_per_second(self) -> float:
+        return self.n_computed / self.seconds if self.seconds > 0 else 0.0
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def _resample(pre: Preprocess):
+    from PIL import Image
+
+    return {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
+            "lanczos": Image.LANCZOS}.get(pre.interpolation, Image.BILINEAR)
+
+
+def resize_crop(img, pre: Preprocess):
+    """Resize the shorter side to ``pre.resize_size`` and centre-crop ``pre.input_size``,
+    as one PIL call: returns an ``input_size`` x ``input_size`` image.
+
+    The crop is computed in resized pixels exactly as resize-then-crop would place it, then
+    mapped back to the source (``resize(box=...)``), so only the kept pixels are computed.
+    """
+    w, h = img.size
+    s = pre.input_size
+    scale = pre.resize_size / min(w, h)
+    nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
+    left, top = (nw - s) // 2, (nh - s) // 2
+    if (nw, nh) == (w, h):
+        return img.crop((left, top, left + s, top + s))
+    sx, sy = w / nw, h / nh
+    box = (left * sx, top * sy, (left + s) * sx, (top + s) * sy)
+    # reducing_gap: a cheap box reduction first for big downscales, then the real filter.
+    return img.resize((s, s), _resample(pre), box=box, reducing_gap=3.0 if scale < 0.5 else None)
+
+
 def preprocess_image(img, pre: Preprocess) -> np.ndarray:
     """Resize the shorter side to ``pre.resize_size``, centre-crop ``pre.input_size``.
 
     Returns ``(input_size, input_size, 3)`` uint8.
     """
-    from PIL import Image
-
-    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
-                "lanczos": Image.LANCZOS}.get(pre.interpolation, Image.BILINEAR)
-    w, h = img.size
-    scale = pre.resize_size / min(w, h)
-    nw, nh = max(pre.input_size, round(w * scale)), max(pre.input_size, round(h * scale))
-    if (nw, nh) != (w, h):
-        # reducing_gap: a cheap box reduction first for big downscales, then the real filter.
-        img = img.resize((nw, nh), resample, reducing_gap=3.0 if scale < 0.5 else None)
-    left, top = (nw - pre.input_size) // 2, (nh - pre.input_size) // 2
-    img = img.crop((left, top, left + pre.input_size, top + pre.input_size))
-    return np.asarray(img, dtype=np.uint8)
+    return np.asarray(resize_crop(img, pre), dtype=np.uint8)
 
 
-class ImageDataset:
-    """Map-style dataset: item i is ``(i, uint8 CHW tensor or None, error message)``."""
+def _stat(path: str):
+    try:
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    except (OSError, ValueError):
+        return None
 
-    def __init__(self, paths: Sequence[str], pre: Preprocess):
-        self.paths = list(paths)
+
+def _decode_one(path: str, pre: Preprocess, out: np.ndarray):
+    """Decode ``path`` into ``out`` (s, s, 3); return its (size, mtime_ns) taken before reading."""
+    st = _stat(path)
+    img = load_image(path, draft_size=pre.resize_size)
+    out[...] = np.asarray(resize_crop(img, pre))
+    return st
+
+
+def _failure(path: str, e: Exception) -> str:
+    if isinstance(e, ImageReadError):
+        return str(e)
+    # a bug in a decoder plugin must not stop a million-image run
+    return f"{path}: unexpected decode failure ({type(e).__name__}: {e})"
+
+
+@dataclass
+class Batch:
+    """Decoded images ``images[j]`` of ``paths[indices[j]]`` plus the failures of this batch.
+
+    ``encoded`` (GPU decoding only) holds raw JPEG bytes of ``encoded_indices`` still to decode.
+    """
+
+    indices: np.ndarray
+    images: object  # torch uint8 (n, s, s, 3)
+    stats: list
+    failed: list  # [(index, reason)]
+    encoded: list = field(default_factory=list)
+    encoded_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    encoded_stats: list = field(default_factory=list)
+
+
+class BatchDataset:
+    """Map-style dataset whose item ``b`` is the whole decoded batch ``b``.
+
+    Parameters
+    ----------
+    paths : sequence of str
+    batches : sequence of index arrays
+    pre : Preprocess
+    decode : {'pil', 'torch'}
+        ``'torch'``: JPEGs that the GPU decoder handles are returned as raw bytes.
+    """
+
+    def __init__(self, paths: Sequence[str], batches, pre: Preprocess, decode: str = "pil"):
+        self.paths = paths
+        self.batches = batches
         self.pre = pre
+        self.decode = decode
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.batches)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, b: int) -> Batch:
         import torch
 
-        try:
-            img = load_image(self.paths[i], draft_size=self.pre.resize_size)
-            arr = preprocess_image(img, self.pre)
-        except ImageReadError as e:
-            return i, None, str(e)
-        except Exception as e:  # a bug in a decoder plugin must not stop a million-image run
-            return i, None, f"{self.paths[i]}: unexpected decode failure ({type(e).__name__}: {e})"
-        return i, torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))), ""
+        idx = self.batches[b]
+        s = self.pre.input_size
+        out = np.empty((len(idx), s, s, 3), dtype=np.uint8)
+        ok, stats, failed = [], [], []
+        enc, enc_idx, enc_stats = [], [], []
+        for i in idx:
+            path = self.paths[i]
+            try:
+                if self.decode == "torch":
+                    raw = _read_gpu_jpeg(path)
+                    if raw is not None:
+                        enc.append(torch.from_numpy(raw[1]))
+                        enc_idx.append(i)
+                        enc_stats.append(raw[0])
+                        continue
+                stats.append(_decode_one(path, self.pre, out[len(ok)]))
+                ok.append(i)
+            except Exception as e:
+                failed.append((int(i), _failure(path, e)))
+        return Batch(np.asarray(ok, dtype=np.int64), torch.from_numpy(out[: len(ok)]), stats, failed,
+                     enc, np.asarray(enc_idx, dtype=np.int64), enc_stats)
 
 
-def collate(items):
-    import torch
+def _read_gpu_jpeg(path: str):
+    """``(stat, bytes as uint8 array)`` for a plain RGB/greyscale JPEG, else None (decode with PIL)."""
+    from PIL import Image
 
-    ok = [(i, t) for i, t, _ in items if t is not None]
-    failed = [(i, msg) for i, t, msg in items if t is None]
-    idx = [i for i, _ in ok]
-    batch = torch.stack([t for _, t in ok]) if ok else None
-    return idx, batch, failed
+    st = _stat(path)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if img.format != "JPEG" or img.mode not in ("RGB", "L") or w * h > MAX_IMAGE_PIXELS:
+                return None
+    except Exception:
+        return None  # PIL decoding then reports the reason
+    with open(path, "rb") as f:
+        data = f.read()
+    return st, np.frombuffer(data, dtype=np.uint8).copy()
+
+
+def _collate(b):
+    return b
 
 
 def resolve_device(device: str | None):
@@ -86,53 +213,146 @@ def resolve_device(device: str | None):
 
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from e
 
 
-def default_num_workers() -> int:
-    # Decoding competes with the model for the same cores: one worker per spare core.
+def default_num_workers(device=None) -> int:
+    """Decoding processes: one on a 2-core CPU (measured best, docs/benchmarks.md), one per
+    spare core on bigger machines (up to 16), more when a GPU runs the model."""
     n = os.cpu_count() or 1
-    return max(0, min(8, n - 1))
+    if device is not None and getattr(device, "type", device) == "cuda":
+        return max(1, min(16, n))
+    return max(0, min(16, n - 1))
 
 
-def iter_batches(paths: Sequence[str], pre: Preprocess, batch_size: int = 64, num_workers: int | None = None):
-    """Yield ``(indices, uint8 batch (N,3,H,W) or None, [(index, reason), ...])`` in order."""
+def iter_batches(paths: Sequence[str], pre: Preprocess, batch_size: int = 64, num_workers: int | None = None,
+                 indices: Sequence[int] | None = None, decode: str = "pil", pin_memory: bool = False,
+                 prefetch: int = 2):
+    """Yield a :class:`Batch` per ``batch_size`` images of ``paths[indices]``, in order."""
     import torch
 
-    ds = ImageDataset(paths, pre)
-    nw = default_num_workers() if num_workers is None else num_workers
-    loader = torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=False, num_workers=nw, collate_fn=collate,
-        prefetch_factor=4 if nw else None, persistent_workers=False,
-    )
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
+    idx = np.arange(len(paths)) if indices is None else np.asarray(indices, dtype=np.int64)
+    batches = [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+    ds = BatchDataset(paths, batches, pre, decode)
+    nw = default_num_workers() if num_workers is None else int(num_workers)
+    if nw < 0:
+        raise InputError(f"workers must be 0 or more, got {num_workers}")
+    if nw == 0:
+        for b in range(len(ds)):
+            yield ds[b]
+        return
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=nw, collate_fn=_collate,
+                                         prefetch_factor=prefetch, pin_memory=pin_memory, persistent_workers=False)
     yield from loader
 
 
-class FeatureRunner:
-    """Runs a backbone on uint8 batches: normalise, forward, return float32 numpy."""
+# --------------------------------------------------------------------------- GPU decoding
 
-    def __init__(self, backbone: Backbone, device: str | None = None):
-        import torch
 
-        self.device = resolve_device(device)
-        self.module = backbone.module.to(self.device).eval()
-        pre = backbone.preprocess
-        self.mean = torch.tensor(pre.mean, device=self.device).view(1, 3, 1, 1) * 255.0
-        self.std = torch.tensor(pre.std, device=self.device).view(1, 3, 1, 1) * 255.0
+def _decode_encoded(batch: Batch, paths, pre: Preprocess, device):
+    """Decode the raw JPEGs of ``batch`` on ``device``; return (indices, stats, float NCHW 0..255
+    of every image of the batch), moving failures to ``batch.failed``."""
+    import torch
+    import torch.nn.functional as F
+    from torchvision.io import ImageReadMode, decode_jpeg
 
-    def __call__(self, batch) -> np.ndarray:
-        import torch
+    imgs: list = [None] * len(batch.encoded)
+    try:
+        imgs = decode_jpeg(batch.encoded, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+    except Exception:  # one bad file fails the whole call: find it one by one
+        for j, data in enumerate(batch.encoded):
+            try:
+                imgs[j] = decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+            except Exception:
+                imgs[j] = None
+    s = pre.input_size
+    mode = {"bicubic": "bicubic", "nearest": "nearest"}.get(pre.interpolation, "bilinear")
+    out_idx = list(batch.indices)
+    out_stats = list(batch.stats)
+    parts = [batch.images.to(device, non_blocking=True).permute(0, 3, 1, 2).float()] if len(batch.indices) else []
+    groups: dict[tuple[int, int], list[int]] = {}
+    for j, im in enumerate(imgs):
+        if im is None:
+            # Let PIL decode it (it may manage, or it says why it cannot).
+            i = int(batch.encoded_indices[j])
+            try:
+                arr = np.empty((s, s, 3), np.uint8)
+                st = _decode_one(paths[i], pre, arr)
+                parts.append(torch.from_numpy(arr).to(device).permute(2, 0, 1)[None].float())
+                out_idx.append(i)
+                out_stats.append(st)
+            except Exception as e:
+                batch.failed.append((i, _failure(paths[i], e)))
+            continue
+        groups.setdefault(tuple(im.shape[1:]), []).append(j)
+    for (h, w), js in groups.items():  # one resize per image size
+        x = torch.stack([imgs[j] for j in js]).float()
+        scale = pre.resize_size / min(w, h)
+        nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
+        if (nh, nw) != (h, w):
+            x = F.interpolate(x, size=(nh, nw), mode=mode, antialias=mode != "nearest", align_corners=False
+                              if mode != "nearest" else None).clamp_(0, 255)
+        left, top = (nw - s) // 2, (nh - s) // 2
+        parts.append(x[:, :, top:top + s, left:left + s])
+        out_idx.extend(int(batch.encoded_indices[j]) for j in js)
+        out_stats.extend(batch.encoded_stats[j] for j in js)
+    if not parts:
+        return np.zeros(0, np.int64), [], None
+    return np.asarray(out_idx, dtype=np.int64), out_stats, torch.cat(parts)
 
-        with torch.inference_mode():
-            x = batch.to(self.device, non_blocking=True).float()
-            x = (x - self.mean) / self.std
-            y = self.module(x)
-            return y.float().cpu().numpy().reshape(len(x), -1)
+
+# --------------------------------------------------------------------------- extraction
+
+
+def _resolve_decode(decode: str, engine) -> str:
+    if decode not in DECODERS:
+        raise InputError(f"unknown decoder {decode!r}; choose one of {', '.join(DECODERS)}")
+    if decode == "auto":
+        dev = getattr(engine, "device", None)
+        return "torch" if dev is not None and dev.type == "cuda" and hasattr(engine, "forward_nchw") else "pil"
+    if decode == "torch" and not hasattr(engine, "forward_nchw"):
+        raise InputError("decode='torch' needs the torch engine (use engine='torch')")
+    return decode
+
+
+def _decoder_for(decode: str, engine, device) -> str:
+    """The decoder an extraction will use, known before building the engine."""
+    if not isinstance(engine, str):
+        return _resolve_decode(decode, engine)
+    if decode not in DECODERS:
+        raise InputError(f"unknown decoder {decode!r}; choose one of {', '.join(DECODERS)}")
+    if decode == "auto":
+        return "torch" if resolve_device(device).type == "cuda" and engine != "onnx" else "pil"
+    return decode
+
+
+def _run(backbone: Backbone, paths, indices, engine, batch_size, num_workers, decode, bar, on_batch):
+    """Decode + forward ``paths[indices]``; call ``on_batch(indices, stats, features, failed)``."""
+    dev = getattr(engine, "device", None)
+    cuda = dev is not None and dev.type == "cuda"
+    decode = _resolve_decode(decode, engine)
+    nw = default_num_workers(dev) if num_workers is None else num_workers
+    for b in iter_batches(paths, backbone.preprocess, batch_size, nw, indices=indices, decode=decode, pin_memory=cuda):
+        if decode == "torch" and len(b.encoded):
+            idx, stats, x = _decode_encoded(b, paths, backbone.preprocess, dev)
+            Y = engine.forward_nchw(x) if x is not None else None
+        else:
+            idx, stats = b.indices, b.stats
+            Y = engine(b.images) if len(idx) else None
+        on_batch(idx, stats, Y, b.failed)
+        if bar is not None:
+            bar.update(len(idx) + len(b.failed))
 
 
 def extract_features(backbone: Backbone, paths: Sequence[str], *, batch_size: int = 64,
                      num_workers: int | None = None, device: str | None = None,
-                     progress: bool | None = None) -> FeatureResult:
+                     progress: bool | None = None, engine="auto", store=None, dtype: str = "float32",
+                     decode: str = "auto") -> FeatureResult:
     """Compute the backbone's features for every readable image in ``paths``.
 
     Parameters
@@ -142,35 +362,125 @@ def extract_features(backbone: Backbone, paths: Sequence[str], *, batch_size: in
         Image files (use :func:`visclust.io.collect_inputs` to expand directories).
     batch_size : int, default 64
     num_workers : int, optional
-        Decoding processes; default one per spare CPU core.
+        Decoding processes; default :func:`default_num_workers`.
     device : str, optional
         ``'cpu'``, ``'cuda'`` ...; default CUDA when available.
     progress : bool, optional
-        Show a progress bar; default only when stderr is a terminal.
+        Show a progress bar (images/s, ETA); default only when stderr is a terminal.
+    engine : {'auto', 'torch', 'onnx'} or engine object, default 'auto'
+        See :func:`visclust.engines.create_engine`.
+    store : str, path or FeatureStore, optional
+        Reuse the rows already there, compute only the others and add them.
+    dtype : {'float32', 'float16'}, default 'float32'
+        How new rows are stored (features are returned as float32 either way).
+    decode : {'auto', 'pil', 'torch'}, default 'auto'
+        ``'torch'`` decodes JPEGs with ``torchvision.io.decode_jpeg`` on the engine's
+        device; ``'auto'`` does so on CUDA only.
 
     Returns
     -------
     FeatureResult
         ``features`` is ``(n_readable, backbone.feature_dim)`` float32 in input order.
     """
-    runner = FeatureRunner(backbone, device)
+    paths = list(paths)
+    if store is not None:
+        st = open_store(store, backbone, _decoder_for(decode, engine, device))
+        stats = compute_features(backbone, paths, st, batch_size=batch_size, num_workers=num_workers, device=device,
+                                 progress=progress, engine=engine, dtype=dtype, decode=decode)
+        X, found, _ = st.read(paths)
+        return FeatureResult(X, [paths[i] for i in found], stats.skipped)
+    eng = _make_engine(backbone, engine, device)
     feats = np.empty((len(paths), backbone.feature_dim), dtype=np.float32)
     ok = np.zeros(len(paths), dtype=bool)
     skipped: list[tuple[str, str]] = []
+
+    def on_batch(idx, _stats, Y, failed):
+        if Y is not None:
+            feats[idx] = Y
+            ok[idx] = True
+        skipped.extend((paths[i], msg) for i, msg in failed)
+
     bar = _progress_bar(len(paths), progress)
     try:
-        for idx, batch, failed in iter_batches(paths, backbone.preprocess, batch_size, num_workers):
-            if batch is not None:
-                feats[idx] = runner(batch)
-                ok[idx] = True
-            skipped.extend((paths[i], msg) for i, msg in failed)
-            if bar is not None:
-                bar.update(len(idx) + len(failed))
+        _run(backbone, paths, None, eng, batch_size, num_workers, decode, bar, on_batch)
     finally:
         if bar is not None:
             bar.close()
     keep = np.flatnonzero(ok)
+    order = {p: k for k, p in enumerate(paths)}
+    skipped.sort(key=lambda t: order.get(t[0], 0))
     return FeatureResult(feats[keep], [paths[i] for i in keep], skipped)
+
+
+def compute_features(backbone: Backbone, paths: Sequence[str], store, *, batch_size: int = 64,
+                     num_workers: int | None = None, device: str | None = None, progress: bool | None = None,
+                     engine="auto", dtype: str = "float32", decode: str = "auto", shard_rows: int = 4096,
+                     flush_seconds: float = 30.0) -> ExtractStats:
+    """Compute into ``store`` the features of the ``paths`` it has no current row for.
+
+    Nothing is kept in memory beyond a few batches and one shard; a crash or ``kill -9``
+    loses at most the rows not yet committed (``shard_rows`` rows or ``flush_seconds``).
+
+    Returns
+    -------
+    ExtractStats
+        ``skipped`` lists every unreadable file of ``paths`` (path, reason).
+    """
+    from .store import check_dtype
+
+    check_dtype(dtype)
+    if decode not in DECODERS:
+        raise InputError(f"unknown decoder {decode!r}; choose one of {', '.join(DECODERS)}")
+    paths = list(paths)
+    t0 = time.perf_counter()
+    eng = None if isinstance(engine, str) else engine
+    store = open_store(store, backbone, _decoder_for(decode, engine, device))
+    todo = store.missing(paths)
+    n_cached = len(paths) - len(todo)
+    if todo and eng is None:
+        eng = _make_engine(backbone, engine, device)
+    skipped: list[tuple[str, str]] = []
+    bar = _progress_bar(len(todo), progress) if todo else None
+    try:
+        with store.writer(dtype=dtype, shard_rows=shard_rows, flush_seconds=flush_seconds) as w:
+            def on_batch(idx, stats, Y, failed):
+                if Y is not None:
+                    w.add([paths[i] for i in idx], stats, Y)
+                for i, msg in failed:
+                    w.add_skipped(paths[i], _stat(paths[i]), msg)
+                    skipped.append((paths[i], msg))
+
+            if todo:
+                _run(backbone, paths, todo, eng, batch_size, num_workers, decode, bar, on_batch)
+    finally:
+        if bar is not None:
+            bar.close()
+    n_computed = w.rows_written
+    if skipped or store.skipped():
+        store.write_skipped_csv()
+    return ExtractStats(len(paths), n_cached, n_computed, skipped, time.perf_counter() - t0,
+                        getattr(eng, "name", "none"), store.path)
+
+
+def open_store(store, backbone: Backbone, decoder: str = "pil"):
+    """``store`` (a directory or a FeatureStore) as the FeatureStore for ``backbone``'s rows."""
+    from .store import FeatureStore
+
+    if isinstance(store, FeatureStore):
+        if store.config != backbone.config or store.decoder != decoder:
+            raise InputError(f"the feature store {store.path} holds features of another backbone config "
+                             f"({store.config.name}, {store.decoder} decoding); open "
+                             f"FeatureStore(root, backbone.config, decoder={decoder!r})")
+        return store
+    return FeatureStore(store, backbone.config, decoder=decoder)
+
+
+def _make_engine(backbone, engine, device):
+    from .engines import create_engine
+
+    if isinstance(engine, str):
+        return create_engine(backbone, engine, device)
+    return engine
 
 
 def _progress_bar(total: int, progress: bool | None):
@@ -180,4 +490,4 @@ def _progress_bar(total: int, progress: bool | None):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="img", dynamic_ncols=True, file=sys.stderr)
+    return tqdm(total=total, unit="img", dynamic_ncols=True, file=sys.stderr, smoothing=0.1)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from ._common import add_backbone_options, add_runtime_options, cluster_summary, progress_flag, report_skipped
+from ._common import (add_backbone_options, add_runtime_options, add_store_options, cluster_summary, progress_flag,
+                      report_skipped)
 
 
 def register(sub) -> None:
@@ -24,6 +25,7 @@ def register(sub) -> None:
     g.add_argument("--reject", type=float, default=0.0, metavar="T",
                    help="confidence below T assigns cluster -1 (default %(default)s: never)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    add_store_options(p)
     add_runtime_options(p)
     p.set_defaults(func=run)
 
@@ -47,7 +49,8 @@ def run(args) -> int:
                                  random_state=args.seed)
     model = ImageClusterer(backbone=args.backbone, weights=args.weights, pretrained=not args.random_weights,
                            n_clusters=args.clusters, clusterer=clusterer, batch_size=args.batch_size,
-                           num_workers=args.workers, device=args.device, progress=progress_flag(args))
+                           num_workers=args.workers, device=args.device, progress=progress_flag(args),
+                           store=args.store, engine=args.engine)
     model.fit(args.inputs)
     model.save(args.output)
     a = model.training_assignments()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from ._common import add_backbone_options, add_runtime_options, cluster_summary, progress_flag, report_skipped
+from ._common import (add_backbone_options, add_runtime_options, add_store_options, cluster_summary, progress_flag,
+                      report_skipped)
 
 
 def register(sub) -> None:
@@ -16,6 +17,7 @@ def register(sub) -> None:
     p.add_argument("--reject", type=float, default=None, metavar="T",
                    help="confidence below T assigns cluster -1 (default: the model's own threshold)")
     add_backbone_options(p, default=None)
+    add_store_options(p)
     add_runtime_options(p)
     p.set_defaults(func=run)
 
@@ -26,7 +28,7 @@ def run(args) -> int:
 
     model = ImageClusterer.load(args.model, weights=args.weights)
     model.set_params(batch_size=args.batch_size, num_workers=args.workers, device=args.device,
-                     progress=progress_flag(args))
+                     progress=progress_flag(args), store=args.store, engine=args.engine)
     if args.reject is not None:
         model.feature_clusterer_.set_params(reject_threshold=args.reject)
         model.feature_clusterer_._validate_params()

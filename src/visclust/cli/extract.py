@@ -1,0 +1,62 @@
+"""visclust extract INPUT... --backbone NAME [--weights FILE] --store DIR [--engine E] [--dtype D]"""
+
+from __future__ import annotations
+
+import sys
+
+from ._common import add_backbone_options, add_runtime_options, add_store_options, progress_flag
+
+
+def register(sub) -> None:
+    p = sub.add_parser("extract", help="compute features into a feature store (incremental, resumable)",
+                       description="Compute the backbone's features of every input image into a feature store. "
+                       "Images already there (same path, size and modification time) are not computed again; "
+                       "an interrupted run (even kill -9) resumes where it stopped. `fit` and `predict` with the "
+                       "same --store reuse the features.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories (recursive) or .txt lists of paths")
+    add_backbone_options(p)
+    add_store_options(p, store_required=True)
+    add_runtime_options(p)
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="how features are stored (default %(default)s; float16 halves the size)")
+    p.add_argument("--shard-size", type=int, default=4096, metavar="N",
+                   help="rows per committed shard; a kill loses at most this many rows or 30 s of work "
+                   "(default %(default)s)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import warnings
+
+    from ..backbones import create_backbone
+    from ..engines import EngineFallbackWarning
+    from ..exceptions import InputError
+    from ..features import compute_features
+    from ..io import collect_inputs
+    from . import EXIT_OK, EXIT_PARTIAL
+
+    if args.shard_size < 1:
+        raise InputError(f"--shard-size must be at least 1, got {args.shard_size}")
+    paths = collect_inputs(args.inputs)
+    backbone = create_backbone(args.backbone, weights=args.weights, pretrained=not args.random_weights)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EngineFallbackWarning)
+        stats = compute_features(backbone, paths, args.store, batch_size=args.batch_size, num_workers=args.workers,
+                                 device=args.device, progress=progress_flag(args), engine=args.engine,
+                                 dtype=args.dtype, shard_rows=args.shard_size)
+    for w in caught:  # the engine fallback and unreadable shards: one line each, no traceback
+        if issubclass(w.category, UserWarning):
+            print(f"visclust extract: warning: {w.message}", file=sys.stderr)
+    if not args.quiet:
+        rate = f" at {stats.images_per_second:.1f} img/s ({stats.engine})" if stats.n_computed else ""
+        print(f"{stats.n_inputs} images: {stats.n_computed} computed{rate}, {stats.n_cached} already in the store, "
+              f"{len(stats.skipped)} skipped; store {stats.store_path}", file=sys.stderr)
+    if not stats.skipped:
+        return EXIT_OK
+    if not args.quiet:
+        print(f"skipped {len(stats.skipped)} unreadable image(s); list in {stats.store_path}/skipped.csv:", file=sys.stderr)
+        for _, reason in stats.skipped[:10]:
+            print(f"  {reason}", file=sys.stderr)
+        if len(stats.skipped) > 10:
+            print(f"  ... and {len(stats.skipped) - 10} more", file=sys.stderr)
+    return EXIT_PARTIAL
