@@ -214,6 +214,12 @@ class ImageClusterer(BaseEstimator):
         Default CUDA when available, else CPU.
     progress : bool, optional
         Progress bar (default: when stderr is a terminal).
+    store : str, optional
+        Feature store directory (:class:`visclust.store.FeatureStore`): features already
+        there are reused, new ones are added, so nothing is computed twice.
+    engine : {'auto', 'torch', 'onnx'}, default 'auto'
+        What runs the network (:func:`visclust.engines.create_engine`): ``'auto'`` is
+        ONNX Runtime on CPU when installed, PyTorch on CUDA.
 
     Attributes
     ----------
@@ -233,7 +239,8 @@ class ImageClusterer(BaseEstimator):
 
     def __init__(self, backbone: str = "torchvision/mobilenet_v2", weights: str | None = None, pretrained: bool = True,
                  n_clusters=8, clusterer: FeatureClusterer | None = None, batch_size: int = 64,
-                 num_workers: int | None = None, device: str | None = None, progress: bool | None = None):
+                 num_workers: int | None = None, device: str | None = None, progress: bool | None = None,
+                 store: str | None = None, engine: str = "auto"):
         self.backbone = backbone
         self.weights = weights
         self.pretrained = pretrained
@@ -243,6 +250,8 @@ class ImageClusterer(BaseEstimator):
         self.num_workers = num_workers
         self.device = device
         self.progress = progress
+        self.store = store
+        self.engine = engine
 
     # -- backbone -----------------------------------------------------------------------
     def get_backbone(self):
@@ -270,7 +279,8 @@ class ImageClusterer(BaseEstimator):
 
         paths = collect_inputs(inputs)
         return extract_features(self.get_backbone(), paths, batch_size=self.batch_size,
-                                num_workers=self.num_workers, device=self.device, progress=self.progress)
+                                num_workers=self.num_workers, device=self.device, progress=self.progress,
+                                engine=self.engine, store=self.store)
 
     # -- estimator ------------------------------------------------------------------------
     def fit(self, X, y=None, features=None):
