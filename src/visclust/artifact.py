@@ -18,12 +18,12 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from datetime import datetime, timezone
 
 import numpy as np
 
 from .exceptions import ModelFileError
+from .io import atomic_output
 
 FORMAT = "visclust-model"
 FORMAT_VERSION = 1
@@ -102,22 +102,8 @@ def save_model(model, path: str | os.PathLike) -> None:
     mjson = json.dumps(manifest, sort_keys=True, default=_json_default)
     blob = save(arrays, metadata={"format": FORMAT, "visclust.manifest": mjson,
                                   "visclust.checksum": _checksum(mjson, arrays)})
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".vcm", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_output(path, "wb") as f:
+        f.write(blob)
 
 
 def _json_default(o):

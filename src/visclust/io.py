@@ -8,10 +8,15 @@ only ever data.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import os
+import stat
+import struct
 import tempfile
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -21,8 +26,13 @@ import numpy as np
 from .exceptions import ImageReadError, InputError, LabelsError, NoImagesError
 
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
+     # Listed even when this Pillow cannot decode them: such files are then reported as
+     # skipped with the package to install, instead of being silently left out.
+     ".avif", ".heic", ".heif"}
 )
+#: Formats only a plugin package decodes: extension -> the package that registers it.
+PLUGIN_FORMATS = {".heic": "pillow-heif", ".heif": "pillow-heif"}
 LIST_EXTENSIONS = frozenset({".txt", ".lst", ".list"})
 #: Images with more pixels than this are refused without being decoded (Pillow's own bomb
 #: limit is a warning at 89 Mpx; a 8,000 x 8,000 photo, 64 Mpx, is still accepted).
@@ -83,10 +93,31 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
 
 
 def _walk_images(root: str) -> list[str]:
+    """Image files under ``root``, sorted, following directory symlinks once each.
+
+    A directory is entered only if its (device, inode) was not entered before, so a
+    symlink loop (``a/loop -> a``) cannot make the walk run forever or list files twice.
+    Anything with an image extension that is not a directory is listed, broken symlinks
+    included: decoding reports why it cannot be used.
+    """
     found = []
-    # followlinks=False: a symlinked directory loop cannot make the walk run forever.
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
+    entered: set[tuple[int, int]] = set()
+
+    def unseen(path: str) -> bool:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        key = (st.st_dev, st.st_ino)
+        if key in entered:
+            return False
+        entered.add(key)
+        return True
+
+    if not unseen(root):
+        return found
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if unseen(os.path.join(dirpath, d)))
         for name in sorted(filenames):
             if is_image_path(name):
                 found.append(os.path.join(dirpath, name))
@@ -115,6 +146,13 @@ def _read_list_file(path: str) -> list[str]:
 def load_image(path: str | os.PathLike, draft_size: int | None = None):
     """Decode one image as an upright 8-bit RGB :class:`PIL.Image.Image`.
 
+    Untrusted files are handled so that none can hang, exhaust memory or crash a run:
+    only regular files are opened (a FIFO or device named ``x.jpg`` would block or never
+    end); the pixel count is checked from the header, before any pixel is decoded, against
+    :data:`MAX_IMAGE_PIXELS`; animations give their first frame; EXIF orientation is
+    applied; 16-bit, float, palette, alpha and CMYK images become plain RGB (alpha over
+    white).
+
     Parameters
     ----------
     path : str or path
@@ -122,23 +160,32 @@ def load_image(path: str | os.PathLike, draft_size: int | None = None):
         Smallest side the caller needs; JPEGs are then decoded at a reduced scale
         (``Image.draft``), which is several times faster for large photos.
 
+    Returns
+    -------
+    PIL.Image.Image
+        Mode ``'RGB'``, upright.
+
     Raises
     ------
     ImageReadError
-        With the path and the reason, for anything that is not a decodable image.
+        With the path and the reason, for anything that is not a decodable image. No other
+        exception escapes for a bad file.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     p = os.fspath(path)
+    _check_regular_file(p)
+    ext = os.path.splitext(p)[1].lower()
+    if ext in PLUGIN_FORMATS:
+        _register_plugin(ext)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own limit below is the one that counts; Pillow's warning (89 Mpx) is not.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(p) as img:
                 w, h = img.size
                 if w * h > MAX_IMAGE_PIXELS:
-                    raise ImageReadError(
-                        f"{p}: image is {w}x{h} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel limit (decompression bomb?)"
-                    )
+                    raise ImageReadError(_too_large(p, w, h))
                 if draft_size and img.format == "JPEG":
                     img.draft("RGB", (draft_size, draft_size))
                 img.seek(0)  # first frame of animations
@@ -147,21 +194,64 @@ def load_image(path: str | os.PathLike, draft_size: int | None = None):
                 return _to_rgb(img)
     except ImageReadError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageReadError(f"{p}: refused as a decompression bomb ({e})") from e
+    except Image.DecompressionBombError as e:
+        # Pillow refuses > 2 x Image.MAX_IMAGE_PIXELS at open, before our own check.
+        raise ImageReadError(f"{p}: over the {MAX_IMAGE_PIXELS:,}-pixel limit; refused without decoding "
+                             f"(decompression bomb?): {e}") from e
     except UnidentifiedImageError as e:
-        raise ImageReadError(f"{p}: not an image Pillow can decode") from e
-    except IsADirectoryError as e:
-        raise ImageReadError(f"{p}: is a directory, not an image") from e
-    except PermissionError as e:
-        raise ImageReadError(f"{p}: permission denied") from e
-    except FileNotFoundError as e:
-        raise ImageReadError(f"{p}: file not found (broken symlink?)") from e
-    except OSError as e:  # truncated files, symlink loops, I/O errors
-        raise ImageReadError(f"{p}: {e.strerror or e}") from e
-    except (ValueError, SyntaxError, EOFError, MemoryError, TypeError, IndexError, KeyError) as e:
-        # Pillow plugins raise assorted errors on malformed headers.
+        hint = ""
+        if ext in PLUGIN_FORMATS:
+            hint = f"; {ext} files need the {PLUGIN_FORMATS[ext]} package (pip install {PLUGIN_FORMATS[ext]})"
+        elif os.path.getsize(p) == 0:
+            hint = " (the file is empty)"
+        raise ImageReadError(f"{p}: not an image Pillow can decode{hint}") from e
+    except (FileNotFoundError, PermissionError) as e:  # changed since _check_regular_file, or no read permission
+        raise ImageReadError(_os_error_reason(p, e)) from e
+    except OSError as e:  # truncated files, I/O errors, errors of decoders in C
+        raise ImageReadError(f"{p}: damaged or truncated image ({e.strerror or e})") from e
+    except (ValueError, SyntaxError, EOFError, MemoryError, TypeError, IndexError, KeyError, ArithmeticError,
+            AssertionError, RecursionError, struct.error, zlib.error) as e:
+        # Pillow plugins raise assorted errors on malformed headers and chunks.
         raise ImageReadError(f"{p}: malformed image ({type(e).__name__}: {e})") from e
+
+
+def _check_regular_file(p: str) -> None:
+    """Refuse what cannot be an image file without opening it (opening a FIFO blocks)."""
+    try:
+        st = os.stat(p)
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageReadError(f"{p}: is a directory, not an image")
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageReadError(f"{p}: not a regular file (a FIFO, socket or device); only image files are read")
+    except ImageReadError:
+        raise
+    except OSError as e:
+        raise ImageReadError(_os_error_reason(p, e)) from e
+
+
+def _os_error_reason(p: str, e: OSError) -> str:
+    if isinstance(e, FileNotFoundError):
+        return f"{p}: " + ("broken symlink: its target does not exist" if os.path.islink(p) else "file not found")
+    if isinstance(e, PermissionError):
+        return f"{p}: permission denied; make the file readable (chmod +r) or leave it out"
+    if e.errno == errno.ELOOP:
+        return f"{p}: symlink loop (too many levels of symbolic links)"
+    return f"{p}: cannot be read ({e.strerror or e})"
+
+
+def _too_large(p: str, w: int, h: int) -> str:
+    return (f"{p}: image is {w}x{h} = {w * h:,} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel limit; "
+            "refused without decoding (decompression bomb?); downscale it to use it")
+
+
+def _register_plugin(ext: str) -> None:
+    """Register an optional Pillow plugin for ``ext`` when its package is installed."""
+    if PLUGIN_FORMATS.get(ext) == "pillow-heif":
+        try:
+            import pillow_heif
+        except ImportError:
+            return
+        pillow_heif.register_heif_opener()
 
 
 def _to_rgb(img):
@@ -259,22 +349,77 @@ def read_assignments(path: str | os.PathLike) -> Assignments:
 
 
 def write_csv_atomic(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """Write a CSV so that ``path`` holds either its old content or the whole new file.
+
+    Paths are written byte for byte (``surrogateescape``): a file name that is not valid
+    UTF-8 survives into the CSV and reads back as the same name.
+
+    Raises
+    ------
+    OSError
+        Naming ``path`` (``filename``) when the disk is full or the folder not writable; the
+        file at ``path`` is then unchanged.
+    """
+    with atomic_output(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, mode: str = "wb", **open_kwargs):
+    """Open a temporary file next to ``path``; on success it replaces ``path`` in one step.
+
+    A crash, ``kill -9`` or full disk part-way leaves the old ``path`` untouched (at worst a
+    ``.tmp-*`` file beside it, which no reader looks at). The new file gets the usual
+    permissions (``0666`` minus the umask), not the private ones of a temporary file.
+
+    Raises
+    ------
+    OSError
+        With ``filename`` set to ``path`` and a message saying what to do, for any failure
+        to create, write or rename the file (disk full, read-only folder, ...).
+    """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=directory)
+    tmp = None
     try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            w.writerows(rows)
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, mode, **open_kwargs) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with _suppress_oserror():
-            os.unlink(tmp)
-        raise
+        tmp = None
+        _fsync_directory(directory)
+    except OSError as e:
+        hint = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere",
+                errno.EFBIG: "the file is larger than this system allows here; write elsewhere",
+                errno.EROFS: "the file system is read-only; write elsewhere",
+                errno.EACCES: "the folder is not writable; write elsewhere"}.get(e.errno, "check the output path")
+        raise OSError(e.errno, f"{e.strerror or e} while writing; {hint}", path) from e
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_directory(directory: str) -> None:
+    # Makes the rename itself durable (a power cut after replace() keeps the new file).
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _read_csv(path, required: Sequence[str], what: str) -> list[dict[str, str]]:
@@ -293,11 +438,3 @@ def _read_csv(path, required: Sequence[str], what: str) -> list[dict[str, str]]:
         raise InputError(f"{what} file '{path}' does not exist") from e
     except (UnicodeDecodeError, csv.Error) as e:
         raise InputError(f"{path}: not a readable CSV file ({e})") from e
-
-
-class _suppress_oserror:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        return exc_type is not None and issubclass(exc_type, OSError)
