@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+import torch
+
+from visclust.backbones import (BackboneConfig, Preprocess, create_backbone, get_backbone_info, list_backbones)
+from visclust.backbones._registry import state_dict_sha256
+from visclust.exceptions import UnknownBackboneError, WeightsUnavailableError
+
+
+def test_registry_lists_the_design_networks_with_sizes():
+    names = {i.name: i for i in list_backbones()}
+    assert names["torchvision/vgg16"].feature_dim == 4096
+    assert names["torchvision/resnet50"].feature_dim == 2048
+    assert names["torchvision/mobilenet_v2"].feature_dim == 1280
+    assert names["torchvision/resnet50"].preprocess.input_size == 224
+
+
+@pytest.mark.parametrize("name", ["torchvision/mobilenet_v2", "torchvision/resnet18", "baseline/pixels"])
+def test_forward_gives_pooled_features_of_registered_size(name):
+    bb = create_backbone(name, pretrained=False)
+    size = bb.preprocess.input_size
+    with torch.inference_mode():
+        out = bb.module(torch.randn(2, 3, size, size))
+    assert out.shape == (2, bb.feature_dim)
+
+
+def test_random_weights_are_reproducible_and_hashed():
+    a = create_backbone("torchvision/resnet18", pretrained=False, seed=3)
+    b = create_backbone("torchvision/resnet18", pretrained=False, seed=3)
+    c = create_backbone("torchvision/resnet18", pretrained=False, seed=4)
+    assert a.config.weights_sha256 == b.config.weights_sha256 != c.config.weights_sha256
+
+
+def test_unknown_name_suggests_the_close_one():
+    with pytest.raises(UnknownBackboneError, match="did you mean 'torchvision/resnet50'"):
+        get_backbone_info("torchvision/resnet5")
+    with pytest.raises(KeyError):  # also a builtin KeyError
+        get_backbone_info("nothing/here")
+
+
+def test_download_failure_says_how_to_fix(monkeypatch):
+    import torchvision.models as tvm
+
+    def offline(*a, **k):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(tvm, "get_model", offline)
+    with pytest.raises(WeightsUnavailableError, match="--weights FILE"):
+        create_backbone("torchvision/resnet50")
+
+
+def test_weights_file_safetensors_and_pth_load_the_same(tmp_path):
+    from safetensors.torch import save_file
+
+    import torchvision.models as tvm
+
+    torch.manual_seed(0)
+    full = tvm.resnet18()
+    sd = {k: v.contiguous() for k, v in full.state_dict().items()}
+    save_file(sd, tmp_path / "w.safetensors")
+    torch.save(sd, tmp_path / "w.pth")
+    a = create_backbone("torchvision/resnet18", weights=tmp_path / "w.safetensors")
+    b = create_backbone("torchvision/resnet18", weights=tmp_path / "w.pth")
+    assert a.config.weights_sha256 == b.config.weights_sha256
+
+
+def test_weights_that_do_not_fit_are_refused_in_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"nope": torch.zeros(3)}, tmp_path / "bad.safetensors")
+    with pytest.raises(WeightsUnavailableError, match="does not fit backbone"):
+        create_backbone("torchvision/resnet18", weights=tmp_path / "bad.safetensors")
+    with pytest.raises(WeightsUnavailableError, match="does not exist"):
+        create_backbone("torchvision/resnet18", weights=tmp_path / "missing.safetensors")
+
+
+def test_pickle_weights_are_not_executed(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"x": Evil()}))
+    with pytest.raises(WeightsUnavailableError):
+        create_backbone("torchvision/resnet18", weights=tmp_path / "evil.pth")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_config_round_trip_and_cache_key_changes_with_preprocessing():
+    cfg = BackboneConfig("x/y", "ab" * 32, 10, Preprocess())
+    assert BackboneConfig.from_dict(cfg.to_dict()) == cfg
+    other = BackboneConfig("x/y", "ab" * 32, 10, Preprocess(resize_size=300))
+    assert cfg.cache_key() != other.cache_key()
+
+
+def test_shared_mobilenet_recognises_real_photos(mobilenet_weights, shared):
+    """Quality check of the real pretrained weights through our preprocessing."""
+    import torchvision.models as tvm
+    from safetensors.torch import load_file
+
+    from visclust.features import preprocess_image
+    from visclust.io import load_image
+
+    bb = create_backbone("torchvision/mobilenet_v2", weights=mobilenet_weights)
+    head = tvm.mobilenet_v2()
+    head.load_state_dict({k: v.float() for k, v in load_file(mobilenet_weights).items()})
+    labels = (shared / "weights/imagenet_labels_1001.txt").read_text().splitlines()[1:]
+    pre = bb.preprocess
+    hits = 0
+    for name, word in (("cat.png", "cat"), ("parrot.jpg", "macaw"), ("hot_dog.jpg", "hotdog"), ("owl.jpg", "owl")):
+        arr = preprocess_image(load_image(shared / "data/photos" / name), pre)
+        x = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255
+        x = (x - torch.tensor(pre.mean).view(1, 3, 1, 1)) / torch.tensor(pre.std).view(1, 3, 1, 1)
+        with torch.inference_mode():
+            feats = bb.module(x)
+            top5 = head.classifier(feats).topk(5).indices[0].tolist()
+        hits += any(word in labels[i].lower().replace(" ", "").replace("-", "") for i in top5)
+    assert hits >= 3
