@@ -16,7 +16,7 @@ import importlib
 import sys
 
 #: Subcommand modules, in the order ``visclust --help`` lists them.
-COMMANDS = ["extract", "fit", "predict", "evaluate", "backbones", "demo"]
+COMMANDS = ["extract", "fit", "predict", "evaluate", "report", "export", "backbones", "demo"]
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
