@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 from datetime import datetime, timezone
@@ -117,18 +118,38 @@ def _json_default(o):
 
 
 def read_model_file(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
-    """Parse and verify a model file; returns ``(manifest, arrays)`` or raises ModelFileError."""
+    """Parse and verify a model file without running anything from it.
+
+    Parameters
+    ----------
+    path : str or path
+
+    Returns
+    -------
+    manifest : dict
+        The JSON manifest (what produced the model, its parameters, the arrays' shapes).
+    arrays : dict {str: ndarray}
+        Every array, copied out of the file, each checked against the manifest.
+
+    Raises
+    ------
+    ModelFileError
+        For a file that is missing, not a visclust model (a pickle, a zip...), truncated,
+        edited (checksum, shapes or dtypes disagreeing with the manifest) or written by a
+        newer format version. No other exception escapes for a bad file.
+    """
     path = os.fspath(path)
     try:
+        if not os.path.isfile(path) and os.path.exists(path):
+            kind = "a directory" if os.path.isdir(path) else "not a regular file"
+            raise ModelFileError(f"{path}: is {kind}, not a model file; give the .vcm file `visclust fit` wrote")
         size = os.path.getsize(path)
         if size > MAX_FILE_BYTES:
             raise ModelFileError(f"{path}: {size} bytes is too large for a visclust model file")
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(MAX_FILE_BYTES + 1)
     except ModelFileError:
         raise
-    except IsADirectoryError as e:
-        raise ModelFileError(f"{path}: is a directory, not a model file") from e
     except FileNotFoundError as e:
         raise ModelFileError(f"model file '{path}' does not exist") from e
     except OSError as e:
@@ -137,25 +158,24 @@ def read_model_file(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray
     what = f"{path}: not a visclust model file"
     if len(data) < 8:
         raise ModelFileError(f"{what} (only {len(data)} bytes; truncated?)")
+    if data[:2] == b"PK" or data[:1] == b"\x80":
+        raise ModelFileError(f"{what} (it looks like a pickle or torch.save file, which visclust never loads: "
+                             "loading those can run code; use a model written by `visclust fit`)")
     (hlen,) = struct.unpack("<Q", data[:8])
     if hlen > MAX_HEADER_BYTES or 8 + hlen > len(data):
-        raise ModelFileError(f"{what} (bad header length; truncated, or another format such as pickle)")
-    try:
-        header = json.loads(data[8:8 + hlen].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"{what} (header is not JSON)") from e
+        raise ModelFileError(f"{what} (bad header length; truncated, or another format)")
+    header = _parse_json(data[8:8 + hlen], f"{what} (header is not JSON)")
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(f"{what} (no visclust manifest)")
-    try:
-        manifest = json.loads(meta["visclust.manifest"])
-        checksum = meta["visclust.checksum"]
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"{path}: the model manifest is missing or not JSON (edited file?)") from e
+    mjson, checksum = meta.get("visclust.manifest"), meta.get("visclust.checksum")
+    if not isinstance(mjson, str) or not isinstance(checksum, str):
+        raise ModelFileError(f"{path}: the model manifest or checksum is missing (edited file?)")
+    manifest = _parse_json(mjson.encode("utf-8", "surrogatepass"), f"{path}: the model manifest is not JSON (edited file?)")
     if not isinstance(manifest, dict):
-        raise ModelFileError(f"{path}: the model manifest is not a JSON object")
+        raise ModelFileError(f"{path}: the model manifest is not a JSON object (edited file?)")
     fv = manifest.get("format_version")
-    if not isinstance(fv, int):
+    if not isinstance(fv, int) or isinstance(fv, bool) or fv < 1:
         raise ModelFileError(f"{path}: the manifest has no valid format_version (edited file?)")
     if fv > FORMAT_VERSION:
         raise ModelFileError(
@@ -169,29 +189,64 @@ def read_model_file(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray
     for name, spec in header.items():
         if name == "__metadata__":
             continue
-        try:
-            dtype = _DTYPES[spec["dtype"]]
-            shape = tuple(int(s) for s in spec["shape"])
-            start, end = (int(x) for x in spec["data_offsets"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelFileError(f"{path}: array '{name}' has a malformed description") from e
-        n = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        if any(s < 0 for s in shape) or not 0 <= start <= end <= len(body) or end - start != n * np.dtype(dtype).itemsize:
+        dtype, shape, start, end = _array_spec(path, name, spec)
+        n = math.prod(shape)
+        if not 0 <= start <= end <= len(body) or end - start != n * dtype.itemsize:
             raise ModelFileError(f"{path}: array '{name}' lies outside the file or has the wrong size (truncated?)")
-        arrays[name] = np.frombuffer(body[start:end], dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape).copy()
+        arrays[name] = np.frombuffer(body[start:end], dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
     expected = manifest.get("arrays")
     if not isinstance(expected, dict) or set(expected) != set(arrays):
         raise ModelFileError(f"{path}: the arrays in the file do not match the manifest (edited file?)")
     for name, spec in expected.items():
-        if not isinstance(spec, dict) or list(arrays[name].shape) != spec.get("shape"):
+        if not isinstance(spec, dict) or spec.get("shape") != list(arrays[name].shape):
             raise ModelFileError(
                 f"{path}: array '{name}' has shape {list(arrays[name].shape)}, the manifest says "
-                f"{spec.get('shape') if isinstance(spec, dict) else spec} (edited file?)"
+                f"{spec.get('shape') if isinstance(spec, dict) else spec!r} (edited file?)"
             )
-    if _checksum(meta["visclust.manifest"], arrays) != checksum:
+        if spec.get("dtype") != str(arrays[name].dtype):
+            raise ModelFileError(f"{path}: array '{name}' is {arrays[name].dtype}, the manifest says "
+                                 f"{spec.get('dtype')!r} (edited file?)")
+    if _checksum(mjson, arrays) != checksum:
         raise ModelFileError(f"{path}: checksum mismatch; the file was edited or damaged after it was written")
+    for name, a in arrays.items():
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise ModelFileError(f"{path}: array '{name}' holds NaN or infinite values; the model is damaged")
     return manifest, arrays
+
+
+def _parse_json(raw: bytes, message: str):
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise ModelFileError(message) from e
+
+
+def _array_spec(path: str, name, spec) -> tuple[np.dtype, tuple[int, ...], int, int]:
+    """``(dtype, shape, start, end)`` of one safetensors header entry, every field checked."""
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    ok = (isinstance(name, str) and isinstance(spec, dict) and isinstance(spec.get("dtype"), str)
+          and spec["dtype"] in _DTYPES
+          and isinstance(spec.get("shape"), list) and len(spec["shape"]) <= 8
+          and all(is_int(d) and 0 <= d < 2 ** 40 for d in spec["shape"])
+          and isinstance(spec.get("data_offsets"), list) and len(spec["data_offsets"]) == 2
+          and all(is_int(o) for o in spec["data_offsets"]))
+    if not ok:
+        raise ModelFileError(f"{path}: array {name!r} has a malformed description (edited or damaged file)")
+    start, end = spec["data_offsets"]
+    return np.dtype(_DTYPES[spec["dtype"]]).newbyteorder("<"), tuple(spec["shape"]), start, end
+
+
+#: Dimensions of the arrays every model has (others may be added by later versions).
+_ARRAY_NDIM = {"reducer.mean": 1, "reducer.components": 2, "reducer.scale": 1, "reducer.explained_variance_ratio": 1,
+               "classifier.coef": 2, "classifier.intercept": 1, "classifier.classes": 1,
+               "classifier.temperature": 1, "cluster_centers": 2}
+#: The ImageClusterer parameters a model file may set. Runtime settings (device, workers,
+#: batch size, feature store, engine) are the user's: a shared file must not choose where
+#: visclust writes or how many processes it starts.
+_MODEL_PARAMS = ("backbone", "pretrained", "n_clusters")
 
 
 def load_model(path: str | os.PathLike, weights: str | None = None):
@@ -203,6 +258,18 @@ def load_model(path: str | os.PathLike, weights: str | None = None):
     weights : path, optional
         The backbone weights file to use (must have the same hash as at fit time); default
         the file named at fit time if it still exists, else the pretrained download.
+
+    Returns
+    -------
+    ImageClusterer or FeatureClusterer
+        Fitted, as it was saved; runtime settings (device, batch size, workers, store,
+        engine) are the defaults, never taken from the file.
+
+    Raises
+    ------
+    ModelFileError
+        For any file :func:`read_model_file` refuses, and for a manifest whose parameters
+        are invalid or whose arrays disagree with each other.
     """
     from .backbones import BackboneConfig
     from .classify import PseudoLabelClassifier
@@ -210,11 +277,19 @@ def load_model(path: str | os.PathLike, weights: str | None = None):
     from .reduce import Reducer
 
     manifest, arrays = read_model_file(path)
+    for name, ndim in _ARRAY_NDIM.items():
+        if name not in arrays or arrays[name].ndim != ndim or arrays[name].size == 0:
+            raise ModelFileError(f"{path}: array '{name}' is missing, empty or has the wrong number of dimensions "
+                                 "(edited file?)")
     try:
+        kind = manifest["kind"]
+        if kind not in ("FeatureClusterer", "ImageClusterer"):
+            raise ModelFileError(f"{path}: unknown model kind {kind!r}; expected an ImageClusterer or FeatureClusterer")
         fcm = manifest["feature_clusterer"]
         params = dict(fcm["params"])
         params["k_range"] = tuple(params["k_range"])
         fc = FeatureClusterer(**params)
+        fc._validate_params()
         fc.reducer_ = Reducer.from_arrays(fcm["reducer"], {k[8:]: v for k, v in arrays.items() if k.startswith("reducer.")})
         fc.classifier_ = PseudoLabelClassifier.from_arrays(
             fcm["classifier"], {k[11:]: v for k, v in arrays.items() if k.startswith("classifier.")})
@@ -222,16 +297,18 @@ def load_model(path: str | os.PathLike, weights: str | None = None):
         fc.n_clusters_ = int(fcm["n_clusters"])
         fc.n_features_in_ = int(fcm["n_features_in"])
         fc.k_scores_ = {int(k): float(v) for k, v in fcm.get("k_scores", {}).items()}
-        _check_consistent(fc)
-        if manifest["kind"] == "FeatureClusterer":
+        _check_consistent(fc, os.fspath(path))
+        if kind == "FeatureClusterer":
             return fc
-        if manifest["kind"] != "ImageClusterer":
-            raise ModelFileError(f"{path}: unknown model kind {manifest['kind']!r}")
         bcfg = BackboneConfig.from_dict(manifest["backbone"])
+        if bcfg.feature_dim != fc.n_features_in_:
+            raise ModelFileError(f"{path}: the backbone gives {bcfg.feature_dim} features but the model expects "
+                                 f"{fc.n_features_in_} (edited file?)")
         hint = manifest.get("weights_hint")
         if weights is None and isinstance(hint, str) and os.path.isfile(hint):
             weights = hint
-        model = ImageClusterer(**manifest["params"], weights=weights)
+        saved = manifest["params"]
+        model = ImageClusterer(**{k: saved[k] for k in _MODEL_PARAMS if k in saved}, weights=weights)
         model.backbone = bcfg.name
         model.feature_clusterer_ = fc
         model.backbone_config_ = bcfg
@@ -241,14 +318,16 @@ def load_model(path: str | os.PathLike, weights: str | None = None):
         return model
     except ModelFileError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ModelFileError(f"{path}: the model manifest is incomplete or inconsistent ({type(e).__name__}: {e})") from e
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ArithmeticError, RecursionError) as e:
+        # ValueError includes visclust's InputError (an invalid parameter in the manifest).
+        raise ModelFileError(f"{path}: the model manifest is incomplete or inconsistent "
+                             f"({type(e).__name__}: {e}); the file was edited or damaged") from e
 
 
-def _check_consistent(fc) -> None:
+def _check_consistent(fc, path: str) -> None:
     r, c = fc.reducer_, fc.classifier_
     d, k = r.components_.shape[1], r.components_.shape[0]
     if (r.mean_.shape != (d,) or r.scale_.shape != (k,) or c.coef_.shape[1] != k or c.intercept_.shape != (c.coef_.shape[0],)
             or c.classes_.shape != (c.coef_.shape[0],) or fc.n_features_in_ != d
             or fc.cluster_centers_.shape != (fc.n_clusters_, k)):
-        raise ModelFileError("the model's arrays disagree with each other (edited file?)")
+        raise ModelFileError(f"{path}: the model's arrays disagree with each other (edited file?)")

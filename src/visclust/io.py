@@ -182,6 +182,9 @@ def load_image(path: str | os.PathLike, draft_size: int | None = None):
         with warnings.catch_warnings():
             # Our own limit below is the one that counts; Pillow's warning (89 Mpx) is not.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Plugins warn about each oddity of a damaged file (corrupt EXIF, short TIFF
+            # tags); a run over a million files reports what it skips, not those.
+            warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
             with Image.open(p) as img:
                 w, h = img.size
                 if w * h > MAX_IMAGE_PIXELS:
