@@ -15,6 +15,8 @@ from sklearn.utils.validation import check_is_fitted
 from .exceptions import InputError, MissingDependencyError
 
 _CHUNK = 65536
+#: Principal directions whose variance is below this share of the largest are dropped.
+_RANK_TOL = 1e-5
 
 
 def l2_normalize(X: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -75,6 +77,13 @@ class Reducer(TransformerMixin, BaseEstimator):
         evals, evecs = np.linalg.eigh(cov)
         order = np.argsort(evals)[::-1]
         k = int(min(self.n_components, X.shape[1], max(len(X) - 1, 1)))
+        if self.whiten:
+            # Whitening blows sampling noise up to unit variance: with few samples per
+            # dimension the noise directions then drown the real ones. Keep >= 10 per dim.
+            k = max(1, min(k, len(X) // 10))
+        # Directions with (numerically) no variance, e.g. constant pixels, carry only rounding
+        # noise; whitening would blow that noise up to unit variance, so they are dropped.
+        k = max(1, min(k, int((evals[order] > _RANK_TOL * max(evals.max(), 1e-30)).sum())))
         evals, evecs = np.clip(evals[order][:k], 0, None), evecs[:, order][:, :k]
         # Sign convention (largest |loading| positive) makes fits reproducible across BLAS.
         signs = np.sign(evecs[np.abs(evecs).argmax(0), np.arange(k)])

@@ -1,0 +1,135 @@
+"""The CLI as a user runs it: real subprocesses, real files."""
+
+import csv
+import json
+import pickle
+
+import pytest
+
+from conftest import make_shape_images
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_fit_predict_evaluate_round_trip(tmp_path, shape_images, cli):
+    model, fitcsv = tmp_path / "m.vcm", tmp_path / "fit.csv"
+    r = cli("fit", shape_images, "--clusters", "3", "--backbone", "baseline/pixels", "--output", model,
+            "--assignments", fitcsv, "--quiet")
+    assert r.returncode == 0, r.stderr
+    fitted = rows(fitcsv)
+    assert list(fitted[0]) == ["path", "cluster", "confidence"]
+    assert len(fitted) == 36 and all(0.0 <= float(x["confidence"]) <= 1.0 for x in fitted)
+
+    r = cli("evaluate", "--assignments", fitcsv, "--labels", "folders", "--json")
+    assert r.returncode == 0, r.stderr
+    scores = json.loads(r.stdout)
+    assert scores["acc"] == 1.0 and scores["n"] == 36 and {"nmi", "ari", "purity"} <= set(scores)
+
+    # New images the model has never seen, from the same three kinds.
+    new = make_shape_images(tmp_path / "new", n_per_class=5, seed=7)
+    out = tmp_path / "new.csv"
+    r = cli("predict", model, new, "--output", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert len(rows(out)) == 15
+    r = cli("evaluate", "--assignments", out, "--labels", "folders", "--json")
+    assert json.loads(r.stdout)["acc"] == 1.0
+
+    # The saved model reproduces the fitted assignments exactly.
+    again = tmp_path / "again.csv"
+    assert cli("predict", model, shape_images, "--output", again, "-q").returncode == 0
+    assert [(x["path"], x["cluster"], x["confidence"]) for x in rows(again)] == \
+           [(x["path"], x["cluster"], x["confidence"]) for x in fitted]
+
+
+def test_inputs_mix_files_dirs_and_list_files(tmp_path, shape_images, cli):
+    files = sorted(shape_images.rglob("*.png"))
+    listing = tmp_path / "list.txt"
+    listing.write_text("# some images\n" + "\n".join(str(p) for p in files[:10]) + "\n")
+    out = tmp_path / "a.csv"
+    r = cli("fit", listing, files[20], shape_images / "blue_checks", "-k", "2", "--backbone", "baseline/pixels",
+            "-o", tmp_path / "m.vcm", "--assignments", out, "-q")
+    assert r.returncode == 0, r.stderr
+    paths = [x["path"] for x in rows(out)]
+    expected = {str(p) for p in files[:10]} | {str(files[20])} | {str(p) for p in (shape_images / "blue_checks").glob("*.png")}
+    assert len(paths) == len(set(paths))  # each image once, even when named twice
+    assert set(paths) == expected
+
+
+def test_evaluate_without_labels_gives_internal_scores(tmp_path, shape_images, cli):
+    model, fitcsv = tmp_path / "m.vcm", tmp_path / "fit.csv"
+    cli("fit", shape_images, "-k", "3", "--backbone", "baseline/pixels", "-o", model, "--assignments", fitcsv, "-q")
+    r = cli("evaluate", "--assignments", fitcsv, "--model", model, "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["silhouette"] > 0.2 and s["davies_bouldin"] > 0 and s["n"] == 36
+
+
+def test_backbones_lists_names_with_sizes(cli):
+    r = cli("backbones", "--json")
+    assert r.returncode == 0
+    entries = {e["name"]: e for e in map(json.loads, r.stdout.splitlines())}
+    assert entries["torchvision/resnet50"]["feature_dim"] == 2048
+    assert entries["torchvision/vgg16"]["input_size"] == 224
+    assert "timm/vit_small_patch14_dinov2.lvd142m" in entries
+
+
+@pytest.mark.parametrize("args, message", [
+    (["fit", "nowhere/", "-o", "m.vcm", "--backbone", "baseline/pixels"], "does not exist"),
+    (["fit", ".", "-o", "m.vcm", "--backbone", "torchvision/resnet5"], "did you mean 'torchvision/resnet50'"),
+    (["fit", ".", "-o", "m.vcm", "--backbone", "baseline/pixels", "--method", "kmeens"], "did you mean 'kmeans'"),
+    (["fit", ".", "-o", "m.vcm", "--backbone", "baseline/pixels", "-k", "ten"], "positive integer or 'auto'"),
+    (["evaluate", "--assignments", "missing.csv", "--labels", "folders"], "does not exist"),
+])
+def test_bad_input_is_one_line_not_a_traceback(tmp_path, shape_images, cli, args, message):
+    r = cli(*args, cwd=shape_images)
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_model_file_with_pickle_payload_is_refused_and_not_run(tmp_path, shape_images, cli):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = tmp_path / "evil.vcm"
+    bad.write_bytes(pickle.dumps(Evil()))
+    r = cli("predict", bad, shape_images, "-o", tmp_path / "x.csv")
+    assert r.returncode == 2 and "not a visclust model file" in r.stderr
+    assert not marker.exists() and not (tmp_path / "x.csv").exists()
+
+
+def test_demo_runs_offline_and_prints_metrics(cli):
+    r = cli("demo", "--quiet", env={"VISCLUST_WEIGHTS": "", "TORCH_HOME": "/nonexistent-torch-home"})
+    assert r.returncode == 0, r.stderr
+    lines = [l for l in r.stdout.splitlines() if "ACC" in l]
+    assert len(lines) == 2
+    acc = float(lines[1].split("ACC")[1].split()[0])
+    assert acc > 0.6  # raw pixels on digits; K-means alone gets about 0.7-0.8
+
+
+@pytest.mark.slow
+def test_pretrained_features_beat_pixels_on_real_photos(tmp_path, cifar_small, mobilenet_weights, cli):
+    """The issue's done-criterion in small: real CIFAR-10 JPEGs, the shared MobileNetV2
+    weights, a folder the model has not seen."""
+    fit_dir, unseen = cifar_small
+    results = {}
+    for name, extra in (("mobilenet", ["--backbone", "torchvision/mobilenet_v2", "--weights", mobilenet_weights]),
+                        ("pixels", ["--backbone", "baseline/pixels"])):
+        model, fitcsv, newcsv = tmp_path / f"{name}.vcm", tmp_path / f"{name}.csv", tmp_path / f"{name}-new.csv"
+        r = cli("fit", fit_dir, "-k", "4", *extra, "-o", model, "--assignments", fitcsv, "-q")
+        assert r.returncode == 0, r.stderr
+        r = cli("predict", model, unseen, "-o", newcsv, "-q")
+        assert r.returncode == 0, r.stderr
+        assert len(rows(newcsv)) == 80  # every unseen image assigned
+        scores = [json.loads(cli("evaluate", "--assignments", c, "--labels", "folders", "--json").stdout)["acc"]
+                  for c in (fitcsv, newcsv)]
+        results[name] = scores
+    assert results["mobilenet"][0] > results["pixels"][0] + 0.15
+    assert results["mobilenet"][1] > results["pixels"][1] + 0.15
+    assert results["mobilenet"][0] > 0.7
