@@ -72,6 +72,18 @@ def test_round_trip_predicts_the_same_and_is_readable_by_others(blobs, good_file
     assert os.listdir(tmp_path) == ["m.vcm"]  # no temporary file left behind
 
 
+def test_a_header_length_that_starts_like_a_pickle_still_loads(good_file, tmp_path):
+    """The file starts with its header length, little-endian: its first byte may be 0x80,
+    which is also how a pickle starts. Such a model must load."""
+    manifest, arrays = split(good_file.read_bytes())
+    for n in range(512):
+        blob = rewrite({**manifest, "note": "x" * n}, arrays)
+        if blob[0] == 0x80:
+            break
+    (tmp_path / "m.vcm").write_bytes(blob)
+    assert blob[0] == 0x80 and isinstance(load_model(tmp_path / "m.vcm"), FeatureClusterer)
+
+
 class Evil:
     """Unpickling this creates the marker file: proof that code from the file ran."""
 

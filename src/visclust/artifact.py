@@ -158,11 +158,12 @@ def read_model_file(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray
     what = f"{path}: not a visclust model file"
     if len(data) < 8:
         raise ModelFileError(f"{what} (only {len(data)} bytes; truncated?)")
-    if data[:2] == b"PK" or data[:1] == b"\x80":
-        raise ModelFileError(f"{what} (it looks like a pickle or torch.save file, which visclust never loads: "
-                             "loading those can run code; use a model written by `visclust fit`)")
     (hlen,) = struct.unpack("<Q", data[:8])
     if hlen > MAX_HEADER_BYTES or 8 + hlen > len(data):
+        # Only now guess what it is: a model's own header length may start with byte 0x80.
+        if data[:2] in (b"PK", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
+            raise ModelFileError(f"{what} (it looks like a pickle or torch.save file, which visclust never loads: "
+                                 "loading those can run code; use a model written by `visclust fit`)")
         raise ModelFileError(f"{what} (bad header length; truncated, or another format)")
     header = _parse_json(data[8:8 + hlen], f"{what} (header is not JSON)")
     meta = header.get("__metadata__") if isinstance(header, dict) else None

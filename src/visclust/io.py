@@ -374,7 +374,8 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb", **open_kwargs):
     """Open a temporary file next to ``path``; on success it replaces ``path`` in one step.
 
     A crash, ``kill -9`` or full disk part-way leaves the old ``path`` untouched (at worst a
-    ``.tmp-*`` file beside it, which no reader looks at). The new file gets the usual
+    ``.<name>.tmp-<pid>-*`` file beside it, which no reader looks at and the next write of
+    ``path`` removes once that process is gone). The new file gets the usual
     permissions (``0666`` minus the umask), not the private ones of a temporary file.
 
     Raises
@@ -385,10 +386,12 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb", **open_kwargs):
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
+    prefix = f".{os.path.basename(path)}.tmp-"
     tmp = None
     try:
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
+        _remove_stale_temporaries(directory, prefix)
+        fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}-", dir=directory)
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, **open_kwargs) as f:
             yield f
@@ -407,6 +410,29 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb", **open_kwargs):
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def _remove_stale_temporaries(directory: str, prefix: str) -> None:
+    """Delete ``prefix<pid>-*`` files whose writer no longer runs (left by ``kill -9``)."""
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(prefix)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_exists(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, owned by someone else
+        return True
+    return True
 
 
 def _umask() -> int:

@@ -1,0 +1,115 @@
+"""visclust.io: finding images, atomic writes, CSV paths as data. (Decoding of every bad
+image case is in tests/robustness/test_bad_images.py.)"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from visclust.exceptions import ImageReadError, InputError, NoImagesError
+from visclust.io import (Assignments, atomic_output, collect_inputs, load_image, read_assignments, write_assignments,
+                         write_csv_atomic)
+
+
+def png(path, color=(10, 200, 10)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), color).save(path)
+    return path
+
+
+def test_directory_symlinks_are_followed_once_and_loops_end(tmp_path):
+    png(tmp_path / "photos" / "a.png")
+    png(tmp_path / "photos" / "sub" / "b.png")
+    png(tmp_path / "elsewhere" / "c.png")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "photos" / "linked")
+    os.symlink(tmp_path / "photos", tmp_path / "photos" / "sub" / "loop")  # back up: a cycle
+    found = collect_inputs([tmp_path / "photos"])
+    assert [os.path.relpath(p, tmp_path / "photos") for p in found] == ["a.png", "linked/c.png", "sub/b.png"]
+
+
+def test_directory_named_like_an_image_is_walked_not_decoded(tmp_path):
+    png(tmp_path / "x.jpg" / "inside.png")
+    assert collect_inputs([tmp_path]) == [str(tmp_path / "x.jpg" / "inside.png")]
+    with pytest.raises(ImageReadError, match="is a directory"):
+        load_image(tmp_path / "x.jpg")
+
+
+def test_heic_is_listed_and_skipped_with_the_package_to_install(tmp_path):
+    (tmp_path / "phone.heic").write_bytes(b"\0\0\0\x18ftypheic" + b"\0" * 16)
+    assert collect_inputs([tmp_path]) == [str(tmp_path / "phone.heic")]
+    try:
+        import pillow_heif  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImageReadError, match="pip install pillow-heif"):
+            load_image(tmp_path / "phone.heic")
+    else:
+        with pytest.raises(ImageReadError):  # a header only: undecodable either way
+            load_image(tmp_path / "phone.heic")
+
+
+def test_missing_input_and_no_images_say_what_to_give(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        collect_inputs([tmp_path / "nope"])
+    (tmp_path / "notes.md").write_text("x")
+    with pytest.raises(NoImagesError, match="looked for extensions"):
+        collect_inputs([tmp_path])
+
+
+def test_non_utf8_names_round_trip_through_the_csv(tmp_path):
+    name = os.fsdecode(b"\xff\xfe-photo.png")
+    png(tmp_path / "ok.png")
+    with open(os.path.join(os.fsencode(tmp_path), os.fsencode(name)), "wb") as f:
+        f.write((tmp_path / "ok.png").read_bytes())
+    paths = collect_inputs([tmp_path])
+    assert os.path.join(str(tmp_path), name) in paths
+    write_assignments(tmp_path / "a.csv", Assignments(paths, np.array([0, 1]), np.array([0.5, 1.0])))
+    assert b"\xff\xfe-photo.png" in (tmp_path / "a.csv").read_bytes()  # the name's own bytes
+    back = read_assignments(tmp_path / "a.csv")
+    assert back.paths == paths and load_image(back.paths[paths.index(os.path.join(str(tmp_path), name))]).size == (8, 8)
+
+
+def test_failed_write_keeps_the_old_file_and_names_the_path(tmp_path):
+    target = tmp_path / "a.csv"
+    write_csv_atomic(target, ("path",), [("old",)])
+    before = target.read_bytes()
+
+    def rows():
+        yield ("new",)
+        raise OSError(28, "No space left on device")  # as a full disk fails a write
+
+    with pytest.raises(OSError, match="No space left on device while writing; free some space") as e:
+        write_csv_atomic(target, ("path",), rows())
+    assert e.value.filename == str(target)
+    assert target.read_bytes() == before and os.listdir(tmp_path) == ["a.csv"]
+
+
+def test_interrupted_write_keeps_the_old_file(tmp_path):
+    target = tmp_path / "m.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_output(target) as f:
+            f.write(b"half of the new")
+            raise KeyboardInterrupt
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["m.bin"]
+
+
+def test_temporaries_of_dead_writers_are_removed_live_ones_kept(tmp_path):
+    dead = tmp_path / f".a.csv.tmp-{2**22 + 12345}-x"  # above any pid_max: no such process
+    alive = tmp_path / f".a.csv.tmp-{os.getppid()}-y"
+    other = tmp_path / f".b.csv.tmp-{2**22 + 12345}-z"
+    for p in (dead, alive, other):
+        p.write_text("partial")
+    write_csv_atomic(tmp_path / "a.csv", ("path",), [("x",)])
+    assert sorted(os.listdir(tmp_path)) == sorted(["a.csv", alive.name, other.name])
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    umask = os.umask(0o027)
+    try:
+        write_csv_atomic(tmp_path / "a.csv", ("path",), [])
+    finally:
+        os.umask(umask)
+    assert os.stat(tmp_path / "a.csv").st_mode & 0o777 == 0o640
