@@ -447,7 +447,8 @@ def compute_features(backbone: Backbone, paths: Sequence[str], store, *, batch_s
                 if Y is not None:
                     w.add([paths[i] for i in idx], stats, Y)
                 for i, msg in failed:
-                    w.add_skipped(paths[i], _stat(paths[i]), msg)
+                    prefix = f"{paths[i]}: "
+                    w.add_skipped(paths[i], _stat(paths[i]), msg[len(prefix):] if msg.startswith(prefix) else msg)
                     skipped.append((paths[i], msg))
 
             if todo:

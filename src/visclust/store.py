@@ -299,17 +299,17 @@ class FeatureStore:
         """``(path, reason)`` of files the store could not read and still has no row for
         (limited to ``paths`` when given), latest reason per file."""
         self.refresh()
-        latest: dict[str, tuple[int, int, str]] = {}
-        for shard in self._shards:
-            for p, s, t, reason in shard.skipped:
-                latest[p] = (s, t, reason)
+        latest: dict[str, tuple[int, str]] = {}
+        for k, shard in enumerate(self._shards):
+            for p, _s, _t, reason in shard.skipped:
+                latest[p] = (k, reason)
         wanted = None if paths is None else {os.path.abspath(p) for p in paths}
         out = []
-        for p, (s, t, reason) in latest.items():
+        for p, (k, reason) in latest.items():
             if wanted is not None and p not in wanted:
                 continue
-            if p in self._index and self._index[p].size == s and self._index[p].mtime == t:
-                continue
+            if p in self._index and self._index[p].shard > k:
+                continue  # read successfully since (fixed or replaced file)
             out.append((p, reason))
         return sorted(out)
 
