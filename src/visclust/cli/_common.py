@@ -29,14 +29,14 @@ def add_runtime_options(p) -> None:
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
 
 
-def add_store_options(p, store_required: bool = False) -> None:
+def add_store_options(p, store_required: bool = False, extra_engines: tuple = (), extra_help: str = "") -> None:
     g = p.add_argument_group("features")
     g.add_argument("--store", required=store_required, metavar="DIR",
                    help="feature store directory (created if missing): features already there are reused, "
                    "new ones are added" + ("" if store_required else " (default: none, compute in memory)"))
-    g.add_argument("--engine", choices=("auto", "torch", "onnx"), default="auto",
+    g.add_argument("--engine", choices=("auto", "torch", "onnx", *extra_engines), default="auto",
                    help="what runs the network: onnx (ONNX Runtime, fastest on CPU), torch, or auto = onnx on "
-                   "CPU when installed, torch on CUDA (default %(default)s)")
+                   "CPU when installed, torch on CUDA" + extra_help + " (default %(default)s)")
 
 
 def progress_flag(args) -> bool | None:

@@ -1,4 +1,5 @@
-"""visclust extract INPUT... --backbone NAME [--weights FILE] --store DIR [--engine E] [--dtype D]"""
+"""visclust extract INPUT... --backbone NAME [--weights FILE] --store DIR [--engine E] [--dtype D]
+[--executor local|ray [--ray-address ADDR]]"""
 
 from __future__ import annotations
 
@@ -15,8 +16,19 @@ def register(sub) -> None:
                        "same --store reuse the features.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories (recursive) or .txt lists of paths")
     add_backbone_options(p)
-    add_store_options(p, store_required=True)
+    add_store_options(p, store_required=True, extra_engines=("ray",),
+                      extra_help="; ray = --executor ray with the auto runtime")
     add_runtime_options(p)
+    g = p.add_argument_group("distributed (pip install 'visclust[distributed]')")
+    g.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: this process and its decoding workers; ray: Ray Data actors, one model each "
+                   "(one GPU each when the cluster has GPUs), writing the same store (default %(default)s)")
+    g.add_argument("--ray-address", metavar="ADDR",
+                   help="Ray cluster to run on, e.g. 10.0.0.1:6379 (implies --executor ray; default $RAY_ADDRESS, "
+                   "else a local Ray instance started for this run). Images and --weights must be at the same "
+                   "paths on every node; with --executor ray, --workers is the number of actors")
+    g.add_argument("--ray-object-store", type=int, metavar="MB",
+                   help="shared memory for a local Ray instance's object store (default: Ray's, 30%% of RAM)")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                    help="how features are stored (default %(default)s; float16 halves the size)")
     p.add_argument("--shard-size", type=int, default=4096, metavar="N",
@@ -38,12 +50,18 @@ def run(args) -> int:
     if args.shard_size < 1:
         raise InputError(f"--shard-size must be at least 1, got {args.shard_size}")
     paths = collect_inputs(args.inputs)
-    backbone = create_backbone(args.backbone, weights=args.weights, pretrained=not args.random_weights)
+    use_ray = args.executor == "ray" or args.engine == "ray" or args.ray_address is not None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EngineFallbackWarning)
-        stats = compute_features(backbone, paths, args.store, batch_size=args.batch_size, num_workers=args.workers,
-                                 device=args.device, progress=progress_flag(args), engine=args.engine,
-                                 dtype=args.dtype, shard_rows=args.shard_size)
+        if use_ray:
+            stats = _extract_ray(args, paths)
+        else:
+            if args.ray_object_store is not None:
+                raise InputError("--ray-object-store needs --executor ray")
+            backbone = create_backbone(args.backbone, weights=args.weights, pretrained=not args.random_weights)
+            stats = compute_features(backbone, paths, args.store, batch_size=args.batch_size,
+                                     num_workers=args.workers, device=args.device, progress=progress_flag(args),
+                                     engine=args.engine, dtype=args.dtype, shard_rows=args.shard_size)
     for w in caught:  # the engine fallback and unreadable shards: one line each, no traceback
         if issubclass(w.category, UserWarning):
             print(f"visclust extract: warning: {w.message}", file=sys.stderr)
@@ -60,3 +78,17 @@ def run(args) -> int:
         if len(stats.skipped) > 10:
             print(f"  ... and {len(stats.skipped) - 10} more", file=sys.stderr)
     return EXIT_PARTIAL
+
+
+def _extract_ray(args, paths):
+    from ..distributed import BackboneSpec, compute_features_ray
+    from ..exceptions import InputError
+
+    if args.ray_object_store is not None and args.ray_object_store < 1:
+        raise InputError(f"--ray-object-store must be a positive number of MB, got {args.ray_object_store}")
+    spec = BackboneSpec(args.backbone, weights=args.weights, pretrained=not args.random_weights)
+    return compute_features_ray(
+        spec, paths, args.store, address=args.ray_address, num_workers=args.workers, batch_size=args.batch_size,
+        engine="auto" if args.engine == "ray" else args.engine, device=args.device, dtype=args.dtype,
+        shard_rows=args.shard_size, progress=progress_flag(args),
+        object_store_memory=None if args.ray_object_store is None else args.ray_object_store * 2**20)

@@ -1,0 +1,148 @@
+"""Extraction on Ray: same features and store as the single-process engine, a killed worker's
+batch redone exactly once, bad images skipped with their reasons.
+
+The tests start their own Ray instance on 127.0.0.1 (two CPUs, a 200 MB object store) and run
+two actors on it; the CLI test starts one through ``visclust extract --engine ray``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_shape_images
+from visclust.backbones import create_backbone
+from visclust.distributed import CRASH_ONCE_ENV, BackboneSpec, compute_features_ray
+from visclust.exceptions import InputError, MissingDependencyError
+from visclust.features import compute_features, extract_features
+from visclust.io import collect_inputs
+from visclust.store import FeatureStore
+
+HAS_RAY = importlib.util.find_spec("ray") is not None
+needs_ray = pytest.mark.skipif(not HAS_RAY, reason="needs Ray: pip install 'visclust[distributed]'")
+OBJECT_STORE = 200 * 2**20
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray instance for the module: 127.0.0.1, two CPUs, so two single-CPU actors."""
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, object_store_memory=OBJECT_STORE, include_dashboard=False,
+             _node_ip_address="127.0.0.1", logging_level="ERROR", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def images(tmp_path) -> list[str]:
+    """36 shape images plus two unreadable files."""
+    root = make_shape_images(tmp_path / "imgs", n_per_class=12)
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "empty.png").write_bytes(b"")
+    return collect_inputs([root])
+
+
+def store_rows(store: FeatureStore) -> dict[str, np.ndarray]:
+    return {p: x for ps, X in store.iter_rows(mmap=False) for p, x in zip(ps, X)}
+
+
+def manifest_paths(store: FeatureStore) -> list[str]:
+    """Every row of every committed shard, duplicates included."""
+    out = []
+    for name in os.listdir(store.shards_dir):
+        if name.endswith(".json") and not name.startswith("."):
+            with open(os.path.join(store.shards_dir, name)) as f:
+                out.extend(json.load(f)["paths"])
+    return out
+
+
+@needs_ray
+def test_ray_store_equals_single_process_store(ray_session, images, tmp_path):
+    spec = BackboneSpec("torchvision/mobilenet_v2", pretrained=False)
+    backbone = spec.build()
+    local = compute_features(backbone, images, tmp_path / "local", engine="torch", num_workers=0, progress=False)
+    stats = compute_features_ray(spec, images, tmp_path / "ray", num_workers=2, batch_size=8, engine="torch",
+                                 progress=False)
+    assert stats.engine == "ray(2 x torch)"
+    assert (stats.n_inputs, stats.n_cached, stats.n_computed) == (38, 0, 36)
+
+    want = store_rows(FeatureStore(tmp_path / "local", backbone.config))
+    got_store = FeatureStore(tmp_path / "ray", backbone.config)
+    got = store_rows(got_store)
+    assert sorted(got) == sorted(want) and len(got) == 36
+    ref = np.stack([want[p] for p in sorted(want)])
+    diff = np.abs(np.stack([got[p] for p in sorted(want)]) - ref).max()
+    assert diff <= 1e-4 * np.abs(ref).max(), diff
+    # Same unreadable files, same reasons, in the same store file.
+    assert stats.skipped == local.skipped and [os.path.basename(p) for p, _ in stats.skipped] == ["broken.jpg",
+                                                                                                  "empty.png"]
+    assert got_store.skipped() == FeatureStore(tmp_path / "local", backbone.config).skipped()
+    assert len((Path(got_store.path) / "skipped.csv").read_text().splitlines()) == 3  # header + 2
+    # The single-process engine finds every readable image already done.
+    again = compute_features(backbone, images, tmp_path / "ray", engine="torch", num_workers=0, progress=False)
+    assert (again.n_cached, again.n_computed) == (36, 0)
+
+
+@needs_ray
+def test_killed_worker_batch_is_redone_once(ray_session, images, tmp_path, monkeypatch):
+    marker = tmp_path / "crashed"
+    monkeypatch.setenv(CRASH_ONCE_ENV, str(marker))
+    spec = BackboneSpec("baseline/pixels")
+    stats = compute_features_ray(spec, images, tmp_path / "store", num_workers=2, batch_size=4, engine="torch",
+                                 progress=False)
+    # A worker process really died (os._exit in an actor, not in this process)...
+    assert marker.exists() and int(marker.read_text()) != os.getpid()
+    # ...and its batch was redone: every image exactly once, with the right features.
+    store = FeatureStore(tmp_path / "store", spec.build().config)
+    rows = manifest_paths(store)
+    ref = extract_features(spec.build(), images, engine="torch", num_workers=0, progress=False)
+    assert sorted(rows) == sorted(ref.paths) and len(set(rows)) == len(rows) == 36
+    X, found, _ = store.read(ref.paths)
+    assert len(found) == 36 and np.array_equal(X, ref.features)
+    assert stats.n_computed == 36 and len(stats.skipped) == 2
+
+
+@needs_ray
+def test_device_must_be_one_ray_can_assign(ray_session, images, tmp_path):
+    with pytest.raises(InputError, match="--device must be cpu, cuda or auto"):
+        compute_features_ray(BackboneSpec("baseline/pixels"), images, tmp_path / "s", device="cuda:1")
+    with pytest.raises(InputError, match="no GPUs"):
+        compute_features_ray(BackboneSpec("baseline/pixels"), images, tmp_path / "s", device="cuda")
+
+
+def test_without_ray_the_error_says_what_to_install(images, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(MissingDependencyError, match=r"pip install 'visclust\[distributed\]'"):
+        compute_features_ray(BackboneSpec("baseline/pixels"), images, tmp_path / "s")
+
+
+def test_importing_visclust_does_not_import_ray():
+    code = ("import sys, visclust, visclust.distributed, visclust.features, visclust.cli; "
+            "visclust.cli.build_parser(); print('ray' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
+
+
+@needs_ray
+def test_cli_extract_on_a_local_ray_instance(images, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    store = tmp_path / "store"
+    base = [sys.executable, "-m", "visclust.cli", "extract", str(Path(images[0]).parents[1]), "--store", str(store),
+            "--backbone", "baseline/pixels"]
+    r = subprocess.run([*base, "--engine", "ray", "--workers", "2", "--ray-object-store", "200", "--batch-size", "8"],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 1, r.stderr  # finished, two images skipped
+    assert "36 computed" in r.stderr and "ray(2 x " in r.stderr and "2 skipped" in r.stderr
+    assert "broken.jpg" in r.stderr and "Traceback" not in r.stderr
+    # The single-process extract reads the Ray-made store as its own.
+    r = subprocess.run([*base, "--executor", "local", "--workers", "0"], capture_output=True, text=True, timeout=600,
+                       env=env)
+    assert r.returncode == 1 and "0 computed" in r.stderr and "36 already in the store" in r.stderr, r.stderr
