@@ -113,3 +113,10 @@ def test_written_files_get_normal_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert os.stat(tmp_path / "a.csv").st_mode & 0o777 == 0o640
+
+
+def test_float_image_with_nan_and_inf_is_scaled_from_its_finite_range(tmp_path):
+    a = np.array([[0.0, 0.5, 1.0, np.nan, np.inf, -np.inf]], np.float32)
+    Image.fromarray(a, "F").save(tmp_path / "f.tif")
+    got = np.asarray(load_image(tmp_path / "f.tif"))[0, :, 0]
+    assert got.tolist() == [0, 128, 255, 0, 0, 0]

@@ -269,9 +269,10 @@ def _to_rgb(img):
         return Image.fromarray(a, "L").convert("RGB")
     if img.mode == "F":
         a = np.asarray(img, dtype=np.float64)
-        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
-        a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo) * 255.0
-        return Image.fromarray(a.astype(np.uint8), "L").convert("RGB")
+        finite = np.isfinite(a)
+        lo, hi = (float(a[finite].min()), float(a[finite].max())) if finite.any() else (0.0, 0.0)
+        a = np.zeros_like(a) if hi <= lo else (np.where(finite, a, lo) - lo) / (hi - lo) * 255.0
+        return Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
