@@ -174,7 +174,7 @@ def load_image(path: str | os.PathLike, draft_size: int | None = None):
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     p = os.fspath(path)
-    _check_regular_file(p)
+    size = _check_regular_file(p)
     ext = os.path.splitext(p)[1].lower()
     if ext in PLUGIN_FORMATS:
         _register_plugin(ext)
@@ -205,7 +205,7 @@ def load_image(path: str | os.PathLike, draft_size: int | None = None):
         hint = ""
         if ext in PLUGIN_FORMATS:
             hint = f"; {ext} files need the {PLUGIN_FORMATS[ext]} package (pip install {PLUGIN_FORMATS[ext]})"
-        elif os.path.getsize(p) == 0:
+        elif size == 0:
             hint = " (the file is empty)"
         raise ImageReadError(f"{p}: not an image Pillow can decode{hint}") from e
     except (FileNotFoundError, PermissionError) as e:  # changed since _check_regular_file, or no read permission
@@ -218,14 +218,17 @@ def load_image(path: str | os.PathLike, draft_size: int | None = None):
         raise ImageReadError(f"{p}: malformed image ({type(e).__name__}: {e})") from e
 
 
-def _check_regular_file(p: str) -> None:
-    """Refuse what cannot be an image file without opening it (opening a FIFO blocks)."""
+def _check_regular_file(p: str) -> int:
+    """Refuse what cannot be an image file without opening it (opening a FIFO blocks).
+
+    Returns the file's size in bytes."""
     try:
         st = os.stat(p)
         if stat.S_ISDIR(st.st_mode):
             raise ImageReadError(f"{p}: is a directory, not an image")
         if not stat.S_ISREG(st.st_mode):
             raise ImageReadError(f"{p}: not a regular file (a FIFO, socket or device); only image files are read")
+        return st.st_size
     except ImageReadError:
         raise
     except OSError as e:
