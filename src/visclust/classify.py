@@ -98,16 +98,21 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
             yi = np.full(len(y), -1, np.int64)
             yi[y >= 0] = np.searchsorted(self.classes_, y[y >= 0])
             sample_score = centroid_margin(X, yi, cluster_means(X, yi, k))
+        self._self_train(X, y, np.asarray(sample_score))
+        self.temperature_ = self._fit_temperature(X, y, np.asarray(sample_score))
+        return self
+
+    def _self_train(self, X, y, sample_score):
+        """SVM on the confident members, then ``self_training`` rounds of relabelling all
+        rows with it and retraining on its most confident predictions."""
         labels = y
-        train = confident_members(np.asarray(sample_score), labels, self.confident_fraction)
+        train = confident_members(sample_score, labels, self.confident_fraction)
         for _ in range(self.self_training + 1):
             self._fit_svm(X[train], labels[train])
             dec = self.decision_function(X)
             labels = self.classes_[dec.argmax(1)]
             top2 = np.sort(dec, 1)[:, -2:]
             train = confident_members(top2[:, 1] - top2[:, 0], labels, self.confident_fraction)
-        self.temperature_ = self._fit_temperature(X, y)
-        return self
 
     def _fit_svm(self, X, y):
         from sklearn.svm import LinearSVC
@@ -128,12 +133,17 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
             full_coef[j], full_int[j] = coef[row], intercept[row]
         self.coef_, self.intercept_ = full_coef, full_int
 
-    def _fit_temperature(self, X, y) -> float:
-        """Temperature from 3-fold out-of-fold decision values against the cluster labels."""
+    def _fit_temperature(self, X, y, score) -> float:
+        """Temperature from 3-fold out-of-fold decision values against the cluster labels.
+
+        Each fold's SVM is trained exactly as the final one is (confident members, then
+        self-training) on two thirds of the rows, so its decision values have the final
+        model's scale; the temperature that best predicts the held-out rows' clusters is kept.
+        """
         from scipy.optimize import minimize_scalar
 
         ok = y >= 0
-        Xo, yo = X[ok], np.searchsorted(self.classes_, y[ok])
+        Xo, yo, so = X[ok], np.searchsorted(self.classes_, y[ok]), score[ok]
         if len(Xo) < 30:
             return 1.0
         rng = np.random.default_rng(self.random_state)
@@ -142,7 +152,7 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         keep = (self.coef_.copy(), self.intercept_.copy())
         for f in range(3):
             tr = fold != f
-            self._fit_svm(Xo[tr], self.classes_[yo[tr]])
+            self._self_train(Xo[tr], self.classes_[yo[tr]], so[tr])
             dec[~tr] = self.decision_function(Xo[~tr])
         self.coef_, self.intercept_ = keep
 

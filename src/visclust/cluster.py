@@ -14,18 +14,27 @@ import numpy as np
 from .exceptions import InputError
 
 METHODS = ("kmeans", "gmm", "agglomerative", "hdbscan", "spectral")
+#: ``'auto'`` is not an algorithm: it asks :class:`visclust.FeatureClusterer` to choose the
+#: space and algorithm by the label-free criterion of :mod:`visclust.select`.
+AUTO = "auto"
+#: K-means problems with at least this many ``n_samples * n_clusters`` use visclust's chunked
+#: PyTorch K-means (:mod:`visclust.kmeans`) instead of scikit-learn's: K = 1,000 on 100,000
+#: vectors then takes minutes, not tens of minutes, on two CPU cores.
+LARGE_KMEANS = 5_000_000
 #: Above this many samples, Ward and spectral clustering are fitted on a random subsample and
 #: the rest are assigned to the nearest cluster mean (both need O(n^2) memory or time).
 SUBSAMPLE = {"agglomerative": 15000, "spectral": 5000}
 
 
-def check_method(method: str) -> str:
-    if method not in METHODS:
+def check_method(method: str, allow_auto: bool = False) -> str:
+    """Return ``method`` if it names an algorithm (or ``'auto'`` where allowed), else raise."""
+    names = METHODS + ((AUTO,) if allow_auto else ())
+    if method not in names:
         import difflib
 
-        close = difflib.get_close_matches(str(method), METHODS, n=1)
+        close = difflib.get_close_matches(str(method), names, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise InputError(f"unknown clustering method '{method}'{hint}; choose one of {', '.join(METHODS)}")
+        raise InputError(f"unknown clustering method '{method}'{hint}; choose one of {', '.join(names)}")
     return method
 
 
@@ -58,7 +67,7 @@ def cluster_features(X: np.ndarray, n_clusters: int, method: str = "kmeans", *, 
         from sklearn.cluster import HDBSCAN
 
         min_size = max(5, len(X) // (4 * max(n_clusters, 1)))
-        labels = HDBSCAN(min_cluster_size=min_size, min_samples=min(10, min_size)).fit_predict(X)
+        labels = HDBSCAN(min_cluster_size=min_size, min_samples=min(10, min_size), copy=True).fit_predict(X)
         return _compact(labels)
     rng = np.random.default_rng(random_state)
     limit = SUBSAMPLE[method]
@@ -80,7 +89,21 @@ def cluster_features(X: np.ndarray, n_clusters: int, method: str = "kmeans", *, 
 
 
 def kmeans_labels(X, n_clusters, *, random_state=0, n_init=10) -> np.ndarray:
-    """K-means (k-means++ seeding, best of ``n_init`` runs by inertia)."""
+    """K-means (k-means++ seeding, best of ``n_init`` runs by inertia).
+
+    Large problems (``n_samples * n_clusters >= LARGE_KMEANS``) run on visclust's chunked
+    PyTorch K-means when it is available, with at most 3 restarts; others on scikit-learn's.
+    """
+    if len(X) * n_clusters >= LARGE_KMEANS:
+        try:
+            from .kmeans import KMeans as FastKMeans
+        except ImportError:  # torch missing: scikit-learn is slower but gives the same answer
+            FastKMeans = None
+        if FastKMeans is not None:
+            km = FastKMeans(int(n_clusters), n_init=int(min(n_init, 3)), random_state=random_state, device="cpu")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return np.asarray(km.fit(X).labels_, np.int64)
     from sklearn.cluster import KMeans
 
     return KMeans(n_clusters, n_init=n_init, random_state=random_state).fit_predict(X).astype(np.int64)
@@ -116,12 +139,15 @@ def _compact(labels: np.ndarray) -> np.ndarray:
 
 
 def select_n_clusters(X: np.ndarray, k_range=(2, 30), method: str = "kmeans", *, random_state: int | None = 0,
-                      sample_size: int = 5000) -> tuple[int, dict[int, float]]:
+                      sample_size: int = 5000, metric: str = "cosine") -> tuple[int, dict[int, float]]:
     """Choose the number of clusters by the mean silhouette, a label-free criterion.
 
     Each candidate ``k`` is clustered with ``method`` on a random subsample of at most
-    ``sample_size`` points and scored by its silhouette (cosine distance); the best ``k``
-    wins.
+    ``sample_size`` points and scored by its silhouette (``metric``: cosine in the L2-normalised
+    PCA space, euclidean in a UMAP embedding); the best ``k`` wins. In a UMAP embedding
+    (``min_dist=0`` packs each group tightly) the silhouette peaks much more clearly at the
+    real number of groups than in the PCA space; :class:`visclust.FeatureClusterer` therefore
+    scores ``k`` there when its pipeline uses UMAP.
 
     Returns
     -------
@@ -145,6 +171,6 @@ def select_n_clusters(X: np.ndarray, k_range=(2, 30), method: str = "kmeans", *,
         labels = cluster_features(Xs, k, "kmeans" if method == "hdbscan" else method, random_state=random_state, n_init=3)
         if len(np.unique(labels)) < 2:
             continue
-        scores[k] = float(silhouette_score(Xs, labels, metric="cosine"))
+        scores[k] = float(silhouette_score(Xs, labels, metric=metric))
     best = max(scores, key=scores.get)
     return best, scores

@@ -17,17 +17,32 @@ from sklearn.utils.validation import check_is_fitted as _sk_check_is_fitted
 from sklearn.exceptions import NotFittedError as _SkNotFittedError
 
 from .classify import PseudoLabelClassifier, centroid_margin
-from .cluster import METHODS, check_method, cluster_features, cluster_means, select_n_clusters
+from .cluster import METHODS, _compact, check_method, cluster_features, cluster_means, select_n_clusters
 from .exceptions import InputError, NotFittedError, WeightsUnavailableError
 from .io import Assignments, collect_inputs
 from .reduce import Reducer, umap_embedding
+from .select import SPACES, Candidate, agreement, embed, select_pipeline
+
+#: Algorithms ``method='auto'`` chooses among (HDBSCAN and spectral are available by name:
+#: HDBSCAN decides the number of groups itself, spectral is slow beyond a few thousand rows).
+AUTO_METHODS = ("kmeans", "gmm", "agglomerative")
+#: With ``space='auto'``, UMAP spaces are candidates only from this many rows on.
+UMAP_MIN_SAMPLES = 300
+
+
+def _index_of(runs, labels) -> int:
+    return next(i for i, r in enumerate(runs) if r is labels)
+
+
+class _NotFittedError(NotFittedError, _SkNotFittedError):
+    """visclust's NotFittedError that scikit-learn's tools also recognise."""
 
 
 def _check_fitted(est, attr: str) -> None:
     try:
         _sk_check_is_fitted(est, attr)
     except _SkNotFittedError as e:
-        raise NotFittedError(
+        raise _NotFittedError(
             f"this {type(est).__name__} is not fitted yet; call fit() first or load a saved model with visclust.load()"
         ) from e
 
@@ -35,19 +50,39 @@ def _check_fitted(est, attr: str) -> None:
 class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     """Cluster a feature matrix and learn a classifier that assigns new rows.
 
-    Pipeline: L2 -> PCA (whitened) -> L2 -> [UMAP] -> clustering -> linear SVM on the most
-    confident members of each cluster, refined by self-training.
+    Pipeline: L2 -> PCA (whitened) -> L2 -> clustering space (the PCA space itself, a UMAP
+    embedding of it, or UMAP of an autoencoder's code) -> clustering -> linear SVM on the
+    most confident members of each cluster, refined by self-training, with temperature-scaled
+    confidences.
+
+    With the defaults (``method='auto'``, ``space='auto'``) the space and the algorithm are
+    chosen on the data, without labels, by :func:`visclust.select.select_pipeline`: every
+    candidate is run ``n_runs`` times on different subsamples and seeds, and the most
+    reproducible one (mean pairwise adjusted Rand index) wins.
 
     Parameters
     ----------
     n_clusters : int or 'auto', default 8
-        Number of groups; ``'auto'`` chooses it in ``k_range`` by silhouette.
-    method : {'kmeans', 'gmm', 'agglomerative', 'hdbscan', 'spectral'}, default 'kmeans'
+        Number of groups; ``'auto'`` chooses it in ``k_range`` by the silhouette in the
+        clustering space (the first UMAP embedding when UMAP is among the candidates).
+    method : {'auto', 'kmeans', 'gmm', 'agglomerative', 'hdbscan', 'spectral'}, default 'auto'
+        Clustering algorithm, or ``'auto'`` to choose among K-means, Gaussian mixture and Ward.
+    space : {'auto', 'pca', 'umap', 'autoencoder'}, default 'auto'
+        Where clusters are found; ``'auto'`` chooses among 'pca' and 'umap' (plus
+        'autoencoder' when ``learned_step=True``); below 300 rows only 'pca' is tried.
     n_components : int or None, default 64
         PCA dimensions (None: no PCA).
     whiten : bool, default True
-    umap_components : int or None, default None
-        When set, clusters are found in a UMAP embedding of this many dimensions.
+    umap_components : int or None, default 10
+        Dimensions of the UMAP embeddings; ``None`` disables every UMAP-based space.
+    learned_step : bool, default False
+        Also try the learned step (an N2D autoencoder on the features, see
+        :mod:`visclust.learn`) as a candidate space; it is kept only if the criterion prefers it.
+    candidates : sequence of str, optional
+        Explicit candidate pipelines ``'SPACE+METHOD'`` (e.g. ``['pca+kmeans', 'umap+gmm']``);
+        overrides ``method``/``space``.
+    n_runs : int, default 3
+        Runs per candidate for the stability criterion.
     confident_fraction : float, default 0.5
         Share of each cluster used to train the classifier.
     self_training : int, default 2
@@ -57,7 +92,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     k_range : tuple of int, default (2, 30)
         Candidates for ``n_clusters='auto'``.
     n_init : int, default 10
-        K-means restarts.
+        K-means restarts when a single pipeline is fitted (no selection).
     random_state : int or None, default 0
 
     Attributes
@@ -72,6 +107,13 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         Mean of each cluster in the reduced space.
     reducer_ : Reducer
     classifier_ : PseudoLabelClassifier
+    pipeline_ : str
+        The pipeline used, ``'SPACE+METHOD'``.
+    pipeline_scores_ : dict {str: float}
+        Stability of each candidate pipeline (empty when only one was given).
+    selection_ : visclust.select.Selection
+        The selection's details (every run of every candidate); only after a fit that chose
+        among several candidates, and not saved in the model file.
     k_scores_ : dict
         Silhouette per candidate k when ``n_clusters='auto'``.
 
@@ -79,18 +121,23 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     --------
     >>> from sklearn.datasets import make_blobs
     >>> X, _ = make_blobs(300, centers=3, n_features=16, random_state=0)
-    >>> FeatureClusterer(n_clusters=3, n_components=8).fit(X).n_clusters_
+    >>> FeatureClusterer(n_clusters=3, n_components=8, umap_components=None).fit(X).n_clusters_
     3
     """
 
-    def __init__(self, n_clusters=8, method: str = "kmeans", n_components: int | None = 64, whiten: bool = True,
-                 umap_components: int | None = None, confident_fraction: float = 0.5, self_training: int = 2,
+    def __init__(self, n_clusters=8, method: str = "auto", space: str = "auto", n_components: int | None = 64,
+                 whiten: bool = True, umap_components: int | None = 10, learned_step: bool = False,
+                 candidates=None, n_runs: int = 3, confident_fraction: float = 0.5, self_training: int = 2,
                  reject_threshold: float = 0.0, k_range=(2, 30), n_init: int = 10, random_state: int | None = 0):
         self.n_clusters = n_clusters
         self.method = method
+        self.space = space
         self.n_components = n_components
         self.whiten = whiten
         self.umap_components = umap_components
+        self.learned_step = learned_step
+        self.candidates = candidates
+        self.n_runs = n_runs
         self.confident_fraction = confident_fraction
         self.self_training = self_training
         self.reject_threshold = reject_threshold
@@ -99,7 +146,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         self.random_state = random_state
 
     def _validate_params(self) -> int | None:
-        check_method(self.method)
+        check_method(self.method, allow_auto=True)
         k = self.n_clusters
         if isinstance(k, str):
             if k == "auto":
@@ -114,7 +161,35 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             raise InputError(f"reject_threshold must be in [0, 1), got {self.reject_threshold}")
         if self.umap_components is not None and int(self.umap_components) < 1:
             raise InputError(f"umap_components must be a positive integer or None, got {self.umap_components}")
+        if self.space not in ("auto",) + SPACES:
+            raise InputError(f"unknown clustering space '{self.space}'; choose one of auto, {', '.join(SPACES)}")
+        if self.space in ("umap", "autoencoder") and self.umap_components is None:
+            raise InputError(f"space='{self.space}' needs UMAP: set umap_components (e.g. 10) or use space='pca'")
+        if not isinstance(self.n_runs, (int, np.integer)) or isinstance(self.n_runs, bool) or self.n_runs < 2:
+            raise InputError(f"n_runs must be an integer >= 2, got {self.n_runs!r}")
+        self._candidate_list()
         return k
+
+    def _candidate_list(self, n_samples: int | None = None) -> list[Candidate]:
+        """The candidate pipelines implied by ``candidates``, ``method``, ``space``..."""
+        if self.candidates is not None:
+            if isinstance(self.candidates, str):
+                raise InputError("candidates must be a list of 'SPACE+METHOD' strings, e.g. ['pca+kmeans', 'umap+gmm']")
+            cands = [Candidate.parse(c) for c in self.candidates]
+            if not cands:
+                raise InputError("candidates is empty; give at least one 'SPACE+METHOD' or leave it None")
+            return cands
+        if self.space != "auto":
+            spaces = [self.space]
+        else:
+            # UMAP's neighbour graph says little about a few hundred points, and its first call
+            # in a process costs a JIT compilation: small collections use the PCA space only.
+            few = n_samples is not None and n_samples < UMAP_MIN_SAMPLES
+            spaces = ["pca"] if self.umap_components is None or few else ["pca", "umap"]
+            if self.learned_step and len(spaces) > 1:
+                spaces.append("autoencoder")
+        methods = list(AUTO_METHODS) if self.method == "auto" else [self.method]
+        return [Candidate(s, m) for s in spaces for m in methods]
 
     def fit(self, X, y=None):
         """Fit on ``X`` of shape (n_samples, n_features). ``y`` is ignored."""
@@ -125,19 +200,49 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         self.n_features_in_ = X.shape[1]
         self.reducer_ = Reducer(self.n_components, self.whiten).fit(X)
         Z = self.reducer_.transform(X)
-        space = Z
-        if self.umap_components:
-            space = umap_embedding(Z, int(self.umap_components), random_state=self.random_state)
+        cands = self._candidate_list(len(X))
+        umap_dims = int(self.umap_components) if self.umap_components is not None else 10
+        seed = 0 if self.random_state is None else int(self.random_state)
+        spaces = {}
         self.k_scores_ = {}
         if k is None:
-            k, self.k_scores_ = select_n_clusters(space, self.k_range, self.method, random_state=self.random_state)
-        self.cluster_labels_ = cluster_features(space, k, self.method, random_state=self.random_state, n_init=self.n_init)
+            # The number of groups is scored in the first non-linear space when there is one:
+            # UMAP packs groups tightly, so the silhouette peaks clearly there.
+            ks = next((c.space for c in cands if c.space != "pca"), "pca")
+            spaces[ks] = [embed(Z, ks, seed, umap_components=umap_dims)]
+            k_method = next((c.method for c in cands if c.space == ks and c.method in ("kmeans", "gmm", "agglomerative")),
+                            "kmeans")
+            k, self.k_scores_ = select_n_clusters(spaces[ks][0], self.k_range, k_method, random_state=self.random_state,
+                                                  metric="cosine" if ks == "pca" else "euclidean")
+        if len(cands) == 1:
+            c = cands[0]
+            E = spaces[c.space][0] if c.space in spaces else embed(Z, c.space, seed, umap_components=umap_dims)
+            self.cluster_labels_ = cluster_features(E, k, c.method, random_state=self.random_state, n_init=self.n_init)
+            self.pipeline_, self.pipeline_scores_, space, runs = c.name, {}, E, []
+        else:
+            if spaces:  # the first run of the selection reuses the embedding computed for k
+                ks = next(iter(spaces))
+                rest = [embed(Z, ks, seed + 1000 * r, umap_components=umap_dims) for r in range(1, self.n_runs)]
+                spaces[ks] = spaces[ks] + rest
+            sel = select_pipeline(Z, k, cands, n_runs=self.n_runs, random_state=seed, umap_components=umap_dims,
+                                  spaces=spaces)
+            self.cluster_labels_ = sel.labels
+            self.pipeline_, self.pipeline_scores_ = sel.best.name, dict(sel.scores)
+            self.selection_ = sel  # every candidate's runs, e.g. to report them; not saved
+            i = _index_of(sel.runs[sel.best.name], sel.labels)
+            space = sel.spaces[sel.best.space][i]
+            runs = [r for j, r in enumerate(sel.runs[sel.best.name]) if j != i]
+        self.cluster_labels_ = _compact(self.cluster_labels_)
         found = int(self.cluster_labels_.max()) + 1 if (self.cluster_labels_ >= 0).any() else 0
         if found < 1:
             warnings.warn("the clustering found no cluster (all points are noise); every row is one group", stacklevel=2)
             self.cluster_labels_ = np.zeros(len(X), np.int64)
             found = 1
         margin = centroid_margin(space, self.cluster_labels_, cluster_means(space, self.cluster_labels_, found))
+        if runs:
+            # Rows on which every run agrees come first, then by their margin in the space.
+            rank = np.argsort(np.argsort(margin, kind="stable"), kind="stable") / max(len(margin) - 1, 1)
+            margin = agreement(runs, self.cluster_labels_) + 0.5 * rank
         self.classifier_ = PseudoLabelClassifier(self.confident_fraction, self.self_training,
                                                  random_state=self.random_state).fit(Z, self.cluster_labels_, margin)
         self.labels_, self.confidence_ = self._assign(Z)
@@ -157,7 +262,11 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     def transform(self, X):
         """The reduced features ``(n_samples, n_components_)`` the classifier works in."""
         _check_fitted(self, "classifier_")
-        return self.reducer_.transform(_as_features(X))
+        X = _as_features(X)
+        if X.shape[1] != self.n_features_in_:
+            raise InputError(f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
+                             f"{self.n_features_in_} features as input; use features from the same backbone as at fit")
+        return self.reducer_.transform(X)
 
     def predict_with_confidence(self, X):
         """Cluster (-1 when rejected) and confidence in [0, 1] for each row."""
@@ -168,7 +277,8 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def predict_proba(self, X):
         """Calibrated probability of each cluster ``(n_samples, n_clusters_)``."""
-        return self.classifier_.predict_proba(self.transform(X))
+        Z = self.transform(X)  # checks that the model is fitted
+        return self.classifier_.predict_proba(Z)
 
     def fit_predict(self, X, y=None):
         return self.fit(X).labels_
@@ -181,14 +291,14 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
 
 
 def _as_features(X) -> np.ndarray:
-    if not hasattr(X, "shape"):
-        try:
-            X = np.asarray(X, dtype=np.float32)
-        except (TypeError, ValueError) as e:
-            raise InputError(f"features must be a numeric matrix: {e}") from e
-    if X.ndim != 2:
-        raise InputError(f"expected a feature matrix (n_samples, n_features), got an array of shape {X.shape}")
-    return X
+    """``X`` as a dense finite float matrix ``(n_samples, n_features)`` (float32 unless it is float64)."""
+    from sklearn.utils.validation import check_array
+
+    try:
+        return check_array(X, accept_sparse=False, dtype=[np.float32, np.float64], ensure_all_finite=True)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{e} (features must be a dense numeric matrix (n_samples, n_features); "
+                         "densify sparse input with X.toarray())") from e
 
 
 class ImageClusterer(BaseEstimator):

@@ -18,9 +18,16 @@ def register(sub) -> None:
     p.add_argument("--assignments", metavar="CSV", help="write path,cluster,confidence for every input image")
     add_backbone_options(p)
     g = p.add_argument_group("clustering")
-    g.add_argument("--method", default="kmeans", help="kmeans, gmm, agglomerative, hdbscan or spectral (default %(default)s)")
+    g.add_argument("--method", default="auto",
+                   help="auto (choose without labels, see docs/quality.md), kmeans, gmm, agglomerative, hdbscan "
+                        "or spectral (default %(default)s)")
+    g.add_argument("--space", default="auto", help="where clusters are found: auto, pca, umap or autoencoder "
+                                                  "(default %(default)s)")
+    g.add_argument("--learned-step", action="store_true",
+                   help="also try an autoencoder on the features (N2D); kept only if the criterion prefers it")
     g.add_argument("--pca", type=int, default=64, metavar="D", help="PCA dimensions, 0 = none (default %(default)s)")
-    g.add_argument("--umap", type=int, default=None, metavar="D", help="cluster in a UMAP embedding of D dimensions")
+    g.add_argument("--umap", type=int, default=10, metavar="D",
+                   help="dimensions of the UMAP embeddings, 0 = never use UMAP (default %(default)s)")
     g.add_argument("--k-range", default="2:30", metavar="MIN:MAX", help="candidates for --clusters auto (default %(default)s)")
     g.add_argument("--reject", type=float, default=0.0, metavar="T",
                    help="confidence below T assigns cluster -1 (default %(default)s: never)")
@@ -44,7 +51,8 @@ def run(args) -> int:
     from ..io import write_assignments
     from ..model import FeatureClusterer, ImageClusterer
 
-    clusterer = FeatureClusterer(method=args.method, n_components=args.pca or None, umap_components=args.umap,
+    clusterer = FeatureClusterer(method=args.method, space=args.space, learned_step=args.learned_step,
+                                 n_components=args.pca or None, umap_components=args.umap or None,
                                  reject_threshold=args.reject, k_range=parse_k_range(args.k_range),
                                  random_state=args.seed)
     model = ImageClusterer(backbone=args.backbone, weights=args.weights, pretrained=not args.random_weights,

@@ -1,0 +1,250 @@
+"""Choosing the clustering pipeline without labels.
+
+The right pipeline depends on the images: K-means in the PCA space suits some collections,
+UMAP + a Gaussian mixture others, and no single one wins everywhere. visclust therefore
+runs a few *candidate pipelines* on the user's own features and keeps the one whose answer
+is the most **reproducible**: each candidate is run ``n_runs`` times, every run with another
+seed (for UMAP: another embedding) and fitted on another random subsample of the rows
+(``subsample`` of them; the rest are assigned to the nearest cluster), and its score is the
+mean adjusted Rand index between every pair of runs. A partition that reflects real structure
+in the data comes back whatever the seed and whichever rows were seen; one imposed by the
+algorithm on structureless data moves from run to run (Ben-Hur et al. 2002, Lange et al.
+2004). No label is used: this is the criterion behind ``method='auto'``.
+
+The answer kept is the run of the winning candidate that agrees most with its other runs
+(the medoid run), so the selection costs ``n_candidates x n_runs`` clusterings and
+``n_runs`` embeddings per non-linear space, and nothing more.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .cluster import METHODS, cluster_features, cluster_means, nearest_center
+from .exceptions import InputError
+
+SPACES = ("pca", "umap", "autoencoder")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One candidate pipeline: the space clusters are found in, and the algorithm.
+
+    ``space`` is ``'pca'`` (the reducer's output), ``'umap'`` (a UMAP embedding of it) or
+    ``'autoencoder'`` (UMAP of the code of an autoencoder trained on it, as N2D does);
+    ``method`` is one of :data:`visclust.cluster.METHODS`.
+    """
+
+    space: str
+    method: str
+
+    def __post_init__(self):
+        if self.space not in SPACES:
+            raise InputError(f"unknown clustering space '{self.space}'; choose one of {', '.join(SPACES)}")
+        if self.method not in METHODS:
+            raise InputError(f"unknown clustering method '{self.method}'; choose one of {', '.join(METHODS)}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.space}+{self.method}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Candidate":
+        """``'umap+gmm'`` -> ``Candidate('umap', 'gmm')``."""
+        space, sep, method = str(text).partition("+")
+        if not sep:
+            raise InputError(f"a candidate pipeline is written SPACE+METHOD (e.g. 'umap+gmm'), got '{text}'")
+        return cls(space, method)
+
+
+#: The candidates of ``method='auto'``: linear and non-linear spaces, centroid, density and
+#: hierarchical algorithms. Cheap ones first: on equal scores the earlier one wins.
+DEFAULT_CANDIDATES = (
+    Candidate("pca", "kmeans"),
+    Candidate("pca", "gmm"),
+    Candidate("pca", "agglomerative"),
+    Candidate("umap", "kmeans"),
+    Candidate("umap", "gmm"),
+    Candidate("umap", "agglomerative"),
+)
+
+
+@dataclass
+class Selection:
+    """What :func:`select_pipeline` found.
+
+    Attributes
+    ----------
+    best : Candidate
+    labels : ndarray (n_samples,)
+        The winning candidate's medoid run.
+    scores : dict {name: float}
+        Stability (mean pairwise ARI between runs) of every candidate.
+    runs : dict {name: list of ndarray}
+        Every run's labels (all rows), e.g. to report each candidate's accuracy.
+    spaces : dict {space: list of ndarray}
+        The embeddings used, one per run.
+    seconds : dict {name: float}
+        Time spent per candidate (its clusterings; embeddings are counted under the space).
+    """
+
+    best: Candidate
+    labels: np.ndarray
+    scores: dict = field(default_factory=dict)
+    runs: dict = field(default_factory=dict)
+    spaces: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+
+
+def embed(Z: np.ndarray, space: str, random_state: int, *, umap_components: int = 10,
+          n_neighbors: int = 15, learn_params: dict | None = None) -> np.ndarray:
+    """The clustering space ``space`` of the reduced features ``Z`` for one seed."""
+    from .reduce import umap_embedding
+
+    if space == "pca":
+        return Z
+    if space == "umap":
+        return umap_embedding(Z, umap_components, n_neighbors=n_neighbors, random_state=random_state)
+    if space == "autoencoder":
+        from .learn import FeatureAutoencoder
+
+        code = FeatureAutoencoder(random_state=random_state, **(learn_params or {})).fit_transform(Z)
+        return umap_embedding(code, umap_components, n_neighbors=n_neighbors, random_state=random_state)
+    raise InputError(f"unknown clustering space '{space}'; choose one of {', '.join(SPACES)}")
+
+
+def subsample_run(E: np.ndarray, n_clusters: int, method: str, random_state: int, subsample: float,
+                  n_init: int = 3) -> np.ndarray:
+    """Cluster a random ``subsample`` share of ``E``'s rows and assign every row.
+
+    Rows outside the subsample go to the nearest cluster mean (HDBSCAN noise stays -1).
+    """
+    rng = np.random.default_rng(random_state)
+    n = len(E)
+    m = int(round(subsample * n))
+    if subsample >= 1.0 or m < max(2 * n_clusters, 20):
+        return cluster_features(E, n_clusters, method, random_state=random_state, n_init=n_init)
+    idx = np.sort(rng.choice(n, m, replace=False))
+    sub = cluster_features(E[idx], n_clusters, method, random_state=random_state, n_init=n_init)
+    found = int(sub.max()) + 1 if (sub >= 0).any() else 0
+    labels = np.full(n, -1, np.int64)
+    if found:
+        rest = np.setdiff1d(np.arange(n), idx)
+        labels[rest] = nearest_center(E[rest], cluster_means(E[idx], sub, found))
+    labels[idx] = sub
+    return labels
+
+
+def stability(runs: list[np.ndarray]) -> float:
+    """Mean adjusted Rand index over every pair of runs (1 = identical partitions)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    pairs = list(itertools.combinations(range(len(runs)), 2))
+    if not pairs:
+        return float("nan")
+    return float(np.mean([adjusted_rand_score(runs[a], runs[b]) for a, b in pairs]))
+
+
+def medoid_run(runs: list[np.ndarray]) -> int:
+    """Index of the run that agrees most (summed ARI) with the others."""
+    from sklearn.metrics import adjusted_rand_score
+
+    if len(runs) < 3:
+        return 0
+    total = [sum(adjusted_rand_score(runs[i], runs[j]) for j in range(len(runs)) if j != i) for i in range(len(runs))]
+    return int(np.argmax(total))
+
+
+def align_to(labels: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``labels`` renamed so that they best match ``reference`` (Hungarian matching).
+
+    Clusters of ``labels`` left without a partner keep a fresh number; -1 stays -1.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    labels = np.asarray(labels, np.int64)
+    reference = np.asarray(reference, np.int64)
+    a, b = labels.max(initial=-1) + 1, reference.max(initial=-1) + 1
+    if a == 0 or b == 0:
+        return labels.copy()
+    ok = (labels >= 0) & (reference >= 0)
+    m = np.zeros((a, b), np.int64)
+    np.add.at(m, (labels[ok], reference[ok]), 1)
+    rows, cols = linear_sum_assignment(-m)
+    mapping = np.arange(b, b + a)
+    mapping[rows] = cols
+    return np.where(labels >= 0, mapping[np.maximum(labels, 0)], -1)
+
+
+def agreement(runs: list[np.ndarray], reference: np.ndarray) -> np.ndarray:
+    """Share of ``runs`` that put each row in the same cluster as ``reference`` (after
+    matching cluster numbers), in [0, 1]: a label-free confidence of each assignment."""
+    if not runs:
+        return np.ones(len(reference))
+    return np.mean([align_to(r, reference) == reference for r in runs], axis=0)
+
+
+def select_pipeline(Z: np.ndarray, n_clusters: int, candidates=DEFAULT_CANDIDATES, *, n_runs: int = 3,
+                    subsample: float = 0.8, random_state: int | None = 0, umap_components: int = 10,
+                    learn_params: dict | None = None, spaces: dict | None = None) -> Selection:
+    """Run every candidate pipeline ``n_runs`` times and keep the most stable one.
+
+    Parameters
+    ----------
+    Z : ndarray (n_samples, n_components)
+        Reduced features (the output of :class:`visclust.reduce.Reducer`).
+    n_clusters : int
+    candidates : sequence of Candidate or str, default :data:`DEFAULT_CANDIDATES`
+    n_runs : int, default 3
+        Runs per candidate (>= 2); each has its own seed, embedding and subsample.
+    subsample : float, default 0.8
+        Share of the rows each run is fitted on.
+    random_state : int, default 0
+    umap_components : int, default 10
+    learn_params : dict, optional
+        Parameters of :class:`visclust.learn.FeatureAutoencoder` for the ``'autoencoder'`` space.
+    spaces : dict {space: list of ndarray}, optional
+        Embeddings already computed (one per run), e.g. to share them between calls.
+
+    Returns
+    -------
+    Selection
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_blobs
+    >>> X, _ = make_blobs(300, centers=3, n_features=8, random_state=0)
+    >>> select_pipeline(X, 3, ["pca+kmeans", "pca+gmm"]).scores["pca+kmeans"] > 0.9
+    True
+    """
+    cands = [c if isinstance(c, Candidate) else Candidate.parse(c) for c in candidates]
+    if not cands:
+        raise InputError("no candidate pipeline to choose from; give at least one, e.g. 'pca+kmeans'")
+    if int(n_runs) < 2:
+        raise InputError(f"n_runs must be at least 2 to measure stability, got {n_runs}")
+    if not 0 < subsample <= 1:
+        raise InputError(f"subsample must be in (0, 1], got {subsample}")
+    Z = np.asarray(Z, np.float32)
+    seed0 = 0 if random_state is None else int(random_state)
+    seeds = [seed0 + 1000 * r for r in range(int(n_runs))]
+    spaces = dict(spaces or {})
+    seconds: dict[str, float] = {}
+    for space in dict.fromkeys(c.space for c in cands):
+        if space not in spaces:
+            t0 = time.perf_counter()
+            spaces[space] = [embed(Z, space, s, umap_components=umap_components, learn_params=learn_params)
+                             for s in seeds] if space != "pca" else [Z] * len(seeds)
+            seconds[f"embed:{space}"] = time.perf_counter() - t0
+    runs, scores = {}, {}
+    for c in cands:
+        t0 = time.perf_counter()
+        runs[c.name] = [subsample_run(E, n_clusters, c.method, s, subsample) for E, s in zip(spaces[c.space], seeds)]
+        scores[c.name] = stability(runs[c.name])
+        seconds[c.name] = time.perf_counter() - t0
+    best = max(cands, key=lambda c: (scores[c.name], -cands.index(c)))
+    chosen = runs[best.name]
+    return Selection(best, chosen[medoid_run(chosen)], scores, runs, spaces, seconds)

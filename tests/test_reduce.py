@@ -1,0 +1,82 @@
+"""The reducer (L2 -> PCA -> whiten -> L2) and the UMAP embedding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits, make_blobs
+
+from visclust.evaluate import hungarian_accuracy
+from visclust.exceptions import InputError
+from visclust.reduce import Reducer, l2_normalize, umap_embedding
+
+
+@pytest.fixture(scope="module")
+def features():
+    return np.random.default_rng(0).normal(size=(500, 40)).astype(np.float32) * np.linspace(5, 0.1, 40)
+
+
+def test_output_is_unit_length_with_the_requested_dimensions(features):
+    r = Reducer(16).fit(features)
+    Z = r.transform(features)
+    assert Z.shape == (500, 16) and Z.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(Z, axis=1), 1, atol=1e-5)
+    assert r.n_components_ == 16
+    assert np.all(np.diff(r.explained_variance_ratio_) <= 1e-7)  # sorted by variance
+
+
+def test_whitening_gives_every_component_the_same_variance(features):
+    Z = Reducer(8, whiten=True, normalize=False).fit(features).transform(features)
+    np.testing.assert_allclose(Z.std(0, ddof=1), 1, rtol=1e-3)
+    Zp = Reducer(8, whiten=False, normalize=False).fit(features).transform(features)
+    assert Zp.std(0)[0] > 5 * Zp.std(0)[-1]
+
+
+def test_components_without_variance_are_dropped():
+    """Constant pixels (sklearn digits has some) must not be whitened into noise."""
+    X = load_digits().data
+    r = Reducer(64).fit(X)
+    assert r.n_components_ < 64
+    assert np.isfinite(r.transform(X)).all()
+    assert r.scale_.min() > 1e-3 * r.scale_.max()
+
+
+def test_no_pca_keeps_the_normalised_features(features):
+    Z = Reducer(None).fit(features).transform(features)
+    np.testing.assert_allclose(Z, l2_normalize(features), atol=1e-6)
+
+
+def test_arrays_round_trip_gives_the_same_transform(features):
+    r = Reducer(10).fit(features)
+    r2 = Reducer.from_arrays(r.get_params(), r.to_arrays())
+    np.testing.assert_array_equal(r.transform(features), r2.transform(features))
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((0, 3)), "no rows"),
+    (np.zeros(5), r"\(n_samples, n_features\)"),
+    (np.array([[1.0, np.nan]]), "NaN or infinity"),
+])
+def test_bad_feature_matrices_are_refused(bad, match):
+    with pytest.raises(InputError, match=match):
+        Reducer(2).fit(bad)
+
+
+def test_wrong_feature_count_at_transform(features):
+    r = Reducer(4).fit(features)
+    with pytest.raises(InputError, match="40"):
+        r.transform(features[:, :10])
+
+
+def test_bad_n_components():
+    with pytest.raises(InputError, match="positive integer or None"):
+        Reducer(0).fit(np.ones((10, 3)))
+
+
+def test_umap_embedding_keeps_separated_groups_apart():
+    from sklearn.cluster import KMeans
+
+    X, y = make_blobs(300, centers=3, n_features=20, cluster_std=1.0, random_state=0)
+    E = umap_embedding(X, n_components=4, random_state=0)
+    assert E.shape == (300, 4) and E.dtype == np.float32
+    assert hungarian_accuracy(y, KMeans(3, n_init=3, random_state=0).fit_predict(E)) == 1.0

@@ -1,0 +1,81 @@
+"""The label-free choice of the clustering pipeline: stability across runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_blobs
+
+from visclust.evaluate import hungarian_accuracy
+from visclust.exceptions import InputError
+from visclust.select import (Candidate, agreement, align_to, medoid_run, select_pipeline, stability,
+                             subsample_run)
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    X, y = make_blobs(400, centers=4, n_features=8, cluster_std=0.8, center_box=(-10, 10), random_state=0)
+    return X.astype(np.float32), y
+
+
+def test_candidate_parse_and_errors():
+    assert Candidate.parse("umap+gmm") == Candidate("umap", "gmm")
+    assert Candidate("pca", "kmeans").name == "pca+kmeans"
+    with pytest.raises(InputError, match="SPACE\\+METHOD"):
+        Candidate.parse("umap")
+    with pytest.raises(InputError, match="unknown clustering space 'tsne'"):
+        Candidate.parse("tsne+kmeans")
+    with pytest.raises(InputError, match="unknown clustering method"):
+        Candidate("pca", "dbscan")
+
+
+def test_align_to_undoes_a_renumbering():
+    ref = np.array([0, 0, 1, 1, 2, 2, -1])
+    assert align_to(np.array([2, 2, 0, 0, 1, 1, -1]), ref).tolist() == ref.tolist()
+    assert agreement([np.array([1, 1, 0, 0, 2, 0, -1])], ref).tolist() == [1, 1, 1, 1, 1, 0, 1]
+
+
+def test_stability_is_one_for_renumbered_copies_and_low_for_random_partitions():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 4, 500)
+    assert stability([a, (a + 1) % 4, (a + 2) % 4]) == pytest.approx(1.0)
+    assert abs(stability([rng.integers(0, 4, 500) for _ in range(3)])) < 0.05
+
+
+def test_medoid_run_is_the_one_agreeing_with_the_others():
+    a = np.repeat([0, 1, 2], 50)
+    odd = np.random.default_rng(1).integers(0, 3, 150)
+    assert medoid_run([odd, a, a.copy()]) in (1, 2)
+
+
+def test_subsample_run_labels_every_row(blobs):
+    X, y = blobs
+    labels = subsample_run(X, 4, "agglomerative", random_state=0, subsample=0.5)
+    assert (labels >= 0).all()
+    assert hungarian_accuracy(y, labels) == 1.0
+
+
+def test_real_structure_is_stable_and_structureless_data_is_not(blobs):
+    X, _ = blobs
+    noise = np.random.default_rng(0).normal(size=X.shape).astype(np.float32)
+    on_blobs = select_pipeline(X, 4, ["pca+kmeans"], n_runs=3)
+    on_noise = select_pipeline(noise, 4, ["pca+kmeans"], n_runs=3)
+    assert on_blobs.scores["pca+kmeans"] > 0.95
+    assert on_noise.scores["pca+kmeans"] < 0.8
+
+
+def test_the_most_stable_candidate_wins_and_its_medoid_run_is_returned(blobs):
+    X, y = blobs
+    sel = select_pipeline(X, 4, ["pca+kmeans", "pca+agglomerative", "pca+spectral"], n_runs=3, random_state=0)
+    assert sel.scores[sel.best.name] == max(sel.scores.values())
+    assert any(r is sel.labels for r in sel.runs[sel.best.name])
+    assert all(len(runs) == 3 for runs in sel.runs.values())
+    assert hungarian_accuracy(y, sel.labels) == 1.0
+
+
+def test_select_pipeline_argument_errors(blobs):
+    X, _ = blobs
+    with pytest.raises(InputError, match="n_runs must be at least 2"):
+        select_pipeline(X, 4, ["pca+kmeans"], n_runs=1)
+    with pytest.raises(InputError, match="no candidate"):
+        select_pipeline(X, 4, [])
