@@ -162,11 +162,12 @@ def test_other_formats_pillow_can_read(folder, name):
     assert r > 180 and g < 90 and b < 90
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("zero_bytes.jpg", "empty"), ("truncated.jpg", "truncated"), ("text.jpg", "not an image Pillow can decode"),
-    ("bomb.png", "refused without decoding"), ("broken_symlink.png", "broken symlink"),
-    ("loop_a.png", "symlink loop"), ("x.jpg", "is a directory"), ("fifo.jpg", "not a regular file"),
-])
+BAD = [("zero_bytes.jpg", "empty"), ("truncated.jpg", "truncated"), ("text.jpg", "not an image Pillow can decode"),
+       ("bomb.png", "refused without decoding"), ("broken_symlink.png", "broken symlink"),
+       ("loop_a.png", "symlink loop"), ("x.jpg", "is a directory"), ("fifo.jpg", "not a regular file")]
+
+
+@pytest.mark.parametrize("name, reason", BAD, ids=[name for name, _ in BAD])
 def test_bad_file_raises_image_read_error_naming_it(folder, name, reason):
     with pytest.raises(ImageReadError, match=re.escape(str(folder / name)) + ".*" + reason):
         load_image(folder / name)
