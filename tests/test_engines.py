@@ -20,8 +20,18 @@ def mobilenet():
     return create_backbone("torchvision/mobilenet_v2", pretrained=False, seed=3)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def shared_cache(tmp_path_factory):
+    """One export cache for the module (never the user's ~/.cache): exports are slow."""
+    root = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VISCLUST_CACHE", str(root))
+        yield root / "onnx"
+
+
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
+    """An empty export cache, for tests that count or damage exports."""
     monkeypatch.setenv("VISCLUST_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache" / "onnx"
 
@@ -31,7 +41,7 @@ def images():
     return np.random.default_rng(1).integers(0, 256, (5, 224, 224, 3), dtype=np.uint8)
 
 
-def test_onnx_engine_matches_pytorch(mobilenet, cache, images):
+def test_onnx_engine_matches_pytorch(mobilenet, images):
     eng = create_engine(mobilenet, "onnx", "cpu")
     assert isinstance(eng, OnnxEngine) and eng.max_abs_diff is not None
     ref = TorchEngine(mobilenet, "cpu")(images)
@@ -42,7 +52,7 @@ def test_onnx_engine_matches_pytorch(mobilenet, cache, images):
     assert np.allclose(eng(images[2:3]), got[2:3], rtol=1e-5, atol=1e-5)
 
 
-def test_auto_is_onnxruntime_on_cpu(mobilenet, cache):
+def test_auto_is_onnxruntime_on_cpu(mobilenet):
     assert create_engine(mobilenet, "auto", "cpu").name == "onnxruntime"
     assert create_engine(mobilenet, "torch", "cpu").name == "torch"
 
@@ -100,7 +110,7 @@ def test_export_is_atomic(mobilenet, tmp_path):
 
 
 @pytest.mark.parametrize("bad", [np.zeros((2, 224, 224, 3), np.float32), np.zeros((2, 3, 224, 224), np.uint8)])
-def test_engines_refuse_batches_of_the_wrong_layout(mobilenet, cache, bad):
+def test_engines_refuse_batches_of_the_wrong_layout(mobilenet, bad):
     for eng in (TorchEngine(mobilenet, "cpu"), create_engine(mobilenet, "onnx", "cpu")):
         with pytest.raises(InputError, match=r"\(n, height, width, 3\) uint8"):
             eng(bad)
@@ -113,7 +123,7 @@ def test_unknown_engine_and_onnx_on_cuda_are_clear_errors(mobilenet):
         create_engine(mobilenet, "onnx", "cuda")
 
 
-def test_shared_mobilenet_onnx_equals_pytorch_on_real_photos(mobilenet_weights, shared, cache):
+def test_shared_mobilenet_onnx_equals_pytorch_on_real_photos(mobilenet_weights, shared):
     """The real pretrained weights: ONNX Runtime features of real photos equal PyTorch's."""
     from visclust.features import extract_features
     from visclust.io import collect_inputs

@@ -491,4 +491,9 @@ def _progress_bar(total: int, progress: bool | None):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="img", dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
+    try:  # a terminal that reports no size (some ptys, CI consoles) would get an empty bar
+        sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
+    except (OSError, ValueError, AttributeError):
+        sized = False
+    return tqdm(total=total, unit="img", dynamic_ncols=sized, ncols=None if sized else 100,
+                nrows=None if sized else 24, file=sys.stderr, smoothing=0.1)

@@ -1,0 +1,212 @@
+"""Images -> features: preprocessing, batching, workers, GPU-style decoding, the store, the CLI."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from visclust.backbones import Preprocess, create_backbone
+from visclust.exceptions import InputError
+from visclust.features import extract_features, iter_batches, preprocess_image, resize_crop
+from visclust.io import collect_inputs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def onnx_cache(tmp_path_factory):
+    """Exports go to a temporary cache, not the user's ~/.cache (subprocesses inherit it)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VISCLUST_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    return create_backbone("torchvision/mobilenet_v2", pretrained=False, seed=0)
+
+
+def photo(size, seed=0) -> Image.Image:
+    """A smooth random image (sharp noise would exaggerate resampling differences)."""
+    w, h = size
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (max(2, h // 8), max(2, w // 8), 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((w, h), Image.BICUBIC)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (300, 200), (200, 500), (224, 224), (256, 256), (231, 400)])
+@pytest.mark.parametrize("interp", ["bilinear", "bicubic"])
+def test_resize_crop_in_one_call_equals_resize_then_crop(size, interp):
+    pre = Preprocess(input_size=224, resize_size=256, interpolation=interp)
+    img = photo(size)
+    w, h = size
+    scale = 256 / min(w, h)
+    nw, nh = max(224, round(w * scale)), max(224, round(h * scale))
+    full = img.resize((nw, nh), Image.BILINEAR if interp == "bilinear" else Image.BICUBIC)
+    left, top = (nw - 224) // 2, (nh - 224) // 2
+    expected = np.asarray(full.crop((left, top, left + 224, top + 224)))
+    got = preprocess_image(img, pre)
+    assert got.shape == (224, 224, 3) and got.dtype == np.uint8
+    diff = np.abs(got.astype(int) - expected)
+    # the same pixels up to float rounding (bicubic rounds twice, once per pass)
+    assert diff.max() <= 2 and diff.mean() < 0.25
+
+
+def test_large_downscale_stays_close_to_the_exact_filter():
+    pre = Preprocess(input_size=224, resize_size=256)
+    img = photo((2000, 1500))
+    exact = np.asarray(img.resize((341, 256), Image.BILINEAR).crop((58, 16, 282, 240)), dtype=int)
+    assert np.abs(np.asarray(resize_crop(img, pre), dtype=int) - exact).mean() < 2.0
+
+
+def write_mixed(root):
+    """Readable PNG/JPEG/greyscale/RGBA images of different sizes plus two bad files."""
+    root.mkdir()
+    names = []
+    for i, (size, mode, ext) in enumerate([((64, 48), "RGB", "jpg"), ((40, 90), "RGB", "png"), ((50, 50), "L", "jpg"),
+                                           ((33, 61), "RGBA", "png"), ((300, 220), "RGB", "jpg"), ((48, 48), "RGB", "bmp")]):
+        p = root / f"{i}.{ext}"
+        photo(size, seed=i).convert(mode).save(p)
+        names.append(str(p))
+    (root / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
+    (root / "empty.png").write_bytes(b"")
+    return sorted(names + [str(root / "bad.jpg"), str(root / "empty.png")])
+
+
+def test_order_is_kept_and_bad_files_are_reported(tmp_path, mobilenet):
+    paths = write_mixed(tmp_path / "imgs")
+    res = extract_features(mobilenet, paths, engine="torch", num_workers=0, batch_size=3)
+    assert res.paths == [p for p in paths if not p.endswith(("bad.jpg", "empty.png"))]
+    assert [p for p, _ in res.skipped] == [str(tmp_path / "imgs" / "bad.jpg"), str(tmp_path / "imgs" / "empty.png")]
+    assert all(reason.startswith(p) for p, reason in res.skipped)
+    assert res.features.shape == (6, 1280) and np.isfinite(res.features).all()
+
+
+@pytest.mark.parametrize("workers,batch", [(1, 4), (2, 1), (0, 64)])
+def test_workers_and_batch_size_do_not_change_the_features(tmp_path, mobilenet, workers, batch):
+    paths = write_mixed(tmp_path / "imgs")
+    ref = extract_features(mobilenet, paths, engine="torch", num_workers=0, batch_size=2)
+    got = extract_features(mobilenet, paths, engine="torch", num_workers=workers, batch_size=batch)
+    assert got.paths == ref.paths and got.skipped == ref.skipped
+    assert np.allclose(got.features, ref.features, rtol=1e-4, atol=1e-5)
+
+
+def test_batches_are_uint8_nhwc_without_per_image_tensors(tmp_path):
+    paths = write_mixed(tmp_path / "imgs")
+    pre = Preprocess(input_size=32, resize_size=36)
+    batches = list(iter_batches(paths, pre, batch_size=5, num_workers=1))
+    assert [len(b.indices) + len(b.failed) for b in batches] == [5, 3]
+    assert batches[0].images.dtype.is_floating_point is False
+    assert tuple(batches[0].images.shape) == (len(batches[0].indices), 32, 32, 3)
+    assert all(st is not None and st[0] > 0 for b in batches for st in b.stats)
+
+
+def test_torch_decoding_is_close_to_pil_and_falls_back_for_other_files(tmp_path, mobilenet):
+    """decode='torch' (the GPU path: torchvision.io.decode_jpeg + tensor resize), run on CPU."""
+    paths = write_mixed(tmp_path / "imgs")
+    pil = extract_features(mobilenet, paths, engine="torch", num_workers=0, batch_size=4, decode="pil")
+    tv = extract_features(mobilenet, paths, engine="torch", num_workers=1, batch_size=4, decode="torch")
+    assert tv.paths == pil.paths and [p for p, _ in tv.skipped] == [p for p, _ in pil.skipped]
+    a, b = pil.features, tv.features
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.95
+
+
+def test_bad_arguments_are_clear_errors(tmp_path, mobilenet):
+    paths = write_mixed(tmp_path / "imgs")[:2]
+    with pytest.raises(InputError, match="batch size"):
+        extract_features(mobilenet, paths, engine="torch", batch_size=0)
+    with pytest.raises(InputError, match="decoder"):
+        extract_features(mobilenet, paths, engine="torch", decode="nvjpeg")
+    with pytest.raises(InputError, match="workers"):
+        extract_features(mobilenet, paths, engine="torch", num_workers=-1)
+    with pytest.raises(InputError, match="device"):
+        extract_features(mobilenet, paths, engine="torch", device="tpu:9")
+
+
+def test_store_gives_the_same_features_as_memory(tmp_path, mobilenet):
+    paths = write_mixed(tmp_path / "imgs")
+    mem = extract_features(mobilenet, paths, engine="onnx", num_workers=0)
+    first = extract_features(mobilenet, paths, engine="onnx", num_workers=0, store=tmp_path / "s")
+    again = extract_features(mobilenet, paths, engine="onnx", num_workers=0, store=tmp_path / "s")
+    for r in (first, again):
+        assert r.paths == mem.paths and [p for p, _ in r.skipped] == [p for p, _ in mem.skipped]
+        assert np.array_equal(r.features, mem.features)
+
+
+def test_image_clusterer_uses_the_store(tmp_path, shape_images):
+    from visclust.model import ImageClusterer
+
+    store = tmp_path / "store"
+    m = ImageClusterer(backbone="baseline/pixels", n_clusters=3, store=str(store), engine="torch", num_workers=0)
+    assert m.get_params()["store"] == str(store) and m.get_params()["engine"] == "torch"
+    m.fit([shape_images])
+    shards = sorted(store.glob("*/shards/*.json"))
+    assert len(shards) == 1
+    m.assign([shape_images])  # everything is in the store: nothing new written
+    assert sorted(store.glob("*/shards/*.json")) == shards
+
+
+def test_fit_and_predict_reuse_what_extract_stored(tmp_path, shape_images, cli):
+    store = tmp_path / "store"
+    common = ["--backbone", "baseline/pixels", "--workers", "0", "--store", store]
+    r = cli("extract", shape_images, *common)
+    assert r.returncode == 0, r.stderr
+    shards = sorted(store.glob("*/shards/*.json"))
+    r = cli("fit", shape_images, "-k", "3", "-o", tmp_path / "m.vcm", *common)
+    assert r.returncode == 0, r.stderr
+    assert sorted(store.glob("*/shards/*.json")) == shards  # fit computed nothing
+    new = tmp_path / "new"
+    new.mkdir()
+    os.symlink(next((shape_images / "red_disc").iterdir()), new / "x.png")
+    Image.new("RGB", (48, 48), (0, 0, 255)).save(new / "blue.png")
+    r = cli("predict", tmp_path / "m.vcm", shape_images, new, "-o", tmp_path / "a.csv", "--workers", "0",
+            "--store", store, "--engine", "torch")
+    assert r.returncode == 0, r.stderr
+    added = sorted(set(store.glob("*/shards/*.json")) - set(shards))
+    import json
+
+    # only the two new files were computed (the symlink is a new path, same pixels)
+    assert sorted(os.path.basename(p) for m in added for p in json.loads(m.read_text())["paths"]) == ["blue.png", "x.png"]
+
+
+def test_progress_bar_shows_rate_and_eta_on_a_terminal(tmp_path, shape_images):
+    """Run `visclust extract` under a pseudo-terminal: the bar shows img/s; --quiet hides it."""
+    import pty
+    import subprocess
+    import sys
+
+    def run(*extra):
+        master, slave = pty.openpty()
+        p = subprocess.Popen([sys.executable, "-m", "visclust.cli", "extract", str(shape_images), "--store",
+                              str(tmp_path / f"s{len(extra)}"), "--backbone", "baseline/pixels", "--workers", "0",
+                              "--engine", "torch", *extra], stdout=slave, stderr=slave)
+        os.close(slave)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        p.wait(timeout=300)
+        os.close(master)
+        return p.returncode, out.decode(errors="replace")
+
+    rc, out = run()
+    assert rc == 0 and "img/s" in out and "36/36" in out
+    rc, out = run("--quiet")
+    assert rc == 0 and out.strip() == ""
+
+
+def test_cifar_subset_through_the_store_with_real_weights(mobilenet_weights, cifar_small, tmp_path):
+    """Real pretrained weights, real JPEGs: the store's features equal an in-memory run."""
+    bb = create_backbone("torchvision/mobilenet_v2", weights=mobilenet_weights)
+    paths = collect_inputs([cifar_small[1]])
+    mem = extract_features(bb, paths, engine="onnx", num_workers=1)
+    stored = extract_features(bb, paths, engine="onnx", num_workers=1, store=tmp_path / "s", dtype="float16")
+    assert stored.paths == mem.paths == paths
+    assert np.allclose(stored.features, mem.features, rtol=2e-3, atol=2e-3)
