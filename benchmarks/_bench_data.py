@@ -1,0 +1,109 @@
+"""Datasets and cached features for benchmarks/quality.py.
+
+Image datasets go through visclust's real image pipeline (files on disk -> decode ->
+backbone). Features are cached once per (dataset, backbone, weights) as ``.npz`` under the
+cache directory, so reruns cost seconds.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(os.environ.get("VISCLUST_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+MOBILENET = SHARED / "weights/mobilenet_v2-imagenet-qnnpack-dequant-fp16.safetensors"
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def mnist_folder(cache: Path) -> Path:
+    """MNIST test as ``cache/mnist-test/<digit>/<index>.png`` (written once)."""
+    root = cache / "mnist-test"
+    if (root / ".done").exists():
+        return root
+    from PIL import Image
+
+    images = _read_idx(SHARED / "data/mnist/t10k-images-idx3-ubyte.gz")
+    labels = _read_idx(SHARED / "data/mnist/t10k-labels-idx1-ubyte.gz")
+    for i, (img, lab) in enumerate(zip(images, labels)):
+        d = root / str(int(lab))
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(d / f"{i:05d}.png")
+    (root / ".done").touch()
+    return root
+
+
+def cifar_folder(cache: Path) -> Path:
+    """CIFAR-10 test as ``cache/cifar10/test/<class>/<n>.jpg`` (extracted once)."""
+    root = cache / "cifar10"
+    if not (root / ".done").exists():
+        with tarfile.open(SHARED / "data/cifar10-test-jpeg.tar.gz") as t:
+            t.extractall(root, filter="data")
+        (root / ".done").touch()
+    return root / "test"
+
+
+def folder_labels(paths) -> np.ndarray:
+    names = [os.path.basename(os.path.dirname(p)) for p in paths]
+    classes = sorted(set(names))
+    return np.array([classes.index(n) for n in names], np.int64)
+
+
+def image_features(folder: Path, cache: Path, backbone: str = "torchvision/mobilenet_v2",
+                   weights: Path | None = MOBILENET, num_workers: int = 1) -> tuple[np.ndarray, np.ndarray, float]:
+    """Backbone features of every image under ``folder`` and labels from subfolder names.
+
+    Returns ``(features, labels, seconds)``; seconds is the extraction time when it was
+    measured (0 when read from the cache).
+    """
+    from visclust.io import collect_inputs
+
+    paths = collect_inputs([str(folder)])
+    key = hashlib.sha256("\n".join([backbone, str(weights)] + paths).encode()).hexdigest()[:16]
+    out = cache / f"features-{Path(folder).name}-{backbone.replace('/', '_')}-{key}.npz"
+    if out.exists():
+        z = np.load(out)
+        return z["features"], z["labels"], float(z["seconds"])
+    from visclust.backbones import create_backbone
+    from visclust.features import extract_features
+
+    bb = create_backbone(backbone, weights=weights)
+    t0 = time.perf_counter()
+    res = extract_features(bb, paths, batch_size=64, num_workers=num_workers, device="cpu", progress=False)
+    secs = time.perf_counter() - t0
+    labels = folder_labels(res.paths)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.npz")
+    np.savez(tmp, features=res.features, labels=labels, seconds=secs)
+    os.replace(tmp, out)
+    print(f"extracted {len(res.paths)} images from {folder} in {secs:.0f} s", file=sys.stderr)
+    return res.features, labels, secs
+
+
+def digits_pixels() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.data.astype(np.float32), d.target.astype(np.int64)
+
+
+if __name__ == "__main__":  # python benchmarks/_bench_data.py CACHE: extract MNIST + CIFAR features
+    cache = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/visclust-bench")
+    cache.mkdir(parents=True, exist_ok=True)
+    for make in (mnist_folder, cifar_folder):
+        f = make(cache)
+        X, y, s = image_features(f, cache)
+        print(make.__name__, X.shape, np.bincount(y), f"{s:.0f} s", flush=True)
