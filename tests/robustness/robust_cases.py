@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-#: Options that make ``visclust fit`` cheap: weight-free pixels, no PCA, one process.
-FAST_FIT = ("--backbone", "baseline/pixels", "--pca", "0", "--workers", "0", "--clusters", "3")
+#: Options that make ``visclust fit`` cheap and deterministic: weight-free pixels, no PCA, one
+#: process, one clustering pipeline (no selection among candidates, no UMAP).
+FAST_FIT = ("--backbone", "baseline/pixels", "--pca", "0", "--workers", "0", "--clusters", "3", "--method", "kmeans",
+            "--space", "pca")
 
 
 # --------------------------------------------------------------------------- the CLI
