@@ -109,12 +109,13 @@ def test_killed_worker_batch_is_redone_once(ray_session, images, tmp_path, monke
     assert stats.n_computed == 36 and len(stats.skipped) == 2
 
 
-@needs_ray
-def test_device_must_be_one_ray_can_assign(ray_session, images, tmp_path):
+def test_device_must_be_one_ray_can_assign():
+    from visclust.distributed import _plan
+
     with pytest.raises(InputError, match="--device must be cpu, cuda or auto"):
-        compute_features_ray(BackboneSpec("baseline/pixels"), images, tmp_path / "s", device="cuda:1")
+        _plan(FakeCluster({"CPU": 2, "GPU": 2}), "cuda:1", None, None)
     with pytest.raises(InputError, match="no GPUs"):
-        compute_features_ray(BackboneSpec("baseline/pixels"), images, tmp_path / "s", device="cuda")
+        _plan(FakeCluster({"CPU": 2}), "cuda", None, None)
 
 
 def test_without_ray_the_error_says_what_to_install(images, tmp_path, monkeypatch):
@@ -146,3 +147,37 @@ def test_cli_extract_on_a_local_ray_instance(images, tmp_path):
     r = subprocess.run([*base, "--executor", "local", "--workers", "0"], capture_output=True, text=True, timeout=600,
                        env=env)
     assert r.returncode == 1 and "0 computed" in r.stderr and "36 already in the store" in r.stderr, r.stderr
+
+
+class FakeCluster:
+    """What ``_plan`` asks of ``ray``: cluster totals and per-node resources."""
+
+    def __init__(self, *nodes):
+        self._nodes = nodes
+
+    def cluster_resources(self):
+        total = {}
+        for r in self._nodes:
+            for k, v in r.items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    def nodes(self):
+        return [{"Alive": True, "Resources": r} for r in self._nodes]
+
+
+@pytest.mark.parametrize("nodes, device, workers, want", [
+    # CPU only: one single-CPU actor per CPU, or as many as asked.
+    ([{"CPU": 2}], None, None, (2, 1.0, 0.0, "cpu")),
+    ([{"CPU": 16}, {"CPU": 8}], "auto", 3, (3, 1.0, 0.0, "cpu")),
+    # GPUs: one actor per GPU, each with its node's CPUs per GPU less one for decoding;
+    # a CPU-only node in the cluster must not inflate that share.
+    ([{"CPU": 16, "GPU": 2}, {"CPU": 64}], None, None, (2, 7.0, 1.0, "cuda")),
+    ([{"CPU": 32, "GPU": 8}, {"CPU": 8, "GPU": 4}], "cuda", None, (12, 1.0, 1.0, "cuda")),
+    # --device cpu leaves the GPUs alone.
+    ([{"CPU": 4, "GPU": 1}], "cpu", None, (4, 1.0, 0.0, "cpu")),
+])
+def test_plan_sizes_the_actor_pool_from_the_cluster(nodes, device, workers, want):
+    from visclust.distributed import _plan
+
+    assert _plan(FakeCluster(*nodes), device, workers, None) == want

@@ -187,8 +187,9 @@ def _connect(ray, address: str | None, num_cpus: int | None, object_store_memory
     return True
 
 
-def _plan(ray, device: str | None, num_workers: int | None, cpus_per_worker: float) -> tuple[int, float, str]:
-    """(actors, GPUs per actor, device) from what the cluster has."""
+def _plan(ray, device: str | None, num_workers: int | None,
+          cpus_per_worker: float | None) -> tuple[int, float, float, str]:
+    """(actors, CPUs per actor, GPUs per actor, device) from what the cluster has."""
     if device not in (None, "auto", "cpu", "cuda"):
         raise InputError(f"with --executor ray, --device must be cpu, cuda or auto (each actor gets its own GPU), "
                          f"got {device!r}")
@@ -198,8 +199,13 @@ def _plan(ray, device: str | None, num_workers: int | None, cpus_per_worker: flo
     if device == "cuda" and gpus == 0:
         raise InputError("--device cuda but the Ray cluster has no GPUs; use --device cpu or auto")
     if gpus > 0 and device != "cpu":
-        return (num_workers or gpus), 1.0, "cuda"
-    return (num_workers or max(1, int(cpus // cpus_per_worker))), 0.0, "cpu"
+        # A GPU actor decodes its own images: give it the CPUs its node has per GPU, less one
+        # (the smallest such share over GPU nodes, so every actor fits on any of them).
+        shares = [int(r.get("CPU", 0) // r["GPU"]) for r in (nd.get("Resources", {}) for nd in ray.nodes()
+                                                              if nd.get("Alive", True)) if r.get("GPU", 0) >= 1]
+        return num_workers or gpus, cpus_per_worker or float(max(1, min(shares or [2]) - 1)), 1.0, "cuda"
+    per = cpus_per_worker or 1.0
+    return (num_workers or max(1, int(cpus // per))), per, 0.0, "cpu"
 
 
 def _unwrap(e: BaseException) -> BaseException | None:
@@ -218,7 +224,7 @@ def _unwrap(e: BaseException) -> BaseException | None:
 
 
 def compute_features_ray(spec: BackboneSpec, paths: Sequence[str], store, *, address: str | None = None,
-                         num_workers: int | None = None, cpus_per_worker: float = 1, batch_size: int = 64,
+                         num_workers: int | None = None, cpus_per_worker: float | None = None, batch_size: int = 64,
                          engine: str = "auto", device: str | None = None, dtype: str = "float32",
                          shard_rows: int = 4096, flush_seconds: float = 30.0, progress: bool | None = None,
                          max_retries: int = 3, object_store_memory: int | None = None,
@@ -241,8 +247,9 @@ def compute_features_ray(spec: BackboneSpec, paths: Sequence[str], store, *, add
     num_workers : int, optional
         Actors (= model copies). Default: one per GPU when the cluster has GPUs, else one
         per ``cpus_per_worker`` CPUs of the cluster.
-    cpus_per_worker : float, default 1
-        CPUs reserved per actor; also its engine's (and decoding) threads.
+    cpus_per_worker : float, optional
+        CPUs reserved per actor; also its engine's threads (and, on a GPU, its decoding
+        threads). Default 1 on CPU; on GPUs, the cluster's CPUs per GPU less one.
     batch_size : int, default 64
         Images per actor call; also the unit Ray re-runs when a worker dies.
     engine : {'auto', 'torch', 'onnx'}, default 'auto'
@@ -284,7 +291,7 @@ def compute_features_ray(spec: BackboneSpec, paths: Sequence[str], store, *, add
         raise InputError(f"batch size must be at least 1, got {batch_size}")
     if num_workers is not None and num_workers < 1:
         raise InputError(f"--workers must be at least 1 with --executor ray, got {num_workers}")
-    if not cpus_per_worker > 0:
+    if cpus_per_worker is not None and not cpus_per_worker > 0:
         raise InputError(f"cpus per worker must be positive, got {cpus_per_worker}")
     if max_retries < 0:
         raise InputError(f"max_retries must be 0 or more, got {max_retries}")
@@ -297,13 +304,13 @@ def compute_features_ray(spec: BackboneSpec, paths: Sequence[str], store, *, add
     n_cached = len(paths) - len(todo)
     if not todo:
         return ExtractStats(len(paths), n_cached, 0, [], time.perf_counter() - t0, "none", store.path)
-    local_cpus = None if num_workers is None else int(np.ceil(num_workers * cpus_per_worker))
+    local_cpus = None if num_workers is None else int(np.ceil(num_workers * (cpus_per_worker or 1)))
     started = _connect(ray, address, local_cpus, object_store_memory, quiet)
     skipped: list[tuple[str, str]] = []
     engine_name = "none"
     bar = None
     try:
-        n_actors, gpus, dev = _plan(ray, device, num_workers, cpus_per_worker)
+        n_actors, cpus_per_actor, gpus, dev = _plan(ray, device, num_workers, cpus_per_worker)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the driver shows its own bar (images, not blocks)
         ctx.print_on_execution_start = not quiet
@@ -315,9 +322,9 @@ def compute_features_ray(spec: BackboneSpec, paths: Sequence[str], store, *, add
         ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // batch_size)))
         ds = _map_batches(ds, _ExtractActor, max_retries, batch_size=batch_size, batch_format="numpy",
                           fn_constructor_kwargs=dict(spec=spec, expect=backbone.config.to_dict(), engine=engine,
-                                                     device=dev, threads=max(1, int(cpus_per_worker)),
+                                                     device=dev, threads=max(1, int(cpus_per_actor)),
                                                      crash_marker=os.environ.get(CRASH_ONCE_ENV) or None),
-                          compute=ray.data.ActorPoolStrategy(size=n_actors), num_cpus=cpus_per_worker,
+                          compute=ray.data.ActorPoolStrategy(size=n_actors), num_cpus=cpus_per_actor,
                           num_gpus=gpus or None)
         done = np.zeros(len(todo), dtype=bool)
         bar = _progress_bar(len(todo), progress)
