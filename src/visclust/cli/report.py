@@ -45,14 +45,15 @@ def _read_skipped(assignments_csv: str) -> list[tuple[str, str]]:
 
 
 def run(args) -> int:
-    from ..exceptions import InputError
-    from ..io import read_assignments
-    from ..model import ImageClusterer
     from ..report import ReportOptions, report_model
 
     options = ReportOptions(typical=args.typical, atypical=args.atypical, thumb_size=args.thumb_size,
                             map_max_points=args.map_points, map_method=args.map)
     options.validate()  # before the slow part
+
+    from ..exceptions import InputError
+    from ..io import read_assignments
+    from ..model import ImageClusterer
     a = read_assignments(args.assignments)
     if len(a) == 0:
         raise InputError(f"{args.assignments} has no rows to report")

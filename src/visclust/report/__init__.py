@@ -398,7 +398,8 @@ def write_report(output: str | os.PathLike, assignments: Assignments, features: 
     parts.append(f"<section><h2>Outliers</h2>{out_html}</section>")
 
     if skipped:
-        rows = [[p, reason] for p, reason in skipped[: opts.max_skipped_rows]]
+        rows = [[p, reason[len(p) + 2:] if reason.startswith(f"{p}: ") else reason]
+                for p, reason in skipped[: opts.max_skipped_rows]]
         more = (f'<p class="note">… and {len(skipped) - opts.max_skipped_rows:,} more</p>'
                 if len(skipped) > opts.max_skipped_rows else "")
         skip_html = P.table(["path", "reason"], rows, "skipped") + more

@@ -80,7 +80,8 @@ def confusion_plot(matrix: np.ndarray, classes: Sequence[str], clusters: Sequenc
     fig = _figure(min(16.0, 2.5 + 0.5 * nc), min(16.0, 1.5 + 0.4 * nr))
     ax = fig.add_subplot()
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(np.arange(nc), list(clusters), rotation=90 if nc > 12 else 0)
+    long_names = nc > 12 or max((len(str(c)) for c in clusters), default=0) * nc > 60
+    ax.set_xticks(np.arange(nc), list(clusters), rotation=90 if long_names else 0)
     ax.set_yticks(np.arange(nr), list(classes))
     ax.set_xlabel("cluster (ordered by matched class)")
     ax.set_ylabel("class")
