@@ -221,8 +221,8 @@ class OnnxEngine:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
-        # Spinning threads steal the cores that image decoding needs (measured: slower
-        # end to end on 2 cores, see docs/benchmarks.md).
+        # Spinning threads burn the cores that image decoding (and any other process)
+        # needs; on the shared 2-core machine model-only was faster without spinning.
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3
         self.session = ort.InferenceSession(self.path, so, providers=["CPUExecutionProvider"])

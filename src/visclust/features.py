@@ -220,8 +220,8 @@ def resolve_device(device: str | None):
 
 
 def default_num_workers(device=None) -> int:
-    """Decoding processes: one on a 2-core CPU (measured best, docs/benchmarks.md), one per
-    spare core on bigger machines (up to 16), more when a GPU runs the model."""
+    """Decoding processes: one per spare core (1 on a 2-core CPU, up to 16), one per core
+    when a GPU runs the model (the CPU then only decodes)."""
     n = os.cpu_count() or 1
     if device is not None and getattr(device, "type", device) == "cuda":
         return max(1, min(16, n))
