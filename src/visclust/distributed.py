@@ -308,16 +308,20 @@ def compute_features_ray(spec: BackboneSpec, paths: Sequence[str], store, *, add
     started = _connect(ray, address, local_cpus, object_store_memory, quiet)
     skipped: list[tuple[str, str]] = []
     engine_name = "none"
-    bar = None
+    bar = saved_ctx = None
     try:
         n_actors, cpus_per_actor, gpus, dev = _plan(ray, device, num_workers, cpus_per_worker)
         ctx = ray.data.DataContext.get_current()
+        saved_ctx = {k: getattr(ctx, k) for k in ("enable_progress_bars", "print_on_execution_start",
+                                                  "max_consecutive_actor_init_deaths")}
+        ray_data_log = logging.getLogger("ray.data")
+        saved_level = ray_data_log.level
         ctx.enable_progress_bars = False  # the driver shows its own bar (images, not blocks)
         ctx.print_on_execution_start = not quiet
         # An actor that cannot even start (weights missing on a node) fails the run fast.
         ctx.max_consecutive_actor_init_deaths = max(1, max_retries)
         if quiet:
-            logging.getLogger("ray.data").setLevel(logging.ERROR)
+            ray_data_log.setLevel(logging.ERROR)
         items = [{"index": k, "path": paths[i]} for k, i in enumerate(todo)]
         ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // batch_size)))
         ds = _map_batches(ds, _ExtractActor, max_retries, batch_size=batch_size, batch_format="numpy",
@@ -367,6 +371,10 @@ def compute_features_ray(spec: BackboneSpec, paths: Sequence[str], store, *, add
     finally:
         if bar is not None:
             bar.close()
+        if saved_ctx is not None:  # a caller's own Ray session keeps its settings
+            for key, value in saved_ctx.items():
+                setattr(ctx, key, value)
+            ray_data_log.setLevel(saved_level)
         if started:
             ray.shutdown()
     if skipped or store.skipped():
