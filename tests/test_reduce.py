@@ -28,7 +28,7 @@ def test_output_is_unit_length_with_the_requested_dimensions(features):
 def test_whitening_gives_every_component_the_same_variance(features):
     Z = Reducer(8, whiten=True, normalize=False).fit(features).transform(features)
     np.testing.assert_allclose(Z.std(0, ddof=1), 1, rtol=1e-3)
-    Zp = Reducer(8, whiten=False, normalize=False).fit(features).transform(features)
+    Zp = Reducer(40, whiten=False, normalize=False).fit(features).transform(features)  # stds 5 ... 0.1
     assert Zp.std(0)[0] > 5 * Zp.std(0)[-1]
 
 

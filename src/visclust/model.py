@@ -72,7 +72,13 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         'autoencoder' when ``learned_step=True``); below 300 rows only 'pca' is tried.
     n_components : int or None, default 64
         PCA dimensions (None: no PCA).
-    whiten : bool, default True
+    whiten : bool or 'auto', default 'auto'
+        Divide each principal component by its standard deviation. ``'auto'`` decides
+        without labels: K-means is run 3 times on random 80% subsamples of both the whitened
+        and the plain PCA space, and the space whose clusterings agree more (mean ARI
+        between runs) is kept (scores in ``whiten_scores_``). Whitening helps when a few
+        high-variance directions hide the groups; it hurts when sampling noise is whitened
+        up to the size of the real signal (few images per dimension).
     umap_components : int or None, default 10
         Dimensions of the UMAP embeddings; ``None`` disables every UMAP-based space.
     learned_step : bool, default False
@@ -126,7 +132,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, n_clusters=8, method: str = "auto", space: str = "auto", n_components: int | None = 64,
-                 whiten: bool = True, umap_components: int | None = 10, learned_step: bool = False,
+                 whiten="auto", umap_components: int | None = 10, learned_step: bool = False,
                  candidates=None, n_runs: int = 3, confident_fraction: float = 0.5, self_training: int = 2,
                  reject_threshold: float = 0.0, k_range=(2, 30), n_init: int = 10, random_state: int | None = 0):
         self.n_clusters = n_clusters
@@ -165,10 +171,31 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             raise InputError(f"unknown clustering space '{self.space}'; choose one of auto, {', '.join(SPACES)}")
         if self.space in ("umap", "autoencoder") and self.umap_components is None:
             raise InputError(f"space='{self.space}' needs UMAP: set umap_components (e.g. 10) or use space='pca'")
+        if self.whiten not in (True, False, "auto"):
+            raise InputError(f"whiten must be True, False or 'auto', got {self.whiten!r}")
         if not isinstance(self.n_runs, (int, np.integer)) or isinstance(self.n_runs, bool) or self.n_runs < 2:
             raise InputError(f"n_runs must be an integer >= 2, got {self.n_runs!r}")
         self._candidate_list()
         return k
+
+    def _choose_whitening(self, X, k):
+        """Whitened or plain PCA, whichever K-means partitions more reproducibly."""
+        from .select import stability, subsample_run
+
+        if k is None:  # the number of groups is not known yet: judge with a typical one
+            k = int(np.clip(10, self.k_range[0], self.k_range[1]))
+        seed = 0 if self.random_state is None else int(self.random_state)
+        best, scores = None, {}
+        for whiten in (True, False):
+            reducer = Reducer(self.n_components, whiten).fit(X)
+            Z = reducer.transform(X)
+            if len(Z) <= k:
+                return reducer, {}
+            runs = [subsample_run(Z, k, "kmeans", seed + r, 0.8) for r in range(self.n_runs)]
+            scores[whiten] = stability(runs)
+            if best is None or scores[whiten] > scores[best[0]]:
+                best = (whiten, reducer)
+        return best[1], scores
 
     def _candidate_list(self, n_samples: int | None = None) -> list[Candidate]:
         """The candidate pipelines implied by ``candidates``, ``method``, ``space``..."""
@@ -198,7 +225,11 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         if k is not None and len(X) < k:
             raise InputError(f"{len(X)} samples cannot form {k} clusters; use fewer clusters or more data")
         self.n_features_in_ = X.shape[1]
-        self.reducer_ = Reducer(self.n_components, self.whiten).fit(X)
+        self.whiten_scores_ = {}
+        if self.whiten == "auto":
+            self.reducer_, self.whiten_scores_ = self._choose_whitening(X, k)
+        else:
+            self.reducer_ = Reducer(self.n_components, bool(self.whiten)).fit(X)
         Z = self.reducer_.transform(X)
         cands = self._candidate_list(len(X))
         umap_dims = int(self.umap_components) if self.umap_components is not None else 10

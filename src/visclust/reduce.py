@@ -69,12 +69,21 @@ class Reducer(TransformerMixin, BaseEstimator):
         for s in range(0, len(Xn), _CHUNK):
             mean += Xn[s:s + _CHUNK].sum(0, dtype=np.float64)
         mean /= len(Xn)
-        cov = np.zeros((X.shape[1], X.shape[1]), np.float64)
-        for s in range(0, len(Xn), _CHUNK):
-            c = Xn[s:s + _CHUNK].astype(np.float64) - mean
-            cov += c.T @ c
-        cov /= max(len(Xn) - 1, 1)
-        evals, evecs = np.linalg.eigh(cov)
+        if len(Xn) < X.shape[1]:
+            # Fewer rows than features (18 images of 3,072 pixels): the SVD of the centred
+            # rows costs O(n^2 d) instead of the O(d^3) eigendecomposition of the covariance.
+            c = Xn.astype(np.float64) - mean
+            _, sv, vt = np.linalg.svd(c, full_matrices=False)
+            evals, evecs = sv ** 2 / max(len(Xn) - 1, 1), vt.T
+            total_var = float((c ** 2).sum() / max(len(Xn) - 1, 1))
+        else:
+            cov = np.zeros((X.shape[1], X.shape[1]), np.float64)
+            for s in range(0, len(Xn), _CHUNK):
+                c = Xn[s:s + _CHUNK].astype(np.float64) - mean
+                cov += c.T @ c
+            cov /= max(len(Xn) - 1, 1)
+            evals, evecs = np.linalg.eigh(cov)
+            total_var = float(np.trace(cov))
         order = np.argsort(evals)[::-1]
         k = int(min(self.n_components, X.shape[1], max(len(X) - 1, 1)))
         if self.whiten:
@@ -92,8 +101,7 @@ class Reducer(TransformerMixin, BaseEstimator):
         self.components_ = evecs.T.astype(np.float32)
         std = np.sqrt(evals)
         self.scale_ = (np.maximum(std, 1e-8 * max(std.max(), 1e-12)) if self.whiten else np.ones(k)).astype(np.float32)
-        total = np.trace(cov)
-        self.explained_variance_ratio_ = (evals / total if total > 0 else np.zeros(k)).astype(np.float32)
+        self.explained_variance_ratio_ = (evals / total_var if total_var > 0 else np.zeros(k)).astype(np.float32)
         return self
 
     def transform(self, X):
