@@ -40,16 +40,12 @@ import numpy as np
 
 from .backbones import BackboneConfig, create_backbone
 from .engines import check_engine
-from .exceptions import InputError, MissingDependencyError, VisclustError
+from .exceptions import DistributedExtractionError, InputError, MissingDependencyError, VisclustError
 from .features import ExtractStats, _decode_one, _failure, _progress_bar, _stat, open_store
 
 #: Test-only fault injection: when set to a file path, the first actor batch that manages to
 #: create that file kills its own worker process (``os._exit``), as an OOM kill would.
 CRASH_ONCE_ENV = "VISCLUST_RAY_CRASH_ONCE"
-
-
-class DistributedExtractionError(VisclustError, RuntimeError):
-    """The Ray cluster could not be reached or the distributed extraction failed."""
 
 
 @dataclass(frozen=True)

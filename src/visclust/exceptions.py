@@ -55,3 +55,7 @@ class FeatureStoreError(VisclustError, OSError):
 
 class LabelsError(InputError):
     """Ground-truth labels cannot be read or do not match the assignments."""
+
+
+class DistributedExtractionError(VisclustError, RuntimeError):
+    """The Ray cluster could not be reached or the distributed extraction failed."""

@@ -18,7 +18,6 @@ per cluster), plots are inline PNGs drawn by matplotlib, the map is a small inli
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from ..exceptions import InputError, LabelsError
-from ..io import Assignments
+from ..io import Assignments, atomic_output
 from . import _page as P
 from ._plots import cluster_colors, confidence_plot, confusion_plot, sizes_plot
 from ._thumbs import atlas_uri, pick_sample, png_data_uri, thumbnail_uris
@@ -420,21 +419,9 @@ def write_report(output: str | os.PathLike, assignments: Assignments, features: 
 
 
 def _write_atomic(path: str | os.PathLike, doc: str) -> int:
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     data = doc.encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".html", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_output(path, "wb") as f:
+        f.write(data)
     return len(data)
 
 
