@@ -133,6 +133,6 @@ def test_small_labelled_image_set_with_real_weights(shape_images, mobilenet_weig
     y = labels_from_folders(res.paths)
     fc = FeatureClusterer(3, n_components=16, **FAST).fit(res.features)
     assert hungarian_accuracy(y, fc.cluster_labels_) == 1.0
-    # Known weakness (measured 2025-11-28): the SVM trained on half of each 12-image group
+    # Known weakness (measured 2026-11-28): the SVM trained on half of each 12-image group
     # in 3 whitened dimensions moves 1 of the 36 images; it must not move more.
     assert hungarian_accuracy(y, fc.labels_) >= 35 / 36
