@@ -87,6 +87,9 @@ def _collect(model) -> tuple[dict, dict[str, np.ndarray]]:
             "reducer": fc.reducer_.get_params(),
             "classifier": fc.classifier_.get_params(),
             "k_scores": {str(k): v for k, v in fc.k_scores_.items()},
+            "pipeline": getattr(fc, "pipeline_", None),
+            "pipeline_scores": getattr(fc, "pipeline_scores_", {}),
+            "whiten_scores": {str(k): v for k, v in getattr(fc, "whiten_scores_", {}).items()},
             "cluster_sizes": np.bincount(fc.labels_[fc.labels_ >= 0], minlength=fc.n_clusters_).tolist(),
         },
         **extra,
@@ -298,6 +301,10 @@ def load_model(path: str | os.PathLike, weights: str | None = None):
         fc.n_clusters_ = int(fcm["n_clusters"])
         fc.n_features_in_ = int(fcm["n_features_in"])
         fc.k_scores_ = {int(k): float(v) for k, v in fcm.get("k_scores", {}).items()}
+        # What the label-free selection chose: a record for people (report), not used to predict.
+        fc.pipeline_ = str(fcm["pipeline"]) if isinstance(fcm.get("pipeline"), str) else None
+        scores = fcm.get("pipeline_scores")
+        fc.pipeline_scores_ = {str(k): float(v) for k, v in scores.items()} if isinstance(scores, dict) else {}
         _check_consistent(fc, os.fspath(path))
         if kind == "FeatureClusterer":
             return fc
