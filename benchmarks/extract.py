@@ -62,6 +62,41 @@ def peak_rss_mib() -> tuple[float, float]:
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
 
 
+def rounds(args, backbone, engine, paths, size, secs, workers) -> int:
+    """Interleave model-only runs and end-to-end chunks (one store); per-round and overall ratios."""
+    from visclust.features import compute_features
+
+    root = tempfile.mkdtemp(prefix="visclust-bench-store-")
+    chunks = np.array_split(np.arange(len(paths)), args.rounds)
+    models = [model_only(engine, args.batch_size, size, secs)]
+    e2e_secs, e2e_n, ratios = 0.0, 0, []
+    try:
+        for r, idx in enumerate(chunks):
+            part = [paths[i] for i in idx]
+            t0 = time.perf_counter()
+            st = compute_features(backbone, part, root, batch_size=args.batch_size, num_workers=workers, engine=engine,
+                                  progress=False, dtype=args.dtype)
+            dt = time.perf_counter() - t0
+            models.append(model_only(engine, args.batch_size, size, secs))
+            e2e_secs, e2e_n = e2e_secs + dt, e2e_n + st.n_computed
+            rate, base = st.n_computed / dt, max(models[-2], models[-1])
+            ratios.append(rate / base)
+            print(f"round {r}: model-only {models[-2]:.1f} / {models[-1]:.1f} img/s, end-to-end {rate:.1f} img/s "
+                  f"({st.n_computed} images, {len(st.skipped)} skipped), ratio {rate / base:.3f}, "
+                  f"load_avg={os.getloadavg()[0]:.2f}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    rate = e2e_n / e2e_secs
+    rss_main, rss_child = peak_rss_mib()
+    print(f"RESULT backbone={args.backbone} engine={engine.name} batch={args.batch_size} workers={workers} "
+          f"images={e2e_n} end_to_end={rate:.1f} img/s model_only_mean={np.mean(models):.1f} img/s "
+          f"(min {min(models):.1f}, max {max(models):.1f}) ratio_median={np.median(ratios):.3f} "
+          f"ratio_overall={rate / np.mean(models):.3f}")
+    print(f"peak RSS: main process {rss_main:.0f} MiB, largest decoding worker {rss_child:.0f} MiB; "
+          f"load_avg={os.getloadavg()[0]:.2f}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folder", help="folder of images (recursive)")
@@ -77,6 +112,10 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep", default=None, metavar="W,W,...", help="end to end for each worker count")
     ap.add_argument("--compare-engines", action="store_true", help="also time torch eager model-only")
     ap.add_argument("--dtype", default="float32", choices=("float32", "float16"))
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="split the images into R chunks, extracted one after the other into one store, with a "
+                    "model-only run before each chunk and after the last: the load of other processes then "
+                    "weighs on both sides of each ratio alike")
     args = ap.parse_args(argv)
 
     import torch
@@ -110,6 +149,8 @@ def main(argv=None) -> int:
         print(f"model-only img/s: torch eager {eager:.1f}, torch channels_last {cl:.1f}, {engine.name} {ort_:.1f} "
               f"({ort_ / eager:.2f}x eager)")
 
+    if args.rounds > 1:
+        return rounds(args, backbone, engine, paths, size, secs, workers)
     before = model_only(engine, args.batch_size, size, secs)
     print(f"model-only (before): {before:.1f} img/s")
     sweep = [int(w) for w in args.sweep.split(",")] if args.sweep else [workers]
