@@ -1,0 +1,355 @@
+"""How visclust.kmeans.KMeans scales, against scikit-learn's KMeans measured in the same run.
+
+(a) Lloyd iterations: wall time of one step (fit with max_iter=1 from the same initial
+    centers: one assignment + update, then the final assignment), marginal time per extra
+    iteration ((t[max_iter=m] - t[max_iter=1]) / (m - 1), tol=0), objective, peak RSS growth,
+    and the time of the bare float32 matrix product (n x d) @ (d x k) as the floor.
+(b) k=1000 on 100,000 x 256, end to end (init + Lloyd), ours and scikit-learn's.
+(c) out of core: 5,000,000 x 256 float32 (5.1 GB .npy written chunkwise to a temp dir, its
+    page cache dropped), mini-batch K-means with k=100 in a fresh subprocess; wall time and
+    peak RSS. The temp dir is deleted afterwards.
+(d) CUDA only: time per iteration at 1,000,000 x 768, k=1000 in float32 and bfloat16.
+
+Usage::
+
+    python benchmarks/scale.py --quick            # < 60 s, small sizes
+    python benchmarks/scale.py --json out.json    # full run (~10 min on 2 cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import psutil
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+from visclust.kmeans import KMeans  # noqa: E402
+
+
+def mixture(n, d, k_true, seed, std=1.0, dtype=np.float32, chunk=65536):
+    """Gaussian mixture: k_true centers ~ N(0, 1) per feature plus N(0, std^2) noise.
+
+    Written chunkwise into one array, so generating it needs no second full-size temporary
+    (which would hide the peak memory of the fit measured after it).
+    """
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((k_true, d), dtype=np.float32)
+    labels = rng.integers(0, k_true, n)
+    X = np.empty((n, d), dtype=dtype)
+    for start in range(0, n, chunk):
+        x = rng.standard_normal((min(chunk, n - start), d), dtype=np.float32)
+        x *= std
+        x += centers[labels[start:start + chunk]]
+        X[start:start + chunk] = x
+    return X, labels
+
+
+def reset_peak_rss():
+    """Start a new peak-RSS measurement (Linux: VmHWM; ru_maxrss cannot be reset and, in a
+    child, still holds the parent's RSS from before exec)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_bytes():
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def timed(fn, repeats):
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def timed_cpu(fn):
+    """(wall seconds, process CPU seconds over all threads, result) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, out
+
+
+def lloyd_vs_sklearn(n, d, k, repeats, iters, dtype=np.float32):
+    from sklearn.cluster import KMeans as SKMeans
+
+    X, _ = mixture(n, d, k, seed=n + d + k, dtype=dtype)
+    C = X[np.random.default_rng(0).choice(n, k, replace=False)]
+    sk = lambda m: SKMeans(k, init=C, n_init=1, max_iter=m, tol=0, algorithm="lloyd").fit(X)  # noqa: E731
+    us = lambda m: KMeans(k, init=C, n_init=1, max_iter=m, tol=0, device="cpu").fit(X)  # noqa: E731
+    a, b = sk(1), us(1)  # warm up thread pools
+    r = {"n": n, "d": d, "k": k, "input_dtype": np.dtype(dtype).name}
+    # alternate the two so that both see the same background load
+    for m in (1, iters):
+        best = {"sklearn": (float("inf"), 0.0), "ours": (float("inf"), 0.0)}
+        for _ in range(repeats):
+            for name, fn in (("sklearn", sk), ("ours", us)):
+                wall, cpu, model = timed_cpu(lambda: fn(m))
+                best[name] = min(best[name], (wall, cpu))
+                a, b = (model, b) if name == "sklearn" else (a, model)
+        for name in best:
+            r[f"{name}_s_{m}iter"], r[f"{name}_cpu_s_{m}iter"] = best[name]
+        r[f"sklearn_inertia_{m}iter"], r[f"ours_inertia_{m}iter"] = float(a.inertia_), float(b.inertia_)
+        r[f"sklearn_n_iter_{m}iter"], r[f"ours_n_iter_{m}iter"] = int(a.n_iter_), int(b.n_iter_)
+    x, c = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)), torch.from_numpy(C.astype(np.float32))
+    r["sgemm_floor_s"] = timed(lambda: x @ c.T, repeats)[0]
+    r["sklearn_s_per_iter"] = (r[f"sklearn_s_{iters}iter"] - r["sklearn_s_1iter"]) / (iters - 1)
+    r["ours_s_per_iter"] = (r[f"ours_s_{iters}iter"] - r["ours_s_1iter"]) / (iters - 1)
+    r["speedup_one_step"] = r["sklearn_s_1iter"] / r["ours_s_1iter"]
+    r[f"cpu_ratio_{iters}iter"] = r[f"sklearn_cpu_s_{iters}iter"] / r[f"ours_cpu_s_{iters}iter"]
+    r["speedup_per_iter"] = r["sklearn_s_per_iter"] / max(r["ours_s_per_iter"], 1e-9)
+    r["objective_rel_diff_1iter"] = abs(r["ours_inertia_1iter"] / r["sklearn_inertia_1iter"] - 1)
+    r[f"objective_rel_diff_{iters}iter"] = abs(r[f"ours_inertia_{iters}iter"] / r[f"sklearn_inertia_{iters}iter"] - 1)
+    return r
+
+
+def peak_memory_child(n, d, k, which, dtype):
+    """One 1-step fit in a fresh process: peak RSS (ru_maxrss) above the RSS with the data loaded."""
+    X, _ = mixture(n, d, k, seed=n + d + k, dtype=np.dtype(dtype))
+    C = X[np.random.default_rng(0).choice(n, k, replace=False)]
+    if which == "sklearn":
+        from sklearn.cluster import KMeans as SKMeans
+
+        model = SKMeans(k, init=C, n_init=1, max_iter=1, tol=0, algorithm="lloyd")
+    else:
+        model = KMeans(k, init=C, n_init=1, max_iter=1, tol=0, device="cpu")
+    before = psutil.Process().memory_info().rss
+    reset_peak_rss()
+    model.fit(X)
+    peak = peak_rss_bytes()
+    print(json.dumps({"data_mb": X.nbytes / 2**20, "rss_before_fit_mb": before / 2**20,
+                      "peak_growth_mb": (peak - before) / 2**20}))
+
+
+def peak_memory(n, d, k, dtype):
+    r = {"n": n, "d": d, "k": k, "input_dtype": dtype}
+    for which in ("sklearn", "ours"):
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child_mem", str(n), str(d), str(k),
+                              which, dtype], capture_output=True, text=True, check=True)
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        r["data_mb"], r[f"{which}_peak_growth_mb"] = res["data_mb"], res["peak_growth_mb"]
+    return r
+
+
+def many_clusters(n, d, k, max_iter, with_sklearn):
+    from sklearn.cluster import KMeans as SKMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    X, _ = mixture(n, d, k, seed=7, std=1.0)
+    r = {"n": n, "d": d, "k": k, "max_iter": max_iter, "n_init": 1}
+    t, ours = timed(lambda: KMeans(k, n_init=1, max_iter=max_iter, random_state=0, device="cpu").fit(X), 1)
+    r.update(ours_s=t, ours_inertia=float(ours.inertia_), ours_n_iter=int(ours.n_iter_))
+    if with_sklearn:
+        t, ref = timed(lambda: SKMeans(k, n_init=1, max_iter=max_iter, random_state=0, algorithm="lloyd").fit(X), 1)
+        r.update(sklearn_s=t, sklearn_inertia=float(ref.inertia_), sklearn_n_iter=int(ref.n_iter_),
+                 speedup=t / r["ours_s"], ari_ours_vs_sklearn=adjusted_rand_score(ref.labels_, ours.labels_))
+    return r
+
+
+def write_npy_chunkwise(path, n, d, k_true, chunk=200_000, seed=0):
+    """Write an (n, d) float32 .npy of mixture data without mapping it (RSS stays one chunk)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((k_true, d), dtype=np.float32)
+    labels = np.empty(n, dtype=np.int16)
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (n, d)})
+        for start in range(0, n, chunk):
+            b = min(chunk, n - start)
+            lab = rng.integers(0, k_true, b)
+            x = rng.standard_normal((b, d), dtype=np.float32)
+            x += centers[lab]
+            f.write(x.tobytes())
+            labels[start:start + b] = lab
+        f.flush()
+        os.fsync(f.fileno())
+        if hasattr(os, "posix_fadvise"):  # the fit below then starts from disk, not the page cache
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    return labels
+
+
+def out_of_core_child(path, labels_path, k, max_iter):
+    """Runs in a fresh process so that ru_maxrss is this fit's alone."""
+    from sklearn.metrics import adjusted_rand_score
+
+    rss_after_import = psutil.Process().memory_info().rss
+    X = np.load(path, mmap_mode="r")
+    reset_peak_rss()
+    t = time.perf_counter()
+    km = KMeans(k, mini_batch=True, max_iter=max_iter, random_state=0, device="cpu").fit(X)
+    wall = time.perf_counter() - t
+    fit_peak = peak_rss_bytes()
+    reset_peak_rss()
+    t = time.perf_counter()
+    labels = km.predict(X)
+    predict_s = time.perf_counter() - t
+    predict_peak = peak_rss_bytes()
+    true = np.load(labels_path)
+    print(json.dumps({
+        "fit_s": wall, "predict_s": predict_s, "n_iter": int(km.n_iter_), "mini_batch": bool(km.mini_batch_),
+        "inertia": float(km.inertia_), "ari_vs_generating_labels": adjusted_rand_score(true, km.labels_),
+        "predict_equals_labels": bool((labels == km.labels_).all()),
+        "rss_after_import_mb": rss_after_import / 2**20,
+        "peak_rss_mb": max(fit_peak, predict_peak) / 2**20,  # VmHWM during fit / predict
+        "fit_peak_rss_mb": fit_peak / 2**20, "predict_peak_rss_mb": predict_peak / 2**20,
+    }))
+
+
+def out_of_core(n, d, k, max_iter, tmp_root):
+    need = n * d * 4
+    free = shutil.disk_usage(tmp_root).free
+    r = {"n": n, "d": d, "k": k, "file_gb": need / 1e9, "free_disk_gb": free / 1e9, "max_iter": max_iter}
+    if free < 2 * need:
+        r["skipped"] = f"needs {2 * need / 1e9:.1f} GB free in {tmp_root}, has {free / 1e9:.1f} GB"
+        return r
+    tmp = tempfile.mkdtemp(prefix="visclust-scale-", dir=tmp_root)
+    try:
+        path, labels_path = os.path.join(tmp, "x.npy"), os.path.join(tmp, "labels.npy")
+        t = time.perf_counter()
+        np.save(labels_path, write_npy_chunkwise(path, n, d, k))
+        r["generate_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child", path, labels_path, str(k),
+                              str(max_iter)], capture_output=True, text=True, check=True)
+        r["child_wall_s"] = time.perf_counter() - t
+        r.update(json.loads(out.stdout.strip().splitlines()[-1]))
+        r["ram_total_gb"] = psutil.virtual_memory().total / 1e9
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return r
+
+
+def cuda_iterations(n, d, k, iters):
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device"}
+    X = torch.randn(n, d, device="cuda").cpu().numpy()  # generated on the GPU: fast
+    C = X[np.random.default_rng(0).choice(n, k, replace=False)]
+    r = {"n": n, "d": d, "k": k, "device": torch.cuda.get_device_name()}
+    for dtype in ("float32", "bfloat16"):
+        fit = lambda m: KMeans(k, init=C, n_init=1, max_iter=m, tol=0, device="cuda", dtype=dtype).fit(X)  # noqa: E731
+        fit(1)
+        t1, a = timed(lambda: (fit(1), torch.cuda.synchronize())[0], 2)
+        tm, b = timed(lambda: (fit(iters), torch.cuda.synchronize())[0], 2)
+        r[f"{dtype}_s_per_iter"] = (tm - t1) / (iters - 1)
+        r[f"{dtype}_inertia_{iters}iter"] = float(b.inertia_)
+    r["bf16_objective_rel_diff"] = abs(r[f"bfloat16_inertia_{iters}iter"] / r[f"float32_inertia_{iters}iter"] - 1)
+    return r
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes only (< 60 s)")
+    ap.add_argument("--json", metavar="PATH", help="also write all results as JSON")
+    ap.add_argument("--repeats", type=int, default=None, help="timing repeats, best kept (default 3, quick 1)")
+    ap.add_argument("--tmpdir", default=tempfile.gettempdir(), help="where the out-of-core .npy is written")
+    ap.add_argument("--skip-out-of-core", action="store_true", help="skip (c)")
+    ap.add_argument("--sections", default="ambcd", help="which parts to run: a (Lloyd timing), m (peak memory), "
+                    "b (k=1000), c (out of core), d (CUDA); default %(default)s")
+    ap.add_argument("--_child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--_child_mem", nargs=5, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args._child:
+        return out_of_core_child(args._child[0], args._child[1], int(args._child[2]), int(args._child[3]))
+    if args._child_mem:
+        n, d, k, which, dtype = args._child_mem
+        return peak_memory_child(int(n), int(d), int(k), which, dtype)
+    sections = set(args.sections) - ({"c"} if args.skip_out_of_core else set())
+    quick = args.quick
+    repeats = args.repeats or (1 if quick else 3)
+    iters = 4 if quick else 6
+    res = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+           "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+           "machine": f"{platform.machine()} {psutil.cpu_count()} logical CPUs, "
+                      f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, torch {torch.__version__} "
+                      f"({torch.get_num_threads()} threads)",
+           "load_avg_start": os.getloadavg()}
+    print(f"# {res['command']}\n# {res['date']}  {res['machine']}  load {res['load_avg_start']}")
+
+    warnings.simplefilter("ignore", ConvergenceWarning)  # 1-step fits may leave a cluster empty
+    if "a" in sections:
+        sizes = [(5_000, 32, 10), (20_000, 64, 50)] if quick else \
+            [(20_000, 128, 10), (100_000, 128, 100), (100_000, 512, 100)]
+        print(f"\n(a) Lloyd vs sklearn.cluster.KMeans(algorithm='lloyd'), same data and initial centers, "
+              f"best of {repeats}", flush=True)
+        res["lloyd"] = [lloyd_vs_sklearn(n, d, k, repeats, iters) for n, d, k in sizes]
+        if not quick:  # float64 input: what sklearn computes in when users pass float64 features
+            res["lloyd"].append(lloyd_vs_sklearn(100_000, 512, 100, repeats, iters, dtype=np.float64))
+        print(f"{'n x d, k':>20} | {'sk 1 step':>9} {'ours':>7} {'x':>5} | {'sk /iter':>8} {'ours':>7} {'x':>5} | "
+              f"{f'CPU s {iters} it':>13} {'x':>5} | {'sgemm':>6} | {'obj diff 1':>10} {f'obj diff {iters}':>10}")
+        for r in res["lloyd"]:
+            print(f"{r['n']:>7} x {r['d']:<4} k={r['k']:<4}{'*' if r['input_dtype'] == 'float64' else ' '}| "
+                  f"{r['sklearn_s_1iter']:9.3f} {r['ours_s_1iter']:7.3f} {r['speedup_one_step']:5.2f} | "
+                  f"{r['sklearn_s_per_iter']:8.3f} {r['ours_s_per_iter']:7.3f} {r['speedup_per_iter']:5.2f} | "
+                  f"{r[f'sklearn_cpu_s_{iters}iter']:6.2f} {r[f'ours_cpu_s_{iters}iter']:6.2f} "
+                  f"{r[f'cpu_ratio_{iters}iter']:5.2f} | {r['sgemm_floor_s']:6.3f} | "
+                  f"{r['objective_rel_diff_1iter']:10.2e} {r[f'objective_rel_diff_{iters}iter']:10.2e}")
+        print("  * float64 input (sklearn computes in float64, ours in float32)" if not quick else "", flush=True)
+
+    if "m" in sections:
+        n, d, k = (20_000, 64, 50) if quick else (100_000, 512, 100)
+        print(f"\n(m) peak RSS (VmHWM) of one 1-step fit above the RSS with the data loaded, fresh process each, "
+              f"{n:,} x {d}, k={k}", flush=True)
+        res["peak_memory"] = [peak_memory(n, d, k, dt) for dt in ("float32", "float64")]
+        for r in res["peak_memory"]:
+            print(f"  {r['input_dtype']} input ({r['data_mb']:.0f} MB): sklearn +{r['sklearn_peak_growth_mb']:.0f} MB, "
+                  f"ours +{r['ours_peak_growth_mb']:.0f} MB", flush=True)
+
+    if "b" in sections:
+        n, d, k, mi = (10_000, 64, 200, 10) if quick else (100_000, 256, 1000, 20)
+        print(f"\n(b) k={k} on {n:,} x {d}, n_init=1, max_iter={mi}, end to end", flush=True)
+        r = res["many_clusters"] = many_clusters(n, d, k, mi, with_sklearn=True)
+        print(f"  ours {r['ours_s']:.1f} s ({r['ours_n_iter']} iter)   sklearn {r['sklearn_s']:.1f} s "
+              f"({r['sklearn_n_iter']} iter)   speedup {r['speedup']:.2f}   inertia ours/sklearn "
+              f"{r['ours_inertia'] / r['sklearn_inertia']:.4f}   ARI ours vs sklearn {r['ari_ours_vs_sklearn']:.3f}",
+              flush=True)
+
+    if "c" in sections:
+        n, d, k, mi = (200_000, 64, 20, 2) if quick else (5_000_000, 256, 100, 3)
+        print(f"\n(c) out of core: {n:,} x {d} float32 memmap ({n * d * 4 / 1e9:.2f} GB), k={k}, mini-batch, "
+              f"max_iter={mi} passes", flush=True)
+        r = res["out_of_core"] = out_of_core(n, d, k, mi, args.tmpdir)
+        if "skipped" in r:
+            print("  skipped:", r["skipped"])
+        else:
+            print(f"  generate {r['generate_s']:.1f} s | fit {r['fit_s']:.1f} s ({r['n_iter']} passes) | "
+                  f"predict {r['predict_s']:.1f} s | peak RSS during fit/predict {r['peak_rss_mb']:.0f} MB "
+                  f"(RSS after imports {r['rss_after_import_mb']:.0f} MB) | ARI vs generating labels "
+                  f"{r['ari_vs_generating_labels']:.4f}", flush=True)
+
+    if "d" in sections:
+        n, d, k = (100_000, 128, 100) if quick else (1_000_000, 768, 1000)
+        print(f"\n(d) CUDA {n:,} x {d}, k={k}")
+        r = res["cuda"] = cuda_iterations(n, d, k, iters)
+        print("  " + ("skipped: " + r["skipped"] if "skipped" in r else
+                      f"fp32 {r['float32_s_per_iter']:.4f} s/iter, bf16 {r['bfloat16_s_per_iter']:.4f} s/iter, "
+                      f"bf16 objective diff {r['bf16_objective_rel_diff']:.2e} ({r['device']})"))
+    res["load_avg_end"] = os.getloadavg()
+    print(f"\n# load average at end {res['load_avg_end']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,568 @@
+"""K-means that scales: chunked PyTorch Lloyd iterations, and streaming mini-batch K-means
+for feature matrices stored as ``.npy`` memmaps larger than RAM.
+
+Squared distances are ``||x||^2 - 2 x.c + ||c||^2`` computed by one matrix product per chunk
+of rows, so the ``(rows, n_clusters)`` block, not the ``(n_samples, n_clusters)`` matrix, is
+what lives in memory. The same code runs on CPU and CUDA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import mmap
+import numbers
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+from sklearn.utils import check_random_state
+
+from .exceptions import InputError, NotFittedError
+
+_BLOCK_BYTES = 256 * 2**20  # bound on one distance block / one chunk of rows
+_PIECE_BYTES = 8 * 2**20  # on CPU, chunks are cut to this size per thread
+_SAMPLE_ROWS = 50_000  # the init sample has at most max(10 * n_clusters, this) rows
+_RAM_FRACTION = 0.25  # a memmap bigger than this share of available RAM is streamed
+_SMALL_WORK = 2**25  # n * d * k below this: one thread (fork/join costs more than it saves)
+
+
+class _NotFittedError(NotFittedError, _SklearnNotFittedError):
+    """visclust's NotFittedError that scikit-learn's tools (``check_is_fitted`` users,
+    ``check_estimator``) also recognise."""
+
+
+def _is_int(v, low):
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low
+
+
+_PARAMS = {  # name: (check, what is expected) -- run at the top of fit
+    "n_clusters": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "n_init": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "max_iter": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "tol": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and v >= 0, "a number >= 0"),
+    "init": (lambda v: (v in ("k-means++", "random")) if isinstance(v, str) else hasattr(v, "__len__"),
+             "'k-means++', 'random' or an array of shape (n_clusters, n_features)"),
+    "batch_size": (lambda v: v is None or _is_int(v, 1), "None (automatic) or an integer >= 1"),
+    "mini_batch": (lambda v: isinstance(v, (bool, np.bool_)), "True or False"),
+    "device": (lambda v: v is None or isinstance(v, (str, torch.device)), "None, 'cpu' or 'cuda'"),
+    "dtype": (lambda v: v in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
+    "random_state": (lambda v: v is None or _is_int(v, 0) or isinstance(v, np.random.RandomState),
+                     "None, an integer >= 0 or a numpy RandomState"),
+}
+
+
+def _check_array(X):
+    """Return ``X`` as a 2-D numeric ndarray without copying memmaps (they may exceed RAM)."""
+    if hasattr(X, "toarray") or hasattr(X, "tocsr"):
+        raise InputError("sparse input is not supported by KMeans; convert it with X.toarray() first")
+    if not isinstance(X, np.ndarray):
+        try:
+            X = np.asarray(X, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"X must be a numeric array of shape (n_samples, n_features): {e}") from e
+    if np.iscomplexobj(X):
+        raise InputError("Complex data not supported by KMeans; pass X.real or np.abs(X)")
+    if X.dtype.kind not in "fiub":
+        try:
+            X = X.astype(np.float32)
+        except ValueError as e:  # a TypeError (dicts, None) propagates, as in scikit-learn
+            raise InputError(f"X must be numeric, got dtype {X.dtype}: {e}") from e
+    if X.ndim != 2:
+        raise InputError(f"Expected 2D array of shape (n_samples, n_features), got {X.ndim}D array instead. "
+                         "Reshape your data either using array.reshape(-1, 1) if your data has a single "
+                         "feature or array.reshape(1, -1) if it contains a single sample.")
+    if X.shape[1] == 0:
+        raise InputError(f"Found array with 0 feature(s) (shape={X.shape}) while a minimum of 1 is required.")
+    return X
+
+
+def _release_pages(X):
+    """Drop our mapping of pages already read from a memmap, so the resident set stays one
+    chunk big; the kernel page cache keeps the data (MADV_DONTNEED on a file mapping)."""
+    mm = getattr(X, "_mmap", None)
+    if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mm.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
+
+
+def _to_tensor(a, device):
+    if isinstance(a, torch.Tensor):
+        return a.to(device)
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    with warnings.catch_warnings():  # read-only arrays are fine: nothing writes into them
+        warnings.simplefilter("ignore", UserWarning)
+        t = torch.from_numpy(a)
+    return t if device.type == "cpu" else t.to(device)
+
+
+def _one_thread_if_small(method):
+    """Run ``method`` single-threaded when ``n_samples * n_features * n_clusters`` is small:
+    tiny products gain nothing from threads, and on a busy machine every OpenMP fork/join
+    can cost milliseconds. The thread count is restored on exit."""
+    @functools.wraps(method)
+    def wrapper(self, X, *args, **kwargs):
+        k = self.n_clusters if _is_int(self.n_clusters, 1) else 1
+        small = int(np.prod(np.shape(X)[:2])) * k < _SMALL_WORK
+        with _num_threads(1) if small else contextlib.nullcontext():
+            return method(self, X, *args, **kwargs)
+    return wrapper
+
+
+_POOLS = {}  # thread count -> executor, kept: starting threads on every pass costs more than a small pass
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads
+    os.register_at_fork(after_in_child=_POOLS.clear)
+
+
+def _pool(workers):
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="visclust-kmeans")
+    return _POOLS[workers]
+
+
+@contextlib.contextmanager
+def _num_threads(n):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _too_big_for_ram(X):
+    if not isinstance(X, np.memmap):
+        return False
+    try:
+        import psutil
+
+        available = psutil.virtual_memory().available
+    except ImportError:  # psutil is optional; sysconf is enough on Linux
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return X.shape[0] * X.shape[1] * 4 > _RAM_FRACTION * available
+
+
+class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
+    """K-means clustering on CPU or GPU that also runs on memmaps larger than RAM.
+
+    Lloyd iterations compute squared distances by matrix products in chunks of rows; with
+    ``mini_batch=True``, or automatically for a memmap bigger than a quarter of the available
+    RAM, centers are instead updated from random chunks (mini-batch K-means with a per-center
+    learning rate ``1 / n_points_seen``, Sculley 2010), reading only one chunk at a time.
+
+    Parameters
+    ----------
+    n_clusters : int, default 8
+        Number of clusters.
+    n_init : int, default 3
+        Number of initialisations; the run with the lowest inertia is kept (the lowest
+        inertia on the sample in mini-batch mode). Ignored when ``init`` is an array.
+    max_iter : int, default 100
+        Maximum number of Lloyd iterations, or of passes over the data in mini-batch mode.
+    tol : float, default 1e-4
+        Stop when the summed squared center shift is below ``tol`` times the mean per-feature
+        variance of ``X`` (scikit-learn's rule; the variance is estimated on the init sample).
+    init : {'k-means++', 'random'} or ndarray of shape (n_clusters, n_features), default 'k-means++'
+        k-means++ and 'random' pick centers from a sample of at most
+        ``max(10 * n_clusters, 50000)`` rows (k-means++ from at most
+        ``max(10 * n_clusters, 5e6 / n_clusters)`` of them), so initialisation stays cheap at
+        large ``n`` and ``n_clusters``.
+    batch_size : int or None, default None
+        Rows per chunk (and per mini-batch). ``None`` chooses it so that one
+        ``(rows, n_clusters)`` distance block and one chunk of ``X`` each stay under 256 MB
+        (and mini-batches at most 65,536 rows).
+    mini_batch : bool, default False
+        Use streaming mini-batch K-means (approximate, one chunk in memory at a time).
+    device : {'cpu', 'cuda'} or None, default None
+        Where to compute; ``None`` means CUDA when available, else CPU.
+    dtype : {'float32', 'bfloat16'}, default 'float32'
+        Precision of the distance matrix product; ``'bfloat16'`` needs CUDA. Centers are
+        always updated in float32.
+    random_state : int, RandomState or None, default None
+        Seed for initialisation and mini-batch order; an int makes ``fit`` deterministic.
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters, n_features), float32
+    labels_ : ndarray of shape (n_samples,), int32
+    inertia_ : float
+        Sum of squared distances of samples to their closest center (computed exactly).
+    n_iter_ : int
+        Lloyd iterations run, or passes over the data in mini-batch mode.
+    n_features_in_ : int
+    mini_batch_ : bool
+        Whether mini-batch mode was used.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from visclust.kmeans import KMeans
+    >>> X = np.r_[np.zeros((5, 2)), np.ones((5, 2)) * 10].astype(np.float32)
+    >>> km = KMeans(n_clusters=2, random_state=0, device="cpu").fit(X)
+    >>> sorted(np.bincount(km.labels_))
+    [5, 5]
+    >>> big = np.load("features.npy", mmap_mode="r")  # doctest: +SKIP
+    >>> KMeans(1000, mini_batch=True, random_state=0).fit(big)  # doctest: +SKIP
+    """
+
+    def __init__(self, n_clusters=8, *, n_init=3, max_iter=100, tol=1e-4, init="k-means++", batch_size=None,
+                 mini_batch=False, device=None, dtype="float32", random_state=None):
+        self.n_clusters = n_clusters
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.init = init
+        self.batch_size = batch_size
+        self.mini_batch = mini_batch
+        self.device = device
+        self.dtype = dtype
+        self.random_state = random_state
+
+    # ----------------------------------------------------------------- checks and setup
+    def _check_params(self):
+        for name, (ok, expected) in _PARAMS.items():
+            value = getattr(self, name)
+            if not ok(value):
+                default = self.__init__.__kwdefaults__.get(name, 8)
+                raise InputError(f"KMeans {name}={value!r} is invalid: expected {expected} "
+                                 f"(default {default!r}); pass e.g. KMeans({name}={default!r})")
+
+    def _device(self):
+        dev = torch.device(self.device if self.device is not None
+                           else ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise InputError("device='cuda' but no CUDA device is visible; pass device='cpu' or device=None")
+        if self.dtype == "bfloat16" and dev.type != "cuda":
+            raise InputError("dtype='bfloat16' is only supported on CUDA (a CPU without bf16 units is slower, "
+                             "not faster); use dtype='float32' or device='cuda'")
+        return dev
+
+    def _rows(self, n, d):
+        if self.batch_size is not None:
+            return int(self.batch_size)
+        return int(min(n, max(256, _BLOCK_BYTES // (4 * max(self.n_clusters, d)))))
+
+    def _check_fitted(self, X):
+        if not hasattr(self, "cluster_centers_"):
+            raise _NotFittedError("This KMeans instance is not fitted yet; call fit(X) before predict, "
+                                 "transform or score")
+        X = _check_array(X)
+        if X.shape[1] != self.n_features_in_:
+            raise InputError(f"X has {X.shape[1]} features, but KMeans is expecting {self.n_features_in_} "
+                             "features as input; pass features from the same backbone / reduction used in fit")
+        dev = self._device()
+        return X, dev, torch.from_numpy(self.cluster_centers_).to(dev)
+
+    # ----------------------------------------------------------------- chunked kernels
+    def _chunks(self, X, rows, dev):
+        for start in range(0, X.shape[0], rows):
+            yield start, _to_tensor(X[start:start + rows], dev)
+            _release_pages(X)
+
+    def _map_chunks(self, X, rows, dev, fn):
+        """Sum of ``fn(start, x)`` (a tuple of tensors) over chunks of rows, in row order.
+
+        On CPU, chunks are cache-sized (fresh 100 MB temporaries cost more in page faults than
+        in arithmetic) and spread over as many Python threads as torch has threads, each
+        running single-threaded ops as scikit-learn's Lloyd does: one join per window of
+        chunks instead of one per op, which matters most on a busy machine.
+        """
+        n, workers, total, unreleased = X.shape[0], torch.get_num_threads(), None, 0
+        if dev.type == "cpu":  # at least one piece per thread
+            rows = min(rows, max(256, _PIECE_BYTES // (4 * max(self.n_clusters, X.shape[1]))),
+                       max(256, -(-n // workers)))
+        threaded = dev.type == "cpu" and workers > 1 and n > rows
+        step = rows * (workers if threaded else 1)
+
+        def single_threaded(item):
+            torch.set_num_threads(1)  # OpenMP's thread count is per calling thread
+            return fn(*item)
+
+        with _num_threads(1) if threaded else contextlib.nullcontext():
+            pool = _pool(workers) if threaded else None
+            for w in range(0, n, step):
+                items = [(s, _to_tensor(X[s:s + rows], dev)) for s in range(w, min(n, w + step), rows)]
+                for part in pool.map(single_threaded, items) if threaded else (fn(*i) for i in items):
+                    total = part if total is None else tuple(a + b for a, b in zip(total, part))
+                unreleased += step * X.shape[1] * 4
+                if unreleased > _BLOCK_BYTES:
+                    _release_pages(X)
+                    unreleased = 0
+        _release_pages(X)
+        return total
+
+    def _terms(self, centers, exact=False):
+        """``(||c||^2, -2 C^T)``, computed once per pass; the matrix in bf16 when asked."""
+        w = (centers * -2).T.contiguous()
+        return (centers * centers).sum(1), (w.to(torch.bfloat16) if self.dtype == "bfloat16" and not exact else w)
+
+    def _nearest(self, x, terms, start=0):
+        """Index of the closest center and ``min_j ||c_j||^2 - 2 x.c_j`` for each row of ``x``."""
+        c_sq, w = terms
+        if w.dtype == torch.bfloat16:
+            try:  # fp32 output: only the inputs are rounded to bf16
+                d = torch.mm(x.to(w.dtype), w, out_dtype=torch.float32)
+            except (TypeError, RuntimeError, NotImplementedError):
+                d = (x.to(w.dtype) @ w).float()
+        else:
+            d = x @ w
+        mins, labels = d.add_(c_sq).min(dim=1)  # (mm then add_ is faster than addmm on CPU)
+        # a NaN/inf in a row of x makes its min non-finite, and then the sum: one cheap check
+        if not bool(torch.isfinite(mins.sum())) and not bool(torch.isfinite(mins).all()):
+            row = start + int(torch.nonzero(~torch.isfinite(mins))[0])
+            raise InputError(f"X contains NaN or infinity (first at row {row}); remove or impute those rows, "
+                             "e.g. X = X[np.isfinite(X).all(axis=1)]")
+        return mins, labels
+
+    def _assign(self, X, centers, rows, dev, accumulate=False):
+        """One pass: labels, and either per-cluster (sums, counts) or the exact inertia."""
+        n, (k, d), terms = X.shape[0], centers.shape, self._terms(centers)
+        labels = np.empty(n, dtype=np.int32)
+
+        def work(start, x):
+            lab = self._nearest(x, terms, start)[1]
+            labels[start:start + len(x)] = lab.cpu().numpy()
+            if accumulate:  # float32 sums per chunk, float64 across chunks
+                sums = torch.zeros((k, d), dtype=x.dtype, device=dev).index_add_(0, lab, x)
+                return sums.double(), torch.bincount(lab, minlength=k)
+            diff = torch.index_select(centers, 0, lab).sub_(x)  # exact, one temporary
+            return (diff.pow_(2).sum().double(),)
+
+        out = self._map_chunks(X, rows, dev, work)
+        if accumulate:
+            return labels, out[0], out[1], 0.0
+        return labels, None, None, float(out[0])
+
+    # ----------------------------------------------------------------- initialisation
+    def _sample(self, X, rng):
+        n = X.shape[0]
+        m = min(n, max(10 * self.n_clusters, _SAMPLE_ROWS))
+        if m == n:
+            return np.arange(n)
+        if n <= 4 * m:
+            return np.sort(rng.permutation(n)[:m])
+        idx = np.unique(rng.randint(0, n, size=m + m // 4))  # no O(n) permutation at n = 1e9
+        while len(idx) < m:
+            idx = np.unique(np.r_[idx, rng.randint(0, n, size=m)])
+        return np.sort(rng.permutation(idx)[:m])
+
+    def _init_centers(self, x, rng, dev):
+        if not isinstance(self.init, str):
+            return _to_tensor(np.asarray(self.init, dtype=np.float32), dev).clone()
+        k, m = self.n_clusters, x.shape[0]
+        if self.init == "random":
+            return x[torch.from_numpy(np.sort(rng.choice(m, k, replace=False))).to(x.device)].clone()
+        # greedy k-means++ (as scikit-learn): 2 + log(k) candidates per step, keep the best
+        if x.device.type == "cpu":  # ~4k small ops: OpenMP fork/joins would cost more than they save
+            with _num_threads(1):
+                return self._kmeans_plusplus(x, rng)
+        return self._kmeans_plusplus(x, rng)
+
+    def _kmeans_plusplus(self, x, rng):
+        k, m = self.n_clusters, x.shape[0]
+        if m > max(10 * k, _SAMPLE_ROWS * 100 // k):  # each of the k steps reads all m rows: bound k * m
+            m = max(10 * k, _SAMPLE_ROWS * 100 // k)
+            x = x[torch.from_numpy(rng.permutation(x.shape[0])[:m]).to(x.device)]
+        trials = 2 + int(np.log(k))
+        x_sq = (x * x).sum(1)
+        chosen = [int(rng.randint(m))]
+        closest = (x_sq - 2 * (x @ x[chosen[0]]) + x_sq[chosen[0]]).clamp_min_(0)
+        for _ in range(1, k):
+            cum = torch.cumsum(closest, 0, dtype=torch.float64)
+            r = torch.from_numpy(rng.uniform(size=trials)).to(x.device) * cum[-1]
+            cand = torch.searchsorted(cum, r).clamp_(max=m - 1)
+            d = torch.addmm(x_sq[cand], x, x[cand].T, alpha=-2).add_(x_sq[:, None]).clamp_min_(0)
+            d = torch.minimum(d, closest[:, None])
+            best = int(torch.argmin(d.sum(0)))
+            closest = d[:, best].contiguous()
+            chosen.append(int(cand[best]))
+        return x[chosen].clone()
+
+    # ----------------------------------------------------------------- the two algorithms
+    def _lloyd(self, X, centers, tolerance, rows, dev, max_iter):
+        labels_old, it = None, 0
+        for it in range(1, max_iter + 1):
+            labels, sums, counts, _ = self._assign(X, centers, rows, dev, accumulate=True)
+            if bool((counts == 0).any()):
+                self._relocate_empty(X, centers, labels, sums, counts, rows, dev)
+            new = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centers.double()).float()
+            shift = float(((new - centers) ** 2).sum())
+            centers = new
+            if labels_old is not None and np.array_equal(labels, labels_old):
+                break  # labels did not change: centers are a fixed point
+            labels_old = labels
+            if shift <= tolerance:
+                break
+        labels, _, _, inertia = self._assign(X, centers, rows, dev)
+        return centers, labels, inertia, it
+
+    def _relocate_empty(self, X, centers, labels, sums, counts, rows, dev):
+        """Move the points farthest from their centers into the empty clusters (in place)."""
+        empty = torch.nonzero(counts == 0).flatten().tolist()
+        far_d = torch.empty(0, device=dev)
+        far_i = torch.empty(0, dtype=torch.int64, device=dev)
+        for start, x in self._chunks(X, rows, dev):
+            lab = torch.from_numpy(labels[start:start + len(x)]).to(dev).long()
+            dist = ((x - centers[lab]) ** 2).sum(1)
+            top_d, top_i = dist.topk(min(len(empty), len(dist)))
+            far_d, order = torch.cat([far_d, top_d]).topk(min(len(empty), len(far_d) + len(top_d)))
+            far_i = torch.cat([far_i, top_i + start])[order]
+        for j, i in zip(empty, far_i.tolist()):
+            xi = _to_tensor(X[i:i + 1], dev)[0].double()
+            old = int(labels[i])
+            sums[old] -= xi
+            counts[old] -= 1
+            sums[j], counts[j], labels[i] = xi, 1, j
+
+    def _stream(self, X, centers, tolerance, rows, dev, rng):
+        """Mini-batch K-means: per-center learning rate 1/(points seen), random chunks of rows."""
+        n, k = X.shape[0], centers.shape[0]
+        seen = torch.zeros(k, dtype=torch.float64, device=dev)
+        if self.batch_size is None:  # more, smaller updates per pass; 64k rows still fill a GEMM
+            rows = min(rows, 65536)
+        block = max(1, min(256, rows // 8))  # contiguous reads, shuffled order
+        starts = np.arange(0, n, block)
+        per_batch = max(1, rows // block)
+        epoch = 0
+        for epoch in range(1, self.max_iter + 1):
+            before = centers.clone()
+            order = rng.permutation(len(starts))
+            for g in range(0, len(order), per_batch):
+                sel = np.sort(order[g:g + per_batch])
+                x = _to_tensor(np.concatenate([X[s:s + block] for s in starts[sel]]), dev)
+                _release_pages(X)
+                lab, sums, counts, _ = self._assign(x, centers, len(x), dev, accumulate=True)
+                counts = counts.double()
+                seen += counts
+                hit = counts > 0
+                rate = (counts[hit] / seen[hit])[:, None]
+                means = sums[hit] / counts[hit][:, None]
+                centers[hit] = (centers[hit] + rate * (means - centers[hit])).float()
+            dead = torch.nonzero(seen == 0).flatten()
+            if len(dead):  # never won a point: restart at the farthest points of the last batch
+                lab = torch.from_numpy(lab).to(dev).long()
+                far = ((x - centers[lab]) ** 2).sum(1).topk(min(len(dead), len(x))).indices
+                centers[dead[:len(far)]] = x[far]
+            if float(((centers - before) ** 2).sum()) <= tolerance:
+                break
+        return centers, epoch
+
+    # ----------------------------------------------------------------- public API
+    @_one_thread_if_small
+    def fit(self, X, y=None):
+        """Compute cluster centers.
+
+        Parameters
+        ----------
+        X : array-like or numpy memmap of shape (n_samples, n_features)
+            A memmap (``np.load(path, mmap_mode='r')``) is read chunk by chunk, never whole.
+        y : ignored
+
+        Returns
+        -------
+        self : KMeans
+        """
+        self._check_params()
+        X = _check_array(X)
+        n, d = X.shape
+        if n < self.n_clusters:
+            raise InputError(f"X has n_samples={n} rows but n_clusters={self.n_clusters}; "
+                             f"lower n_clusters to at most {n} or pass more samples")
+        dev, rng = self._device(), check_random_state(self.random_state)
+        rows = self._rows(n, d)
+        streaming = bool(self.mini_batch) or _too_big_for_ram(X)
+        if not isinstance(self.init, str):
+            shape = np.shape(self.init)
+            if shape != (self.n_clusters, d):
+                raise InputError(f"init has shape {shape} but must be (n_clusters, n_features) = "
+                                 f"({self.n_clusters}, {d}); pass one row per cluster or init='k-means++'")
+            if not np.isfinite(np.asarray(self.init, dtype=np.float64)).all():
+                raise InputError("init contains NaN or infinity; pass finite centers or init='k-means++'")
+        n_init = self.n_init if isinstance(self.init, str) else 1
+        if not isinstance(X, np.memmap):
+            X = np.ascontiguousarray(X, dtype=np.float32)  # converted once, read every iteration
+        idx = self._sample(X, rng)  # for k-means++ and the variance behind `tol`
+        sample = np.empty((len(idx), d), dtype=np.float32)
+        for s in range(0, len(idx), 4096):  # each random read maps ~64 kB around it: release as we go
+            sample[s:s + 4096] = X[idx[s:s + 4096]]
+            _release_pages(X)
+        bad = np.flatnonzero(~np.isfinite(sample).all(axis=1))
+        if len(bad):  # rows outside the sample are checked as each pass reads them
+            raise InputError(f"X contains NaN or infinity (first at row {idx[bad[0]]}); "
+                             "remove or impute those rows, e.g. X = X[np.isfinite(X).all(axis=1)]")
+        sample = _to_tensor(sample, dev)
+        centered = (sample - sample.mean(0)).flatten()  # a threshold: sdot's precision is plenty
+        tolerance = self.tol * float(torch.dot(centered, centered)) / centered.numel()
+        del centered
+        if streaming:  # init on the sample (k-means++ then a few Lloyd steps), then stream
+            best = min((self._lloyd(sample, self._init_centers(sample, rng, dev), tolerance, rows, dev,
+                                    min(self.max_iter, 10)) for _ in range(n_init)), key=lambda run: run[2])
+            centers, n_iter = self._stream(X, best[0], tolerance, rows, dev, rng)
+            labels, _, _, inertia = self._assign(X, centers, rows, dev)
+        else:
+            Xd = X
+            if dev.type == "cuda" and X.nbytes < 0.5 * torch.cuda.mem_get_info(dev)[0]:
+                Xd = _to_tensor(X, dev)  # copied to the GPU once instead of every iteration
+            best = min((self._lloyd(Xd, self._init_centers(sample, rng, dev), tolerance, rows, dev,
+                                    self.max_iter) for _ in range(n_init)), key=lambda run: run[2])
+            centers, labels, inertia, n_iter = best
+        found = int(np.count_nonzero(np.bincount(labels, minlength=self.n_clusters)))
+        if found < self.n_clusters:
+            warnings.warn(f"Number of distinct clusters ({found}) found smaller than "
+                          f"n_clusters ({self.n_clusters}); X may have duplicate points, or max_iter is too low",
+                          ConvergenceWarning, stacklevel=2)
+        self.cluster_centers_ = centers.cpu().numpy()
+        self.labels_, self.inertia_, self.n_iter_ = labels, inertia, n_iter
+        self.n_features_in_, self.mini_batch_ = d, streaming
+        return self
+
+    @_one_thread_if_small
+    def predict(self, X):
+        """Index of the closest center for each row of ``X`` (streamed chunk by chunk).
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,), int32
+        """
+        X, dev, centers = self._check_fitted(X)
+        return self._assign(X, centers, self._rows(X.shape[0], X.shape[1]), dev)[0]
+
+    @_one_thread_if_small
+    def transform(self, X):
+        """Euclidean distance from each row of ``X`` to each center.
+
+        Returns
+        -------
+        distances : ndarray of shape (n_samples, n_clusters), float32
+        """
+        X, dev, centers = self._check_fitted(X)
+        out = np.empty((X.shape[0], self.n_clusters), dtype=np.float32)
+        terms = self._terms(centers, exact=True)
+
+        def work(start, x):
+            d = (x @ terms[1]).add_(terms[0]).add_((x * x).sum(1)[:, None])
+            if not bool(torch.isfinite(d.sum())):
+                self._nearest(x, terms, start)  # raises, saying which row
+            out[start:start + len(x)] = d.clamp_min_(0).sqrt_().cpu().numpy()
+            return ()
+
+        self._map_chunks(X, self._rows(X.shape[0], X.shape[1]), dev, work)
+        return out
+
+    @_one_thread_if_small
+    def score(self, X, y=None):
+        """Opposite of the inertia of ``X`` under the fitted centers (higher is better)."""
+        X, dev, centers = self._check_fitted(X)
+        return -self._assign(X, centers, self._rows(X.shape[0], X.shape[1]), dev)[3]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags

@@ -1,0 +1,175 @@
+"""Tests for visclust.kmeans: known answers on blobs, agreement with scikit-learn, memmaps."""
+
+import numpy as np
+import pytest
+import sklearn.cluster
+import sklearn.exceptions
+import torch
+from sklearn.datasets import make_blobs
+from sklearn.metrics import adjusted_rand_score
+
+import visclust.kmeans as kmeans_module
+from visclust.exceptions import InputError, NotFittedError
+from visclust.kmeans import KMeans
+
+
+def blobs(n=3000, k=6, d=8, std=1.0, seed=0):
+    X, y = make_blobs(n, n_features=d, centers=k, cluster_std=std, center_box=(-20, 20), random_state=seed)
+    return X.astype(np.float32), y
+
+
+def exact_inertia(X, centers, labels):
+    return float(((X.astype(np.float64) - centers[labels].astype(np.float64)) ** 2).sum())
+
+
+@pytest.mark.parametrize("mini_batch", [False, True])
+def test_well_separated_blobs_are_recovered(mini_batch):
+    X, y = blobs()
+    km = KMeans(6, n_init=3, mini_batch=mini_batch, random_state=0, device="cpu").fit(X)
+    assert adjusted_rand_score(y, km.labels_) == 1.0
+    assert km.mini_batch_ is mini_batch
+    assert km.cluster_centers_.shape == (6, 8) and km.labels_.shape == (3000,)
+
+
+def test_inertia_and_labels_match_sklearn_from_same_init():
+    X, _ = blobs(n=4000, k=10, std=4.0, seed=1)  # overlapping blobs: Lloyd needs many steps
+    init = X[np.random.RandomState(0).choice(len(X), 10, replace=False)]
+    ref = sklearn.cluster.KMeans(10, init=init, n_init=1, algorithm="lloyd").fit(X)
+    ours = KMeans(10, init=init, device="cpu").fit(X)
+    assert ours.inertia_ == pytest.approx(ref.inertia_, rel=1e-3)
+    assert adjusted_rand_score(ref.labels_, ours.labels_) > 0.99
+    assert ours.n_iter_ == pytest.approx(ref.n_iter_, abs=2)
+
+
+def test_one_lloyd_step_matches_sklearn():
+    X, _ = blobs(n=2000, k=5, d=16, std=3.0, seed=2)
+    init = X[:5].copy()
+    ref = sklearn.cluster.KMeans(5, init=init, n_init=1, max_iter=1, algorithm="lloyd").fit(X)
+    ours = KMeans(5, init=init, max_iter=1, device="cpu").fit(X)
+    np.testing.assert_allclose(ours.cluster_centers_, ref.cluster_centers_, rtol=1e-4, atol=1e-4)
+    assert ours.inertia_ == pytest.approx(ref.inertia_, rel=1e-4)
+
+
+def test_reported_objective_is_the_true_objective():
+    X, _ = blobs(n=1500, k=4, std=3.0)
+    km = KMeans(4, random_state=0, device="cpu").fit(X)
+    assert km.inertia_ == pytest.approx(exact_inertia(X, km.cluster_centers_, km.labels_), rel=1e-6)
+    assert km.score(X) == pytest.approx(-km.inertia_, rel=1e-6)
+    d2 = ((X[:, None, :].astype(np.float64) - km.cluster_centers_[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(km.transform(X) ** 2, d2, rtol=1e-3, atol=1e-2)
+    np.testing.assert_array_equal(km.predict(X), d2.argmin(1))
+    np.testing.assert_array_equal(km.fit_predict(X), km.labels_)
+
+
+def test_memmap_gives_the_same_result_as_an_array(tmp_path):
+    X, y = blobs(n=2500, k=5, std=2.0)
+    np.save(tmp_path / "x.npy", X)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    a = KMeans(5, random_state=3, device="cpu").fit(X)
+    b = KMeans(5, random_state=3, batch_size=300, device="cpu").fit(mm)  # 9 chunks per pass
+    np.testing.assert_allclose(b.cluster_centers_, a.cluster_centers_, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(b.labels_, a.labels_)
+    np.testing.assert_array_equal(a.predict(mm), a.labels_)
+
+
+def test_mini_batch_streams_a_memmap_and_finds_the_blobs(tmp_path, monkeypatch):
+    # a tiny init sample forces the streamed updates, not the sample, to place the centers
+    monkeypatch.setattr(kmeans_module, "_SAMPLE_ROWS", 200)
+    X, y = blobs(n=20000, k=8, d=16, std=2.5, seed=4)
+    np.save(tmp_path / "x.npy", X)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    km = KMeans(8, mini_batch=True, batch_size=1024, max_iter=5, random_state=0, device="cpu").fit(mm)
+    assert km.mini_batch_
+    assert adjusted_rand_score(y, km.labels_) > 0.95
+    full = sklearn.cluster.KMeans(8, n_init=3, random_state=0).fit(X)
+    assert km.inertia_ < 1.02 * full.inertia_
+
+
+def test_memmap_bigger_than_the_ram_share_switches_to_mini_batch(tmp_path, monkeypatch):
+    monkeypatch.setattr(kmeans_module, "_RAM_FRACTION", 1e-12)
+    X, y = blobs(n=1000, k=3)
+    np.save(tmp_path / "x.npy", X)
+    km = KMeans(3, random_state=0, device="cpu").fit(np.load(tmp_path / "x.npy", mmap_mode="r"))
+    assert km.mini_batch_ and adjusted_rand_score(y, km.labels_) == 1.0
+    assert not KMeans(3, random_state=0, device="cpu").fit(X).mini_batch_  # in-memory arrays never switch
+
+
+def test_empty_cluster_is_reseeded_with_a_far_point():
+    X, _ = blobs(n=600, k=3, d=2)
+    init = np.vstack([X[:3], [[1e4, 1e4]]]).astype(np.float32)  # the last center wins no point
+    km = KMeans(4, init=init, device="cpu").fit(X)
+    assert np.bincount(km.labels_, minlength=4).min() > 0
+    assert np.abs(km.cluster_centers_).max() < 100
+
+
+@pytest.mark.parametrize("mini_batch", [False, True])
+@pytest.mark.parametrize("init", ["k-means++", "random"])
+def test_same_random_state_gives_the_same_result(mini_batch, init):
+    X, _ = blobs(n=2000, k=7, std=4.0)
+    a = KMeans(7, init=init, mini_batch=mini_batch, batch_size=256, random_state=11, device="cpu").fit(X)
+    b = KMeans(7, init=init, mini_batch=mini_batch, batch_size=256, random_state=11, device="cpu").fit(X)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+
+
+def test_many_clusters_use_a_sample_for_init():
+    X, _ = blobs(n=3000, k=50, d=8, std=1.0)
+    km = KMeans(300, n_init=1, max_iter=5, random_state=0, device="cpu").fit(X)
+    assert km.cluster_centers_.shape == (300, 8)
+    assert len(np.unique(km.labels_)) == 300
+
+
+def test_predict_before_fit_says_to_fit():
+    km = KMeans(3)
+    for method in (km.predict, km.transform, km.score):
+        with pytest.raises(NotFittedError, match=r"call fit\(X\)"):
+            method(np.zeros((4, 2)))
+    with pytest.raises(sklearn.exceptions.NotFittedError):  # scikit-learn's tools see it too
+        km.predict(np.zeros((4, 2)))
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"n_clusters": 0}, "n_clusters=0"),
+    ({"n_clusters": 2.5}, "n_clusters=2.5"),
+    ({"n_init": 0}, "n_init=0"),
+    ({"max_iter": -1}, "max_iter=-1"),
+    ({"tol": -1.0}, "tol=-1.0"),
+    ({"init": "kmeans"}, "init='kmeans'"),
+    ({"batch_size": 0}, "batch_size=0"),
+    ({"dtype": "float16"}, "dtype='float16'"),
+    ({"init": np.zeros((2, 3))}, r"init has shape \(2, 3\)"),
+    ({"dtype": "bfloat16", "device": "cpu"}, "only supported on CUDA"),
+])
+def test_bad_parameters_say_what_to_pass(params, match):
+    with pytest.raises(InputError, match=match):
+        KMeans(**{"n_clusters": 3, **params}).fit(np.random.RandomState(0).rand(20, 2))
+
+
+def test_bad_data_says_how_to_fix(tmp_path):
+    with pytest.raises(InputError, match=r"n_samples=3 rows but n_clusters=5; lower n_clusters"):
+        KMeans(5).fit(np.zeros((3, 2)))
+    X = np.random.RandomState(0).rand(100, 3).astype(np.float32)
+    X[42, 1] = np.nan
+    with pytest.raises(InputError, match="NaN or infinity.*row 42"):
+        KMeans(2, device="cpu").fit(X)
+    with pytest.raises(InputError, match="NaN or infinity"):
+        KMeans(2, mini_batch=True, device="cpu").fit(X)
+    np.save(tmp_path / "x.npy", X)
+    km = KMeans(2, device="cpu").fit(np.nan_to_num(X))
+    with pytest.raises(InputError, match="NaN or infinity.*row 42"):
+        km.predict(np.load(tmp_path / "x.npy", mmap_mode="r"))
+    with pytest.raises(InputError, match="X has 2 features, but KMeans is expecting 3"):
+        km.predict(X[:, :2])
+    with pytest.raises(InputError, match="Expected 2D array"):
+        KMeans(2).fit(X[:, 0])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cuda_agrees_with_cpu(dtype):
+    X, y = blobs(n=5000, k=10, d=64)
+    cpu = KMeans(10, random_state=0, device="cpu").fit(X)
+    gpu = KMeans(10, random_state=0, device="cuda", dtype=dtype).fit(X)
+    assert adjusted_rand_score(y, gpu.labels_) == 1.0
+    assert gpu.inertia_ == pytest.approx(cpu.inertia_, rel=1e-3)
