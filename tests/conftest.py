@@ -25,6 +25,14 @@ def shared_dir() -> Path | None:
     return p if p.is_dir() else None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory):
+    """ONNX exports go to a temporary cache, never the user's ~/.cache (subprocesses inherit it)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VISCLUST_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     p = shared_dir()

@@ -14,14 +14,6 @@ from visclust.features import extract_features, iter_batches, preprocess_image, 
 from visclust.io import collect_inputs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def onnx_cache(tmp_path_factory):
-    """Exports go to a temporary cache, not the user's ~/.cache (subprocesses inherit it)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VISCLUST_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
-
-
 @pytest.fixture(scope="module")
 def mobilenet():
     return create_backbone("torchvision/mobilenet_v2", pretrained=False, seed=0)

@@ -20,14 +20,6 @@ from visclust.io import collect_inputs
 from visclust.store import FeatureStore
 
 
-@pytest.fixture(scope="module", autouse=True)
-def onnx_cache(tmp_path_factory):
-    """Exports go to a temporary cache, not the user's ~/.cache (subprocesses inherit it)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VISCLUST_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
-
-
 @pytest.fixture(scope="module")
 def pixels():
     return create_backbone("baseline/pixels")
