@@ -110,7 +110,8 @@ def _one_thread_if_small(method):
     @functools.wraps(method)
     def wrapper(self, X, *args, **kwargs):
         k = self.n_clusters if _is_int(self.n_clusters, 1) else 1
-        small = int(np.prod(np.shape(X)[:2])) * k < _SMALL_WORK
+        shape = getattr(X, "shape", None)  # no np.shape: it would convert lists (and array-likes)
+        small = shape is not None and len(shape) == 2 and int(shape[0]) * int(shape[1]) * k < _SMALL_WORK
         with _num_threads(1) if small else contextlib.nullcontext():
             return method(self, X, *args, **kwargs)
     return wrapper
