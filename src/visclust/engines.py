@@ -190,7 +190,7 @@ class OnnxEngine:
         try:
             import onnxruntime  # noqa: F401
         except ImportError as e:
-            raise MissingDependencyError("the onnx engine needs onnxruntime: pip install 'visclust[onnx]' "
+            raise MissingDependencyError("the onnx engine needs onnxruntime: pip install onnxruntime onnx onnxscript "
                                          "(or use --engine torch)") from e
         self.feature_dim = backbone.feature_dim
         self.threads = threads or cpu_count()

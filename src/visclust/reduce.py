@@ -141,7 +141,7 @@ def umap_embedding(X: np.ndarray, n_components: int = 10, n_neighbors: int = 15,
     try:
         import umap
     except ImportError as e:
-        raise MissingDependencyError("UMAP needs umap-learn: pip install 'visclust[umap]'") from e
+        raise MissingDependencyError("UMAP needs umap-learn: pip install umap-learn") from e
     import warnings
 
     n_neighbors = int(min(n_neighbors, max(2, len(X) - 1)))

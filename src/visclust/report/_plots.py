@@ -16,7 +16,7 @@ def _figure(width: float, height: float):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as e:
-        raise MissingDependencyError("the report draws its plots with matplotlib: pip install 'visclust[report]'") from e
+        raise MissingDependencyError("the report draws its plots with matplotlib: pip install matplotlib") from e
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
