@@ -227,7 +227,8 @@ def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
 
 def test_two_writers_at_once_do_not_corrupt_the_store(tmp_path, pixels):
     imgs = tmp_path / "imgs"
-    paths = write_images(imgs, 300, size=24)
+    # Enough work that the two runs overlap even when one starts a second later.
+    paths = write_images(imgs, 2000, size=24)
     store = tmp_path / "store"
     args = ["--backbone", "baseline/pixels", "--engine", "torch", "--workers", "0", "--batch-size", "5",
             "--shard-size", "5", "--quiet"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 #: Subcommand modules, in the order ``visclust --help`` lists them.
@@ -50,10 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         print(f"visclust {args.command}: interrupted; finished work was kept", file=sys.stderr)
-        # Finished work is already on disk (atomic writes); skip unloading torch & co.,
-        # which takes seconds, so Ctrl-C ends the process at once.
-        sys.stderr.flush()
-        os._exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
     except OSError as e:
