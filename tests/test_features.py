@@ -202,3 +202,30 @@ def test_cifar_subset_through_the_store_with_real_weights(mobilenet_weights, cif
     stored = extract_features(bb, paths, engine="onnx", num_workers=1, store=tmp_path / "s", dtype="float16")
     assert stored.paths == mem.paths == paths
     assert np.allclose(stored.features, mem.features, rtol=2e-3, atol=2e-3)
+
+
+def test_decoding_thread_keeps_order_and_stops_when_the_consumer_does(tmp_path):
+    """workers=0: batches come from one background thread, in order; closing the generator
+    early (a Ctrl-C, an error in the model) stops and joins that thread."""
+    import threading
+
+    paths = write_mixed(tmp_path / "imgs")
+    pre = Preprocess(input_size=32, resize_size=36)
+    got = list(iter_batches(paths, pre, batch_size=1, num_workers=0, prefetch=1))
+    assert sorted([int(i) for b in got for i in b.indices] + [i for b in got for i, _ in b.failed]) == list(range(8))
+    assert [int(b.indices[0]) if len(b.indices) else b.failed[0][0] for b in got] == list(range(8))
+    gen = iter_batches(paths, pre, batch_size=1, num_workers=0, prefetch=1)
+    next(gen)
+    gen.close()
+    assert not [t for t in threading.enumerate() if t.name == "visclust-decode"]
+
+
+def test_decoding_thread_hands_its_errors_to_the_consumer(monkeypatch, tmp_path):
+    from visclust import features
+
+    def boom(self, b):
+        raise RuntimeError("decoder bug")
+
+    monkeypatch.setattr(features.BatchDataset, "__getitem__", boom)
+    with pytest.raises(RuntimeError, match="decoder bug"):
+        list(iter_batches(write_mixed(tmp_path / "imgs"), Preprocess(input_size=32, resize_size=36), num_workers=0))

@@ -24,7 +24,7 @@ def add_runtime_options(p) -> None:
     g = p.add_argument_group("runtime")
     g.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per batch (default %(default)s)")
     g.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="image decoding processes (default: one per spare CPU core)")
+                   help="image decoding processes; 0 = one low-priority thread in this process (default: 0 for a CPU model on up to 4 cores, else one per spare core)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
 
