@@ -194,3 +194,21 @@ def test_runtime_settings_never_come_from_the_file(tmp_path):
     again = loaded.assign([images])
     np.testing.assert_array_equal(again.clusters, model.labels_)
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_neighbour_vote_model_round_trips_and_a_bad_reference_is_refused(tmp_path):
+    from sklearn.datasets import make_moons
+
+    X, _ = make_moons(400, noise=0.05, random_state=0)
+    X = np.hstack([X, np.random.default_rng(0).normal(0, 0.01, (400, 2))]).astype(np.float32)
+    fc = FeatureClusterer(n_clusters=2, n_components=4, whiten=False, umap_components=None, method="agglomerative",
+                          classifier="knn").fit(X)
+    assert fc.classifier_.kind_ == "knn"
+    fc.save(tmp_path / "m.vcm")
+    loaded = load_model(tmp_path / "m.vcm")
+    np.testing.assert_array_equal(loaded.predict(X), fc.predict(X))
+    manifest, arrays = split((tmp_path / "m.vcm").read_bytes())
+    arrays["classifier.reference_labels"] = arrays["classifier.reference_labels"] + 5
+    (tmp_path / "bad.vcm").write_bytes(rewrite(manifest, arrays))
+    with pytest.raises(ModelFileError, match="disagree"):
+        load_model(tmp_path / "bad.vcm")

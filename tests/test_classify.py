@@ -88,3 +88,28 @@ def test_centroid_margin_is_larger_for_typical_members():
 def test_softmax_is_stable_for_large_values():
     p = softmax(np.array([[1000.0, 0.0], [0.0, 0.0]]))
     np.testing.assert_allclose(p, [[1, 0], [0.5, 0.5]])
+
+
+def test_auto_keeps_the_svm_where_clusters_are_linear_and_votes_where_they_are_not():
+    """Label-free choice of the assigning rule: on blobs the SVM reproduces the clusters, on
+    two interleaved moons (clusters a linear rule cannot separate) the neighbour vote does."""
+    from sklearn.datasets import make_moons
+
+    X, y = make_blobs(900, centers=4, n_features=8, cluster_std=1.0, random_state=1)
+    lin = PseudoLabelClassifier(kind="auto").fit(X.astype(np.float32), y)
+    assert lin.kind_ == "svm" and lin.agreement_["svm"] > 0.98 and len(lin.reference_) == 0
+    M, m = make_moons(1200, noise=0.06, random_state=0)
+    moons = PseudoLabelClassifier(kind="auto").fit(M.astype(np.float32), m)
+    assert moons.kind_ == "knn"
+    assert moons.agreement_["knn"] > 0.98 > moons.agreement_["svm"] + 0.05
+    assert np.mean(moons.predict(M) == m) > 0.98
+    proba = moons.predict_proba(M)
+    assert np.allclose(proba.sum(1), 1) and proba.max(1).mean() > 0.9
+
+
+def test_vote_reference_is_capped_and_drawn_from_every_cluster(blobs):
+    X, y = blobs
+    clf = PseudoLabelClassifier(kind="knn", max_reference=100).fit(X, y)
+    assert clf.kind_ == "knn" and len(clf.reference_) == 100
+    assert set(np.unique(clf.reference_labels_)) == set(range(4))
+    assert hungarian_accuracy(y, clf.predict(X)) > 0.9

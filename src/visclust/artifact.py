@@ -337,5 +337,9 @@ def _check_consistent(fc, path: str) -> None:
     d, k = r.components_.shape[1], r.components_.shape[0]
     if (r.mean_.shape != (d,) or r.scale_.shape != (k,) or c.coef_.shape[1] != k or c.intercept_.shape != (c.coef_.shape[0],)
             or c.classes_.shape != (c.coef_.shape[0],) or fc.n_features_in_ != d
-            or fc.cluster_centers_.shape != (fc.n_clusters_, k)):
+            or fc.cluster_centers_.shape != (fc.n_clusters_, k)
+            or c.reference_.ndim != 2 or c.reference_.shape[1] != k or c.reference_labels_.shape != (len(c.reference_),)
+            or (c.kind_ == "knn" and len(c.reference_) == 0)
+            or (len(c.reference_labels_) and not (0 <= c.reference_labels_.min() and
+                                                  c.reference_labels_.max() < len(c.classes_)))):
         raise ModelFileError(f"{path}: the model's arrays disagree with each other (edited file?)")

@@ -1,8 +1,11 @@
 """The classifier step: a linear SVM trained on the most confident members of each cluster
-(pseudo-labels), refined by self-training, with temperature-scaled confidences.
+(pseudo-labels), refined by self-training, with temperature-scaled confidences; or, when a
+label-free test says the clusters are not linearly separable in the reduced space (typically
+clusters found in a UMAP embedding), a vote of the nearest training rows.
 
 It is what assigns new images, so the clustering space (which may be UMAP) never needs to
-be stored: only ``coef_``, ``intercept_`` and ``temperature_``.
+be stored: only ``coef_``, ``intercept_``, ``temperature_`` and, for the vote, a reference
+sample of reduced training rows with their clusters.
 """
 
 from __future__ import annotations
@@ -32,6 +35,30 @@ def confident_members(scores: np.ndarray, labels: np.ndarray, fraction: float, m
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
 
 
+def neighbour_votes(Z: np.ndarray, reference: np.ndarray, reference_labels: np.ndarray, n_classes: int,
+                    n_neighbors: int, chunk: int = 2048) -> np.ndarray:
+    """How many of the ``n_neighbors`` nearest reference rows (Euclidean) of each row of
+    ``Z`` belong to each class: ``(len(Z), n_classes)`` float32. Memory is bounded by
+    ``chunk`` rows at a time."""
+    Z = np.asarray(Z, np.float32)
+    k = int(min(n_neighbors, len(reference)))
+    out = np.zeros((len(Z), n_classes), np.float32)
+    ref_sq = (reference.astype(np.float32) ** 2).sum(1)
+    for s in range(0, len(Z), chunk):
+        z = Z[s:s + chunk]
+        d = ref_sq[None, :] - 2.0 * (z @ reference.T)  # + |z|^2, the same for every reference row
+        nn = np.argpartition(d, k - 1, axis=1)[:, :k]
+        rows = np.repeat(np.arange(len(z)), k)
+        np.add.at(out[s:s + len(z)], (rows, reference_labels[nn].ravel()), 1.0)
+    return out
+
+
+def vote_scores(votes: np.ndarray, n_neighbors: int) -> np.ndarray:
+    """Log of the smoothed vote shares: the kNN counterpart of SVM decision values."""
+    k = votes.shape[1]
+    return np.log((votes + 0.5) / (n_neighbors + 0.5 * k))
+
+
 def centroid_margin(X: np.ndarray, labels: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """How clearly each point belongs to its cluster: distance to the nearest other centre
     minus distance to its own (larger is surer)."""
@@ -53,6 +80,16 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         predictions.
     C : float, default 1.0
         SVM regularisation.
+    kind : {'auto', 'svm', 'knn'}, default 'auto'
+        ``'svm'``: the linear SVM. ``'knn'``: a vote of the ``n_neighbors`` nearest rows of
+        a reference sample (at most ``max_reference`` rows, drawn evenly from each cluster)
+        of the training rows with their cluster labels. ``'auto'``: both are scored on
+        held-out rows (3 folds) by how often they give back the cluster they are trained to
+        reproduce; the vote is used only when it agrees more by at least 0.01. This needs
+        no labels: it asks which rule reproduces the user's clustering on rows it has not
+        seen, and so which one will assign new images the way the clustering would have.
+    n_neighbors : int, default 15
+    max_reference : int, default 20000
     random_state : int, default 0
 
     Attributes
@@ -63,13 +100,23 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         Decision values are multiplied by this before the softmax; fitted by minimising the
         log-loss of out-of-fold predictions against the cluster labels.
     classes_ : ndarray (n_classes,)
+    kind_ : {'svm', 'knn'}
+        The rule that assigns rows.
+    agreement_ : dict {str: float}
+        Out-of-fold agreement of each rule tried with the cluster labels.
+    reference_, reference_labels_ : ndarray
+        The vote's reference rows and their class indices (empty for the SVM).
     """
 
     def __init__(self, confident_fraction: float = 0.5, self_training: int = 2, C: float = 1.0,
+                 kind: str = "auto", n_neighbors: int = 15, max_reference: int = 20000,
                  random_state: int | None = 0):
         self.confident_fraction = confident_fraction
         self.self_training = self_training
         self.C = C
+        self.kind = kind
+        self.n_neighbors = n_neighbors
+        self.max_reference = max_reference
         self.random_state = random_state
 
     def fit(self, X, y, sample_score=None):
@@ -80,6 +127,13 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         """
         if not 0 < self.confident_fraction <= 1:
             raise InputError(f"confident_fraction must be in (0, 1], got {self.confident_fraction}")
+        if self.kind not in ("auto", "svm", "knn"):
+            raise InputError(f"unknown classifier kind {self.kind!r}; choose auto, svm or knn")
+        if int(self.n_neighbors) < 1 or int(self.max_reference) < 1:
+            raise InputError("n_neighbors and max_reference must be positive integers")
+        self.kind_, self.agreement_ = "svm", {}
+        self.reference_ = np.zeros((0, np.shape(X)[1]), np.float32)
+        self.reference_labels_ = np.zeros(0, np.int64)
         X = np.asarray(X, np.float32)
         y = np.asarray(y, np.int64)
         self.classes_ = np.unique(y[y >= 0])
@@ -98,9 +152,53 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
             yi = np.full(len(y), -1, np.int64)
             yi[y >= 0] = np.searchsorted(self.classes_, y[y >= 0])
             sample_score = centroid_margin(X, yi, cluster_means(X, yi, k))
-        self._self_train(X, y, np.asarray(sample_score))
-        self.temperature_ = self._fit_temperature(X, y, np.asarray(sample_score))
+        if self.kind != "knn":
+            self._self_train(X, y, np.asarray(sample_score))
+            self.temperature_ = self._fit_temperature(X, y, np.asarray(sample_score))
+        else:  # no SVM: its arrays stay neutral and unused
+            self.coef_ = np.zeros((k, X.shape[1]), np.float32)
+            self.intercept_ = np.zeros(k, np.float32)
+            self.temperature_ = 1.0
+        if self.kind != "svm":
+            self._fit_vote(X, y)
         return self
+
+    def _reference(self, X, yi, rows) -> tuple[np.ndarray, np.ndarray]:
+        """At most ``max_reference`` of ``rows``, the same share of every cluster."""
+        rows = rows[yi[rows] >= 0]
+        if len(rows) > self.max_reference:
+            rng = np.random.default_rng(self.random_state)
+            rows = np.sort(rng.choice(rows, int(self.max_reference), replace=False))
+        return X[rows], yi[rows]
+
+    def _fit_vote(self, X, y):
+        """Out-of-fold agreement and temperature of the nearest-neighbour vote; keep it when
+        ``kind='knn'``, or when it reproduces the clusters better than the SVM did."""
+        from scipy.optimize import minimize_scalar
+
+        k = len(self.classes_)
+        yi = np.full(len(y), -1, np.int64)
+        yi[y >= 0] = np.searchsorted(self.classes_, y[y >= 0])
+        ok = np.flatnonzero(yi >= 0)
+        fold = np.random.default_rng(self.random_state).integers(0, 3, len(ok))
+        dec = np.zeros((len(ok), k))
+        for f in range(3):
+            ref, ref_y = self._reference(X, yi, ok[fold != f])
+            if len(ref) == 0:
+                return
+            dec[fold == f] = vote_scores(neighbour_votes(X[ok[fold == f]], ref, ref_y, k, self.n_neighbors),
+                                         self.n_neighbors)
+        self.agreement_["knn"] = float(np.mean(dec.argmax(1) == yi[ok]))
+        if self.kind == "auto" and self.agreement_["knn"] < self.agreement_.get("svm", 0.0) + 0.01:
+            return
+
+        def nll(log_t):
+            p = softmax(dec * np.exp(log_t))
+            return -np.mean(np.log(p[np.arange(len(ok)), yi[ok]] + 1e-12))
+
+        self.temperature_ = float(np.exp(minimize_scalar(nll, bounds=(-3, 5), method="bounded").x))
+        self.kind_ = "knn"
+        self.reference_, self.reference_labels_ = self._reference(X, yi, ok)
 
     def _self_train(self, X, y, sample_score):
         """SVM on the confident members, then ``self_training`` rounds of relabelling all
@@ -160,11 +258,16 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
             p = softmax(dec * np.exp(log_t))
             return -np.mean(np.log(p[np.arange(len(yo)), yo] + 1e-12))
 
+        self.agreement_["svm"] = float(np.mean(dec.argmax(1) == yo))
         res = minimize_scalar(nll, bounds=(-3, 5), method="bounded")
         return float(np.exp(res.x))
 
     def decision_function(self, X) -> np.ndarray:
+        """SVM decision values, or for the vote the log of the smoothed vote shares."""
         check_is_fitted(self, "coef_")
+        if getattr(self, "kind_", "svm") == "knn":
+            votes = neighbour_votes(X, self.reference_, self.reference_labels_, len(self.classes_), self.n_neighbors)
+            return vote_scores(votes, self.n_neighbors).astype(np.float32)
         return np.asarray(X, np.float32) @ self.coef_.T + self.intercept_
 
     def predict_proba(self, X) -> np.ndarray:
@@ -174,8 +277,12 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[self.decision_function(X).argmax(1)]
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"coef": self.coef_, "intercept": self.intercept_, "classes": self.classes_.astype(np.int64),
-                "temperature": np.array([self.temperature_], np.float64)}
+        arrays = {"coef": self.coef_, "intercept": self.intercept_, "classes": self.classes_.astype(np.int64),
+                  "temperature": np.array([self.temperature_], np.float64)}
+        if getattr(self, "kind_", "svm") == "knn":
+            arrays.update(reference=self.reference_.astype(np.float32),
+                          reference_labels=self.reference_labels_.astype(np.int64))
+        return arrays
 
     @classmethod
     def from_arrays(cls, params: dict, arrays: dict[str, np.ndarray]) -> "PseudoLabelClassifier":
@@ -185,4 +292,13 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         c.classes_ = arrays["classes"].astype(np.int64)
         c.temperature_ = float(arrays["temperature"][0])
         c.n_features_in_ = c.coef_.shape[1]
+        c.agreement_ = {}
+        if "reference" in arrays:
+            c.kind_ = "knn"
+            c.reference_ = arrays["reference"].astype(np.float32)
+            c.reference_labels_ = arrays["reference_labels"].astype(np.int64)
+        else:
+            c.kind_ = "svm"
+            c.reference_ = np.zeros((0, c.n_features_in_), np.float32)
+            c.reference_labels_ = np.zeros(0, np.int64)
         return c

@@ -93,6 +93,10 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         Share of each cluster used to train the classifier.
     self_training : int, default 2
         Self-training rounds of the classifier.
+    classifier : {'auto', 'svm', 'knn'}, default 'auto'
+        What assigns rows to clusters (training rows and new images): the linear SVM, a vote
+        of the nearest training rows, or (``'auto'``) whichever reproduces the clustering
+        better on held-out rows; see :class:`~visclust.classify.PseudoLabelClassifier`.
     reject_threshold : float, default 0.0
         Rows whose confidence is below this get cluster -1 ("fits no cluster").
     k_range : tuple of int, default (2, 30)
@@ -134,7 +138,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     def __init__(self, n_clusters=8, method: str = "auto", space: str = "auto", n_components: int | None = 64,
                  whiten="auto", umap_components: int | None = 10, learned_step: bool = False,
                  candidates=None, n_runs: int = 3, confident_fraction: float = 0.5, self_training: int = 2,
-                 reject_threshold: float = 0.0, k_range=(2, 30), n_init: int = 10, random_state: int | None = 0):
+                 classifier: str = "auto", reject_threshold: float = 0.0, k_range=(2, 30), n_init: int = 10, random_state: int | None = 0):
         self.n_clusters = n_clusters
         self.method = method
         self.space = space
@@ -146,6 +150,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         self.n_runs = n_runs
         self.confident_fraction = confident_fraction
         self.self_training = self_training
+        self.classifier = classifier
         self.reject_threshold = reject_threshold
         self.k_range = k_range
         self.n_init = n_init
@@ -274,7 +279,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             # Rows on which every run agrees come first, then by their margin in the space.
             rank = np.argsort(np.argsort(margin, kind="stable"), kind="stable") / max(len(margin) - 1, 1)
             margin = agreement(runs, self.cluster_labels_) + 0.5 * rank
-        self.classifier_ = PseudoLabelClassifier(self.confident_fraction, self.self_training,
+        self.classifier_ = PseudoLabelClassifier(self.confident_fraction, self.self_training, kind=self.classifier,
                                                  random_state=self.random_state).fit(Z, self.cluster_labels_, margin)
         self.labels_, self.confidence_ = self._assign(Z)
         self.n_clusters_ = len(self.classifier_.classes_)

@@ -29,6 +29,9 @@ def register(sub) -> None:
     g.add_argument("--umap", type=int, default=10, metavar="D",
                    help="dimensions of the UMAP embeddings, 0 = never use UMAP (default %(default)s)")
     g.add_argument("--k-range", default="2:30", metavar="MIN:MAX", help="candidates for --clusters auto (default %(default)s)")
+    g.add_argument("--classifier", choices=("auto", "svm", "knn"), default="auto",
+                   help="what assigns images to clusters: a linear SVM, a vote of the nearest training images, or "
+                        "auto: whichever reproduces the clustering better on held-out images (default %(default)s)")
     g.add_argument("--reject", type=float, default=0.0, metavar="T",
                    help="confidence below T assigns cluster -1 (default %(default)s: never)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
@@ -53,7 +56,7 @@ def run(args) -> int:
 
     clusterer = FeatureClusterer(method=args.method, space=args.space, learned_step=args.learned_step,
                                  n_components=args.pca or None, umap_components=args.umap or None,
-                                 reject_threshold=args.reject, k_range=parse_k_range(args.k_range),
+                                 classifier=args.classifier, reject_threshold=args.reject, k_range=parse_k_range(args.k_range),
                                  random_state=args.seed)
     model = ImageClusterer(backbone=args.backbone, weights=args.weights, pretrained=not args.random_weights,
                            n_clusters=args.clusters, clusterer=clusterer, batch_size=args.batch_size,
