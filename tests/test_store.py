@@ -299,3 +299,33 @@ def test_cli_store_errors_are_one_line(tmp_path, cli):
     assert r.stderr.strip().count("\n") == 0 and "not a directory" in r.stderr
     r = cli("extract", imgs, "--store", tmp_path / "s", "--backbone", "baseline/pixels", "--shard-size", "0")
     assert r.returncode == 2 and "--shard-size" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_interrupted_shard_write_leaves_no_file_and_the_store_stays_readable(tmp_path, monkeypatch, pixels):
+    """Ctrl-C while a shard's .npy is being written: no temporary or orphan file remains,
+    earlier shards are intact, and the same rows can be written again."""
+    import visclust.store as store_mod
+    from visclust.store import file_stat
+
+    st = FeatureStore(tmp_path / "s", pixels.config)
+    files = write_images(tmp_path / "img", 4)
+    dim = pixels.config.feature_dim
+    with st.writer() as w:
+        w.add(files[:2], [file_stat(f) for f in files[:2]], np.ones((2, dim), np.float32))
+    before = sorted(os.listdir(st.shards_dir))
+    real_save = np.save
+
+    def interrupted_save(f, *a, **k):
+        f.write(b"\x93NUMPY partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_mod.np, "save", interrupted_save)
+    w = st.writer()
+    w.add(files[2:], [file_stat(f) for f in files[2:]], np.zeros((2, dim), np.float32))
+    with pytest.raises(KeyboardInterrupt):
+        w.flush()
+    assert sorted(os.listdir(st.shards_dir)) == before
+    monkeypatch.setattr(store_mod.np, "save", real_save)
+    w.flush()
+    X, found, absent = FeatureStore(tmp_path / "s", pixels.config).read(files)
+    assert found == [0, 1, 2, 3] and absent == [] and X[:2].min() == 1 and X[2:].max() == 0

@@ -404,20 +404,30 @@ class ShardWriter:
             "paths": [f[0] for f in self._files], "sizes": [f[1] for f in self._files],
             "mtime_ns": [f[2] for f in self._files], "skipped": [list(s) for s in self._skipped],
         }
+        tmp, npy, man = (os.path.join(d, f".tmp-{name}.npy"), os.path.join(d, f"{name}.npy"),
+                         os.path.join(d, f"{name}.json"))
         try:
             if n:
                 X = np.concatenate(self._feats) if len(self._feats) > 1 else self._feats[0]
-                tmp = os.path.join(d, f".tmp-{name}.npy")
                 with open(tmp, "wb") as f:
                     np.save(f, np.ascontiguousarray(X, dtype=self.dtype), allow_pickle=False)
                     f.flush()
                     os.fsync(f.fileno())
-                os.replace(tmp, os.path.join(d, f"{name}.npy"))
+                os.replace(tmp, npy)
             # The manifest last: once it exists the shard is committed.
-            _write_atomic(os.path.join(d, f"{name}.json"), json.dumps(manifest).encode(), tmp_name=f".tmp-{name}.json")
-        except OSError as e:
-            raise FeatureStoreError(f"cannot write to feature store {d}: {e.strerror or e}; "
-                                    "rows committed before this are kept") from e
+            _write_atomic(man, json.dumps(manifest).encode(), tmp_name=f".tmp-{name}.json")
+        except BaseException as e:
+            # Interrupted (Ctrl-C, a full disk) before the manifest: this shard was never
+            # committed, so its files go; nothing committed before is touched.
+            for leftover in (tmp,) if os.path.exists(man) else (tmp, npy):
+                try:
+                    os.unlink(leftover)
+                except OSError:
+                    pass
+            if isinstance(e, OSError):
+                raise FeatureStoreError(f"cannot write to feature store {d}: {e.strerror or e}; "
+                                        "rows committed before this are kept") from e
+            raise
         self.rows_written += n
         self._feats, self._files, self._skipped = [], [], []
 
