@@ -9,6 +9,10 @@
     page cache dropped), mini-batch K-means with k=100 in a fresh subprocess; wall time and
     peak RSS. The temp dir is deleted afterwards.
 (d) CUDA only: time per iteration at 1,000,000 x 768, k=1000 in float32 and bfloat16.
+(h) Hamerly: time per iteration at 100,000 x 512 float32, k=100, on a Gaussian mixture
+    (100 blobs + noise) and on plain N(0, 1) data (the hard case for bounds), from one
+    k-means++ init given to all four: scikit-learn lloyd and elkan, ours lloyd and hamerly;
+    per iteration = (t[max_iter=m] - t[max_iter=1]) / (n_iter[m] - 1), tol=0; objectives.
 
 Usage::
 
@@ -257,6 +261,48 @@ def cuda_iterations(n, d, k, iters):
     return r
 
 
+def hamerly_vs_sklearn(n, d, k, data, repeats, iters):
+    from sklearn.cluster import KMeans as SKMeans
+    from sklearn.cluster import kmeans_plusplus
+
+    if data == "blobs":
+        X, _ = mixture(n, d, k, seed=n + d + k)
+    else:
+        X = np.random.default_rng(n + d + k).standard_normal((n, d), dtype=np.float32)
+    sub = np.random.default_rng(0).choice(n, min(n, 10_000), replace=False)
+    C, _ = kmeans_plusplus(X[np.sort(sub)], k, random_state=0)  # one k-means++ init for all four
+    fits = {
+        "sklearn_lloyd": lambda m: SKMeans(k, init=C, n_init=1, max_iter=m, tol=0, algorithm="lloyd").fit(X),
+        "sklearn_elkan": lambda m: SKMeans(k, init=C, n_init=1, max_iter=m, tol=0, algorithm="elkan").fit(X),
+        "ours_lloyd": lambda m: KMeans(k, init=C, max_iter=m, tol=0, algorithm="lloyd", device="cpu").fit(X),
+        "ours_hamerly": lambda m: KMeans(k, init=C, max_iter=m, tol=0, algorithm="hamerly", device="cpu").fit(X),
+    }
+    for fit in fits.values():  # warm up thread pools
+        fit(1)
+    r = {"n": n, "d": d, "k": k, "data": data, "max_iter": iters}
+    best = {(name, m): float("inf") for name in fits for m in (1, iters)}
+    models = {}
+    for _ in range(repeats):  # alternate, so that all see the same background load
+        for m in (1, iters):
+            for name, fit in fits.items():
+                t = time.perf_counter()
+                models[name, m] = fit(m)
+                best[name, m] = min(best[name, m], time.perf_counter() - t)
+    for name in fits:
+        a, b = models[name, 1], models[name, iters]
+        r[f"{name}_s_1iter"], r[f"{name}_s_{iters}iter"] = best[name, 1], best[name, iters]
+        r[f"{name}_n_iter"], r[f"{name}_inertia"] = int(b.n_iter_), float(b.inertia_)
+        r[f"{name}_s_per_iter"] = (best[name, iters] - best[name, 1]) / max(1, int(b.n_iter_) - int(a.n_iter_))
+        r[f"{name}_obj_rel_diff"] = abs(float(b.inertia_) / r["sklearn_lloyd_inertia"] - 1) if name != "sklearn_lloyd" \
+            else 0.0
+    ham = models["ours_hamerly", iters]
+    r["hamerly_recomputed_per_iter"] = [int(v) for v in ham.n_recomputed_]
+    r["hamerly_labels_equal_ours_lloyd"] = float(np.mean(ham.labels_ == models["ours_lloyd", iters].labels_))
+    r["speedup_hamerly_vs_sklearn_lloyd"] = r["sklearn_lloyd_s_per_iter"] / r["ours_hamerly_s_per_iter"]
+    r["speedup_hamerly_vs_sklearn_elkan"] = r["sklearn_elkan_s_per_iter"] / r["ours_hamerly_s_per_iter"]
+    return r
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes only (< 60 s)")
@@ -264,8 +310,10 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=None, help="timing repeats, best kept (default 3, quick 1)")
     ap.add_argument("--tmpdir", default=tempfile.gettempdir(), help="where the out-of-core .npy is written")
     ap.add_argument("--skip-out-of-core", action="store_true", help="skip (c)")
-    ap.add_argument("--sections", default="ambcd", help="which parts to run: a (Lloyd timing), m (peak memory), "
-                    "b (k=1000), c (out of core), d (CUDA); default %(default)s")
+    ap.add_argument("--sections", default="ambcdh", help="which parts to run: a (Lloyd timing), m (peak memory), "
+                    "b (k=1000), c (out of core), d (CUDA), h (Hamerly vs scikit-learn); default %(default)s")
+    ap.add_argument("--hamerly-iters", type=int, default=11, help="max_iter m of section h (default %(default)s)")
+    ap.add_argument("--hamerly-data", default="blobs,random", help="data sets of section h (default %(default)s)")
     ap.add_argument("--_child", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--_child_mem", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -344,6 +392,23 @@ def main(argv=None):
         print("  " + ("skipped: " + r["skipped"] if "skipped" in r else
                       f"fp32 {r['float32_s_per_iter']:.4f} s/iter, bf16 {r['bfloat16_s_per_iter']:.4f} s/iter, "
                       f"bf16 objective diff {r['bf16_objective_rel_diff']:.2e} ({r['device']})"))
+    if "h" in sections:
+        n, d, k = (20_000, 64, 20) if quick else (100_000, 512, 100)
+        m = args.hamerly_iters
+        print(f"\n(h) Hamerly: {n:,} x {d} float32, k={k}, one k-means++ init, tol=0, max_iter 1 and {m}, "
+              f"best of {repeats}; s/iter = (t[{m}] - t[1]) / (n_iter - 1)", flush=True)
+        res["hamerly"] = [hamerly_vs_sklearn(n, d, k, data, repeats, m) for data in args.hamerly_data.split(",")]
+        names = ("sklearn_lloyd", "sklearn_elkan", "ours_lloyd", "ours_hamerly")
+        for r in res["hamerly"]:
+            print(f"  {r['data']}:")
+            for name in names:
+                print(f"    {name:14s} {r[name + '_s_per_iter']:8.4f} s/iter  ({r[name + '_n_iter']} iter, "
+                      f"1 iter {r[name + '_s_1iter']:.3f} s, {m} iter {r[name + f'_s_{m}iter']:.3f} s)  "
+                      f"inertia {r[name + '_inertia']:.6e}  rel diff {r[name + '_obj_rel_diff']:.1e}")
+            print(f"    hamerly vs sklearn lloyd {r['speedup_hamerly_vs_sklearn_lloyd']:.2f}x, vs elkan "
+                  f"{r['speedup_hamerly_vs_sklearn_elkan']:.2f}x; rows recomputed per iteration "
+                  f"{r['hamerly_recomputed_per_iter']}; labels equal to ours lloyd "
+                  f"{r['hamerly_labels_equal_ours_lloyd']:.6f}", flush=True)
     res["load_avg_end"] = os.getloadavg()
     print(f"\n# load average at end {res['load_avg_end']}")
     if args.json:

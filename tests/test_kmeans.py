@@ -173,3 +173,66 @@ def test_cuda_agrees_with_cpu(dtype):
     gpu = KMeans(10, random_state=0, device="cuda", dtype=dtype).fit(X)
     assert adjusted_rand_score(y, gpu.labels_) == 1.0
     assert gpu.inertia_ == pytest.approx(cpu.inertia_, rel=1e-3)
+
+
+def _random_and_blobs():
+    rng = np.random.default_rng(5)
+    noise = rng.standard_normal((6000, 32), dtype=np.float32)
+    centers = rng.standard_normal((30, 32), dtype=np.float32) * 3
+    return {"random": noise, "blobs": centers[rng.integers(0, 30, 6000)] + noise}
+
+
+@pytest.mark.parametrize("data", ["random", "blobs"])
+def test_hamerly_gives_lloyds_labels_and_objective(data):
+    X = _random_and_blobs()[data]
+    init = X[np.random.RandomState(1).choice(len(X), 30, replace=False)]
+    lloyd = KMeans(30, init=init, max_iter=40, tol=0, algorithm="lloyd", device="cpu").fit(X)
+    ham = KMeans(30, init=init, max_iter=40, tol=0, device="cpu").fit(X)  # 'hamerly' is the default
+    assert ham.n_iter_ == lloyd.n_iter_ > 5
+    np.testing.assert_array_equal(ham.labels_, lloyd.labels_)
+    assert ham.inertia_ == pytest.approx(lloyd.inertia_, rel=1e-6)
+    np.testing.assert_allclose(ham.cluster_centers_, lloyd.cluster_centers_, rtol=1e-5, atol=1e-5)
+    # the labels are the exact (float64) nearest centers of the final centers
+    d2 = ((X[:, None, :].astype(np.float64) - ham.cluster_centers_[None].astype(np.float64)) ** 2).sum(-1)
+    assert (d2[np.arange(len(X)), ham.labels_] <= d2.min(1) * (1 + 1e-5)).all()
+
+
+def test_hamerly_recomputes_fewer_rows_after_the_first_iterations():
+    X = _random_and_blobs()["blobs"]
+    init = X[np.random.RandomState(1).choice(len(X), 30, replace=False)]
+    km = KMeans(30, init=init, max_iter=40, tol=0, device="cpu").fit(X)
+    rec = km.n_recomputed_
+    assert len(rec) == km.n_iter_ and rec[0] == len(X)
+    assert rec[-3:].max() < 0.2 * len(X) and rec.sum() < 0.5 * len(X) * km.n_iter_
+    lloyd = KMeans(30, init=init, max_iter=40, tol=0, algorithm="lloyd", device="cpu").fit(X)
+    np.testing.assert_array_equal(lloyd.n_recomputed_, np.full(lloyd.n_iter_, len(X)))
+
+
+def test_hamerly_bounds_stay_exact_with_chunks_threads_and_empty_clusters(monkeypatch):
+    # small windows and chunks exercise the gathered (sparse) and the whole-window (dense) paths
+    monkeypatch.setattr(kmeans_module, "_WINDOW", 700)
+    X, _ = blobs(n=3000, k=6, d=8, std=3.0)
+    init = np.vstack([X[:5], [[1e4] * 8]]).astype(np.float32)  # the last center wins no point
+    a = KMeans(6, init=init, batch_size=256, algorithm="lloyd", device="cpu").fit(X)
+    b = KMeans(6, init=init, batch_size=256, device="cpu").fit(X)
+    np.testing.assert_array_equal(b.labels_, a.labels_)
+    assert b.inertia_ == pytest.approx(a.inertia_, rel=1e-6) and b.n_iter_ == a.n_iter_
+    assert np.bincount(b.labels_, minlength=6).min() > 0
+
+
+def test_algorithm_parameter_is_checked():
+    with pytest.raises(InputError, match="algorithm='elkan'"):
+        KMeans(2, algorithm="elkan").fit(np.zeros((10, 2)))
+    assert KMeans(2).get_params()["algorithm"] == "hamerly"
+
+
+def test_hamerly_on_a_float64_memmap_matches_lloyd_on_the_array(tmp_path, monkeypatch):
+    monkeypatch.setattr(kmeans_module, "_DENSE", 1.1)  # always gather the unsettled rows (from the memmap)
+    X, _ = blobs(n=2500, k=5, d=8, std=3.0)
+    np.save(tmp_path / "x.npy", X.astype(np.float64))
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    init = X[:5].copy()
+    a = KMeans(5, init=init, algorithm="lloyd", device="cpu").fit(X)
+    b = KMeans(5, init=init, batch_size=300, device="cpu").fit(mm)
+    np.testing.assert_array_equal(b.labels_, a.labels_)
+    assert b.inertia_ == pytest.approx(a.inertia_, rel=1e-6) and b.n_recomputed_[1:].min() < len(X)

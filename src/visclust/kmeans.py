@@ -30,6 +30,9 @@ _PIECE_BYTES = 8 * 2**20  # on CPU, chunks are cut to this size per thread
 _SAMPLE_ROWS = 50_000  # the init sample has at most max(10 * n_clusters, this) rows
 _RAM_FRACTION = 0.25  # a memmap bigger than this share of available RAM is streamed
 _SMALL_WORK = 2**25  # n * d * k below this: one thread (fork/join costs more than it saves)
+_WINDOW = 2**20  # Hamerly: rows whose bounds are tested at once (bounds temporaries stay ~13 MB)
+_DENSE = 0.6  # Hamerly: above this share of rows to recompute in a window, recompute the whole window
+_U = 2.0**-24  # unit roundoff of float32
 
 
 class _NotFittedError(NotFittedError, _SklearnNotFittedError):
@@ -50,6 +53,7 @@ _PARAMS = {  # name: (check, what is expected) -- run at the top of fit
              "'k-means++', 'random' or an array of shape (n_clusters, n_features)"),
     "batch_size": (lambda v: v is None or _is_int(v, 1), "None (automatic) or an integer >= 1"),
     "mini_batch": (lambda v: isinstance(v, (bool, np.bool_)), "True or False"),
+    "algorithm": (lambda v: isinstance(v, str) and v in ("hamerly", "lloyd"), "'hamerly' or 'lloyd'"),
     "device": (lambda v: v is None or isinstance(v, (str, torch.device)), "None, 'cpu' or 'cuda'"),
     "dtype": (lambda v: v in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
     "random_state": (lambda v: v is None or _is_int(v, 0) or isinstance(v, np.random.RandomState),
@@ -153,7 +157,11 @@ def _too_big_for_ram(X):
 class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     """K-means clustering on CPU or GPU that also runs on memmaps larger than RAM.
 
-    Lloyd iterations compute squared distances by matrix products in chunks of rows; with
+    Full-batch iterations are exact Lloyd iterations accelerated with Hamerly's bounds (one
+    upper bound to the assigned center and one lower bound to the second-nearest per point,
+    loosened by the center shifts after each update; only rows whose bounds do not prove their
+    assignment are recomputed), or plain Lloyd with ``algorithm='lloyd'``. Distances are
+    computed by matrix products in chunks of rows; with
     ``mini_batch=True``, or automatically for a memmap bigger than a quarter of the available
     RAM, centers are instead updated from random chunks (mini-batch K-means with a per-center
     learning rate ``1 / n_points_seen``, Sculley 2010), reading only one chunk at a time.
@@ -181,6 +189,11 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         (and mini-batches at most 65,536 rows).
     mini_batch : bool, default False
         Use streaming mini-batch K-means (approximate, one chunk in memory at a time).
+    algorithm : {'hamerly', 'lloyd'}, default 'hamerly'
+        Full-batch iterations: ``'hamerly'`` keeps two float32 bounds per row (8 bytes) and
+        recomputes the distances of only the rows they do not settle, with conservative
+        rounding slack so that the assignments are Lloyd's (up to float ties); ``'lloyd'``
+        recomputes every row every iteration. Ignored in mini-batch mode.
     device : {'cpu', 'cuda'} or None, default None
         Where to compute; ``None`` means CUDA when available, else CPU.
     dtype : {'float32', 'bfloat16'}, default 'float32'
@@ -200,6 +213,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     n_features_in_ : int
     mini_batch_ : bool
         Whether mini-batch mode was used.
+    n_recomputed_ : ndarray of shape (n_iter_,), int64
+        Rows whose distances to all centers were computed in each iteration's assignment
+        step (``n_samples`` every iteration for Lloyd; empty in mini-batch mode).
 
     Examples
     --------
@@ -214,7 +230,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, n_clusters=8, *, n_init=3, max_iter=100, tol=1e-4, init="k-means++", batch_size=None,
-                 mini_batch=False, device=None, dtype="float32", random_state=None):
+                 mini_batch=False, algorithm="hamerly", device=None, dtype="float32", random_state=None):
         self.n_clusters = n_clusters
         self.n_init = n_init
         self.max_iter = max_iter
@@ -222,6 +238,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.init = init
         self.batch_size = batch_size
         self.mini_batch = mini_batch
+        self.algorithm = algorithm
         self.device = device
         self.dtype = dtype
         self.random_state = random_state
@@ -267,36 +284,53 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             yield start, _to_tensor(X[start:start + rows], dev)
             _release_pages(X)
 
-    def _map_chunks(self, X, rows, dev, fn):
+    def _map_chunks(self, X, rows, dev, fn, index=None, workers=None):
         """Sum of ``fn(start, x)`` (a tuple of tensors) over chunks of rows, in row order.
+
+        With ``index`` (a 1-D int64 tensor of row numbers), the rows
+        ``X[index]`` are mapped instead, gathered chunk by chunk inside the workers, and ``fn``
+        gets the chunk's row numbers in place of ``start``. ``workers`` defaults to torch's
+        thread count.
 
         On CPU, chunks are cache-sized (fresh 100 MB temporaries cost more in page faults than
         in arithmetic) and spread over as many Python threads as torch has threads, each
         running single-threaded ops as scikit-learn's Lloyd does: one join per window of
         chunks instead of one per op, which matters most on a busy machine.
         """
-        n, workers, total, unreleased = X.shape[0], torch.get_num_threads(), None, 0
+        n = X.shape[0] if index is None else len(index)
+        workers, total, unreleased = workers or torch.get_num_threads(), None, 0
         if dev.type == "cpu":  # at least one piece per thread
             rows = min(rows, max(256, _PIECE_BYTES // (4 * max(self.n_clusters, X.shape[1]))),
                        max(256, -(-n // workers)))
         threaded = dev.type == "cpu" and workers > 1 and n > rows
         step = rows * (workers if threaded else 1)
 
+        def call(item):
+            key, x = item
+            if x is None:  # gather here, in the worker: the copy is spread over the threads
+                if isinstance(X, torch.Tensor):
+                    x = X.index_select(0, key.to(X.device)).to(dev)
+                else:  # a fancy-indexed copy is writable: no warning from from_numpy
+                    x = torch.from_numpy(np.ascontiguousarray(X[key.cpu().numpy()], dtype=np.float32)).to(dev)
+            return fn(key, x)
+
         def single_threaded(item):
             torch.set_num_threads(1)  # OpenMP's thread count is per calling thread
-            return fn(*item)
+            return call(item)
 
         with _num_threads(1) if threaded else contextlib.nullcontext():
             pool = _pool(workers) if threaded else None
             for w in range(0, n, step):
-                items = [(s, _to_tensor(X[s:s + rows], dev)) for s in range(w, min(n, w + step), rows)]
-                for part in pool.map(single_threaded, items) if threaded else (fn(*i) for i in items):
+                items = [(s, _to_tensor(X[s:s + rows], dev)) if index is None else (index[s:s + rows], None)
+                         for s in range(w, min(n, w + step), rows)]
+                for part in pool.map(single_threaded, items) if threaded else (call(i) for i in items):
                     total = part if total is None else tuple(a + b for a, b in zip(total, part))
                 unreleased += step * X.shape[1] * 4
-                if unreleased > _BLOCK_BYTES:
+                if unreleased > _BLOCK_BYTES and index is None:
                     _release_pages(X)
                     unreleased = 0
-        _release_pages(X)
+        if index is None:
+            _release_pages(X)
         return total
 
     def _terms(self, centers, exact=False):
@@ -304,8 +338,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         w = (centers * -2).T.contiguous()
         return (centers * centers).sum(1), (w.to(torch.bfloat16) if self.dtype == "bfloat16" and not exact else w)
 
-    def _nearest(self, x, terms, start=0):
-        """Index of the closest center and ``min_j ||c_j||^2 - 2 x.c_j`` for each row of ``x``."""
+    def _nearest(self, x, terms, start=0, second=False):
+        """Index of the closest center and ``min_j ||c_j||^2 - 2 x.c_j`` for each row of ``x``
+        (and, with ``second``, the same minimum over the other centers)."""
         c_sq, w = terms
         if w.dtype == torch.bfloat16:
             try:  # fp32 output: only the inputs are rounded to bf16
@@ -320,6 +355,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             row = start + int(torch.nonzero(~torch.isfinite(mins))[0])
             raise InputError(f"X contains NaN or infinity (first at row {row}); remove or impute those rows, "
                              "e.g. X = X[np.isfinite(X).all(axis=1)]")
+        if second:
+            return mins, labels, d.scatter_(1, labels[:, None], float("inf")).min(dim=1).values
         return mins, labels
 
     def _assign(self, X, centers, rows, dev, accumulate=False):
@@ -402,7 +439,157 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             if shift <= tolerance:
                 break
         labels, _, _, inertia = self._assign(X, centers, rows, dev)
-        return centers, labels, inertia, it
+        return centers, labels, inertia, it, np.full(it, X.shape[0], dtype=np.int64)
+
+    def _gamma(self, d):
+        """Relative rounding-error bound (with a factor-2 margin) of a squared distance from the
+        expansion ``||x||^2 - 2 x.c + ||c||^2`` in float32: ``|error| <= gamma (||x|| + ||c||)^2``
+        (a length-d dot product errs by at most ``d u sum |x_i c_i|``); bf16 inputs add their
+        rounding (2^-9 each)."""
+        return 2 * (d + 4) * _U + (2.0**-7 if self.dtype == "bfloat16" else 0.0)
+
+    def _hamerly(self, X, centers, tolerance, rows, dev, max_iter):
+        """Exact Lloyd iterations with Hamerly's bounds (Hamerly 2010).
+
+        Per row: ``upper`` >= distance to its center, ``lower`` <= distance to every other
+        center (8 bytes per row). A row is settled when ``upper <= max(lower, s(c))``, ``s(c)``
+        half the distance from its center to the nearest other one; otherwise ``upper`` is
+        tightened to the exact distance, and if that does not settle it, the row's distances to
+        all centers are recomputed (a matrix product on the gathered rows). After each update
+        ``upper`` grows by its center's shift and ``lower`` shrinks by the largest shift of the
+        other centers. Every bound is rounded outwards by more than float32's error (see
+        ``_gamma``), so settled rows are those whose exact nearest center is unchanged and the
+        labels are Lloyd's up to float ties. Centre sums are kept in float64 and updated by the
+        rows that change cluster only.
+        """
+        workers = torch.get_num_threads()  # for the passes; the O(n) bookkeeping runs on one thread,
+        with _num_threads(1):  # where OpenMP's fork/join would cost more than the arithmetic
+            return self._hamerly_run(X, centers, tolerance, rows, dev, max_iter, workers)
+
+    def _hamerly_run(self, X, centers, tolerance, rows, dev, max_iter, workers):
+        n, d = X.shape
+        k = centers.shape[0]
+        Xt = X  # rows are gathered from a tensor view where that costs no copy (float32 input)
+        if not isinstance(X, torch.Tensor) and X.dtype == np.float32 and X.flags.c_contiguous:
+            Xt = _to_tensor(X, torch.device("cpu"))
+        upper = torch.empty(n, dtype=torch.float32, device=dev)
+        lower = torch.empty(n, dtype=torch.float32, device=dev)
+        labels = torch.empty(n, dtype=torch.int32, device=dev)
+        gamma, up, down = self._gamma(d), 1 + 4 * _U, 1 - 4 * _U
+        state = {}
+
+        def prepare(centers):  # per pass: distance terms, max ||c||, s(c)
+            state["centers"], state["terms"] = centers, self._terms(centers)
+            state["cmax"] = float(state["terms"][0].max().sqrt()) * (1 + 1e-6)
+            c = centers.double()  # float64 expansion, less its own error bound: a lower bound
+            c_sq = (c * c).sum(1)
+            norm = c_sq.sqrt()
+            cc = torch.addmm(c_sq[:, None] + c_sq[None, :], c, c.T, alpha=-2)
+            cc.sub_((norm[:, None] + norm[None, :]).pow_(2).mul_(2 * (d + 4) * 2.0**-53)).clamp_min_(0)
+            half = cc.fill_diagonal_(float("inf")).min(1).values.sqrt_().mul_(0.5 * (1 - 2.0**-20))
+            state["half"] = half.float()
+
+        def bounds(x, a_old, write):
+            """Recompute the rows ``x``: new labels, bounds written by ``write``; row-change deltas."""
+            mins, a, second = self._nearest(x, state["terms"], second=True)
+            x_sq = (x * x).sum(1)
+            err = (x_sq.sqrt() + state["cmax"]).pow_(2).mul_(gamma)
+            write(a.int(), (mins + x_sq + err).clamp_min_(0).sqrt_().mul_(up),
+                  (second + x_sq - err).clamp_min_(0).sqrt_().mul_(down))
+            if a_old is None:  # first pass: per-cluster sums, float32 per chunk as Lloyd's
+                sums = torch.zeros((k, d), dtype=x.dtype, device=dev).index_add_(0, a, x)
+                return sums.double(), torch.bincount(a, minlength=k), len(x), 0
+            moved = torch.nonzero(a != a_old).flatten()
+            if len(moved) == 0:
+                return 0, 0, len(x), 0
+            xm, to, fro = x[moved].double(), a[moved], a_old[moved]
+            delta = torch.zeros((k, d), dtype=torch.float64, device=dev).index_add_(0, to, xm)
+            delta.index_add_(0, fro, xm, alpha=-1)
+            return delta, torch.bincount(to, minlength=k) - torch.bincount(fro, minlength=k), len(x), len(moved)
+
+        def dense(start, x):  # every row of a contiguous block
+            sl = slice(start, start + len(x))
+
+            def write(a, u, lo):
+                labels[sl], upper[sl], lower[sl] = a, u, lo
+            return bounds(x, None if state["first"] else labels[sl].long(), write)
+
+        def sparse(idx, x):  # gathered rows whose bounds failed: tighten, then recompute the rest
+            a_old = labels[idx].long()
+            tight = (x - state["centers"].index_select(0, a_old)).pow_(2).sum(1).sqrt_().mul_(1 + gamma)
+            upper[idx] = tight
+            fail = torch.nonzero(tight > torch.maximum(state["half"][a_old], lower[idx])).flatten()
+            if len(fail) == 0:
+                return 0, 0, 0, 0
+            rows_f = idx[fail]
+
+            def write(a, u, lo):
+                labels[rows_f], upper[rows_f], lower[rows_f] = a, u, lo
+            return bounds(x[fail], a_old[fail], write)
+
+        def assign_pass():
+            """One assignment step: (delta sums, delta counts, rows recomputed, rows moved)."""
+            total = (0, 0, 0, 0)
+            if state["first"]:
+                return self._map_chunks(X, rows, dev, dense, workers=workers)
+            for w in range(0, n, _WINDOW):
+                e = min(n, w + _WINDOW)
+                a = labels[w:e].long()
+                idx = torch.nonzero(upper[w:e] > torch.maximum(state["half"][a], lower[w:e])).flatten()
+                del a
+                if len(idx) == 0:
+                    continue
+                if len(idx) > _DENSE * (e - w):
+                    part = self._map_chunks(X[w:e], rows, dev, lambda s, x: dense(s + w, x), workers=workers)
+                else:
+                    part = self._map_chunks(Xt, rows, dev, sparse, index=idx + w, workers=workers)
+                total = tuple(p + q for p, q in zip(total, part))
+            return total
+
+        sums, counts, recomputed, it = None, None, [], 0
+        state["first"] = True
+        prepare(centers)
+        for it in range(1, max_iter + 1):
+            dsums, dcounts, n_rec, n_moved = assign_pass()
+            recomputed.append(int(n_rec))
+            if state["first"]:
+                sums, counts, state["first"] = dsums, dcounts, False
+            else:
+                sums += dsums
+                counts += dcounts
+            if bool((counts == 0).any()):
+                lab = labels.cpu().numpy()
+                before = lab.copy()
+                self._relocate_empty(X, centers, lab, sums, counts, rows, dev)
+                moved = torch.from_numpy(np.flatnonzero(lab != before)).to(dev)
+                labels[moved] = torch.from_numpy(lab[lab != before]).to(dev)
+                upper[moved], lower[moved] = float("inf"), 0.0  # recomputed in the next pass
+                n_moved += len(moved)
+            new = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centers.double()).float()
+            delta = (new.double() - centers.double()).pow_(2).sum(1)
+            shift = float(((new - centers) ** 2).sum())
+            p = (delta.sqrt() * (1 + 2.0**-20)).float()
+            top, arg = p.topk(min(2, k))
+            for w in range(0, n, _WINDOW):  # loosen the bounds by the shifts, a window at a time
+                a = labels[w:w + _WINDOW]
+                upper[w:w + _WINDOW].add_(p[a.long()]).mul_(up)
+                if k > 1:  # `lower`: by the largest shift of the other centers
+                    lower[w:w + _WINDOW].sub_(torch.where(a == int(arg[0]), top[1], top[0])).mul_(down)
+            centers = new
+            prepare(centers)
+            if it > 1 and n_moved == 0:
+                break  # labels did not change: centers are a fixed point
+            if shift <= tolerance:
+                break
+        assign_pass()  # labels for the final centers
+        lab = labels.cpu().numpy() if dev.type != "cpu" else labels.numpy()
+
+        def sq_err(start, x):
+            lab_t = labels[start:start + len(x)].long()
+            return (torch.index_select(centers, 0, lab_t).sub_(x).pow_(2).sum().double(),)
+
+        inertia = float(self._map_chunks(X, rows, dev, sq_err, workers=workers)[0])
+        return centers, lab.astype(np.int32, copy=False), inertia, it, np.asarray(recomputed, dtype=np.int64)
 
     def _relocate_empty(self, X, centers, labels, sums, counts, rows, dev):
         """Move the points farthest from their centers into the empty clusters (in place)."""
@@ -507,13 +694,15 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                                     min(self.max_iter, 10)) for _ in range(n_init)), key=lambda run: run[2])
             centers, n_iter = self._stream(X, best[0], tolerance, rows, dev, rng)
             labels, _, _, inertia = self._assign(X, centers, rows, dev)
+            recomputed = np.zeros(0, dtype=np.int64)
         else:
             Xd = X
             if dev.type == "cuda" and X.nbytes < 0.5 * torch.cuda.mem_get_info(dev)[0]:
                 Xd = _to_tensor(X, dev)  # copied to the GPU once instead of every iteration
-            best = min((self._lloyd(Xd, self._init_centers(sample, rng, dev), tolerance, rows, dev,
-                                    self.max_iter) for _ in range(n_init)), key=lambda run: run[2])
-            centers, labels, inertia, n_iter = best
+            run = self._hamerly if self.algorithm == "hamerly" else self._lloyd
+            best = min((run(Xd, self._init_centers(sample, rng, dev), tolerance, rows, dev, self.max_iter)
+                        for _ in range(n_init)), key=lambda r: r[2])
+            centers, labels, inertia, n_iter, recomputed = best
         found = int(np.count_nonzero(np.bincount(labels, minlength=self.n_clusters)))
         if found < self.n_clusters:
             warnings.warn(f"Number of distinct clusters ({found}) found smaller than "
@@ -521,7 +710,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                           ConvergenceWarning, stacklevel=2)
         self.cluster_centers_ = centers.cpu().numpy()
         self.labels_, self.inertia_, self.n_iter_ = labels, inertia, n_iter
-        self.n_features_in_, self.mini_batch_ = d, streaming
+        self.n_features_in_, self.mini_batch_, self.n_recomputed_ = d, streaming, recomputed
         return self
 
     @_one_thread_if_small
