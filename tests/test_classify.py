@@ -113,3 +113,31 @@ def test_vote_reference_is_capped_and_drawn_from_every_cluster(blobs):
     assert clf.kind_ == "knn" and len(clf.reference_) == 100
     assert set(np.unique(clf.reference_labels_)) == set(range(4))
     assert hungarian_accuracy(y, clf.predict(X)) > 0.9
+
+
+def test_batched_ovr_svm_solves_liblinears_problem():
+    """Many clusters train all one-vs-rest SVMs at once by L-BFGS: the same objective as
+    LinearSVC, so the same weights (to solver tolerance) and the same predictions."""
+    from sklearn.svm import LinearSVC
+
+    from visclust.classify import ovr_squared_hinge
+
+    X, y = make_blobs(1500, centers=12, n_features=16, cluster_std=3.0, random_state=0)
+    X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+    ref = LinearSVC(C=1.0, class_weight="balanced", max_iter=5000, tol=1e-6).fit(X, y)
+    coef, intercept = ovr_squared_hinge(X, y, 12, C=1.0)
+    assert np.abs(coef - ref.coef_).max() < 0.02 and np.abs(intercept - ref.intercept_).max() < 0.02
+    assert np.mean((X @ coef.T + intercept).argmax(1) == ref.predict(X)) > 0.995
+
+
+def test_many_clusters_use_the_batched_solver(monkeypatch):
+    from visclust import classify
+
+    calls = []
+    real = classify.ovr_squared_hinge
+    monkeypatch.setattr(classify, "ovr_squared_hinge", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    monkeypatch.setattr(classify, "TORCH_SVM_CLASSES", 5)
+    X, y = make_blobs(600, centers=8, n_features=6, random_state=0)
+    clf = PseudoLabelClassifier(kind="svm", self_training=0).fit(X.astype(np.float32), y)
+    assert calls and set(calls) == {8}
+    assert hungarian_accuracy(y, clf.predict(X)) > 0.95

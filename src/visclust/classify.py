@@ -59,6 +59,49 @@ def vote_scores(votes: np.ndarray, n_neighbors: int) -> np.ndarray:
     return np.log((votes + 0.5) / (n_neighbors + 0.5 * k))
 
 
+#: Above this many clusters (measured: liblinear 0.5 s vs 6.6 s at K = 40, 39 s vs 10 s at K = 200) the SVM is trained by :func:`ovr_squared_hinge` (all classes at
+#: once, by matrix products) instead of liblinear, which solves one problem per class in turn.
+TORCH_SVM_CLASSES = 100
+
+
+def ovr_squared_hinge(X: np.ndarray, y: np.ndarray, n_classes: int, C: float = 1.0,
+                      max_iter: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    """One-vs-rest linear SVMs with liblinear's primal objective (squared hinge, bias as a
+    regularised extra feature, ``class_weight='balanced'``), all classes solved together by
+    L-BFGS on matrix products.
+
+    Each evaluation costs ``O(n_samples * n_features * n_classes)`` flops and memory for one
+    ``(n_samples, n_classes)`` matrix: linear in the number of samples, no kernel matrix. For
+    K = 1,000 clusters this replaces 1,000 sequential liblinear problems.
+
+    Returns ``coef (n_classes, n_features)`` and ``intercept (n_classes,)`` as float32.
+    """
+    import torch
+
+    n, d = X.shape
+    Xa = torch.from_numpy(np.hstack([np.asarray(X, np.float32), np.ones((n, 1), np.float32)]))
+    yt = torch.from_numpy(np.asarray(y, np.int64))
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    weight = torch.from_numpy((n / (n_classes * np.maximum(counts, 1)))[y].astype(np.float32))[:, None]
+    sign = -torch.ones(n, n_classes)
+    sign[torch.arange(n), yt] = 1.0
+    W = torch.zeros(n_classes, d + 1, requires_grad=True)
+    opt = torch.optim.LBFGS([W], lr=1, max_iter=max_iter, history_size=20, tolerance_grad=1e-6,
+                            tolerance_change=1e-10, line_search_fn="strong_wolfe")
+
+    def closure():
+        # liblinear's 0.5 |w|^2 + C sum_i c_i max(0, 1 - y_i w.x_i)^2 for every class, / (C n)
+        opt.zero_grad()
+        slack = torch.clamp(1 - sign * (Xa @ W.T), min=0)
+        loss = (weight * slack * slack).sum() / n + 0.5 * (W * W).sum() / (C * n)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    Wn = W.detach().numpy()
+    return Wn[:, :d].astype(np.float32), Wn[:, d].astype(np.float32)
+
+
 def centroid_margin(X: np.ndarray, labels: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """How clearly each point belongs to its cluster: distance to the nearest other centre
     minus distance to its own (larger is surer)."""
@@ -213,14 +256,17 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
             train = confident_members(top2[:, 1] - top2[:, 0], labels, self.confident_fraction)
 
     def _fit_svm(self, X, y):
-        from sklearn.svm import LinearSVC
+        present = list(np.unique(y))
+        if len(present) > TORCH_SVM_CLASSES:
+            coef, intercept = ovr_squared_hinge(X, np.searchsorted(present, y), len(present), self.C)
+        else:
+            from sklearn.svm import LinearSVC
 
-        svm = LinearSVC(C=self.C, class_weight="balanced", random_state=self.random_state, max_iter=2000)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # ConvergenceWarning on near-separable data is harmless
-            svm.fit(X, y)
-        coef, intercept = svm.coef_, svm.intercept_
-        present = list(svm.classes_)
+            svm = LinearSVC(C=self.C, class_weight="balanced", random_state=self.random_state, max_iter=2000)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # ConvergenceWarning on near-separable data is harmless
+                svm.fit(X, y)
+            coef, intercept = svm.coef_, svm.intercept_
         full_coef = np.zeros((len(self.classes_), X.shape[1]), np.float32)
         full_int = np.full(len(self.classes_), -1e3, np.float32)  # a class with no examples is never chosen
         if len(present) == 2 and coef.shape[0] == 1:
