@@ -65,14 +65,19 @@ TORCH_SVM_CLASSES = 100
 
 
 def ovr_squared_hinge(X: np.ndarray, y: np.ndarray, n_classes: int, C: float = 1.0,
-                      max_iter: int = 300) -> tuple[np.ndarray, np.ndarray]:
+                      max_iter: int = 300, init: tuple[np.ndarray, np.ndarray] | None = None,
+                      chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
     """One-vs-rest linear SVMs with liblinear's primal objective (squared hinge, bias as a
     regularised extra feature, ``class_weight='balanced'``), all classes solved together by
     L-BFGS on matrix products.
 
-    Each evaluation costs ``O(n_samples * n_features * n_classes)`` flops and memory for one
-    ``(n_samples, n_classes)`` matrix: linear in the number of samples, no kernel matrix. For
-    K = 1,000 clusters this replaces 1,000 sequential liblinear problems.
+    Each evaluation costs ``O(n_samples * n_features * n_classes)`` flops: linear in the
+    number of samples, no kernel matrix. Loss and gradient are computed by hand, ``chunk``
+    rows at a time into one reused buffer, so memory beyond the data is one
+    ``(chunk, n_classes)`` matrix (autograd over the whole ``(n_samples, n_classes)``
+    matrix spent more time in page faults than in arithmetic: 171 s vs 49 s for one fit at
+    50,000 x 256, K = 1,000). ``init`` (coef, intercept) warm-starts the solver; the
+    objective is strictly convex, so it changes how fast, not where, it converges.
 
     Returns ``coef (n_classes, n_features)`` and ``intercept (n_classes,)`` as float32.
     """
@@ -82,24 +87,51 @@ def ovr_squared_hinge(X: np.ndarray, y: np.ndarray, n_classes: int, C: float = 1
     Xa = torch.from_numpy(np.hstack([np.asarray(X, np.float32), np.ones((n, 1), np.float32)]))
     yt = torch.from_numpy(np.asarray(y, np.int64))
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
-    weight = torch.from_numpy((n / (n_classes * np.maximum(counts, 1)))[y].astype(np.float32))[:, None]
-    sign = -torch.ones(n, n_classes)
-    sign[torch.arange(n), yt] = 1.0
-    W = torch.zeros(n_classes, d + 1, requires_grad=True)
+    # sqrt of the balanced class weight of each row: slack * sqrt(w) squared is the weighted loss
+    root_w = torch.from_numpy(np.sqrt(n / (n_classes * np.maximum(counts, 1)))[y].astype(np.float32))[:, None]
+    W = torch.zeros(n_classes, d + 1)
+    if init is not None:
+        W[:, :d] = torch.from_numpy(np.asarray(init[0], np.float32))
+        W[:, d] = torch.from_numpy(np.asarray(init[1], np.float32))
+    W.requires_grad_(True)
+    buf = torch.empty(min(chunk, n), n_classes)
     opt = torch.optim.LBFGS([W], lr=1, max_iter=max_iter, history_size=20, tolerance_grad=1e-6,
                             tolerance_change=1e-10, line_search_fn="strong_wolfe")
 
     def closure():
-        # liblinear's 0.5 |w|^2 + C sum_i c_i max(0, 1 - y_i w.x_i)^2 for every class, / (C n)
-        opt.zero_grad()
-        slack = torch.clamp(1 - sign * (Xa @ W.T), min=0)
-        loss = (weight * slack * slack).sum() / n + 0.5 * (W * W).sum() / (C * n)
-        loss.backward()
-        return loss
+        # liblinear's 0.5 |w|^2 + C sum_i c_i max(0, 1 - s_i w.x_i)^2 for every class, / (C n),
+        # with s_i = +1 for the row's own class and -1 for the others
+        with torch.no_grad():
+            grad = W / (C * n)
+            loss = 0.5 * float((W * W).sum()) / (C * n)
+            for start in range(0, n, chunk):
+                xa = Xa[start:start + chunk]
+                rows, own = torch.arange(len(xa)), yt[start:start + chunk]
+                m = torch.mm(xa, W.T, out=buf[:len(xa)])  # margins w.x
+                m[rows, own] *= -1  # -s * w.x
+                m.add_(1).clamp_(min=0).mul_(root_w[start:start + chunk])  # sqrt(c) * slack
+                loss += float(torch.linalg.vector_norm(m)) ** 2 / n
+                m.mul_(root_w[start:start + chunk]).mul_(2.0 / n)  # d loss / d(-s * w.x)
+                m[rows, own] *= -1  # d loss / d(w.x) = -s * that
+                grad.addmm_(m.T, xa)
+        W.grad = grad
+        return torch.tensor(loss)
 
     opt.step(closure)
     Wn = W.detach().numpy()
     return Wn[:, :d].astype(np.float32), Wn[:, d].astype(np.float32)
+
+
+#: Out-of-fold checks hold out a third of the rows at a time, all three thirds in turn; once
+#: a single third has this many rows, that third alone is enough (its agreement is a mean
+#: over at least this many rows) and the other two fits are skipped.
+HOLDOUT_ROWS = 20000
+
+
+def holdout_folds(n: int, random_state) -> tuple[np.ndarray, list[int]]:
+    """Fold of each of ``n`` rows (0, 1 or 2) and the folds to hold out in turn."""
+    fold = np.random.default_rng(random_state).integers(0, 3, n)
+    return fold, [0] if n // 3 >= HOLDOUT_ROWS else [0, 1, 2]
 
 
 def centroid_margin(X: np.ndarray, labels: np.ndarray, centers: np.ndarray) -> np.ndarray:
@@ -127,7 +159,7 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         ``'svm'``: the linear SVM. ``'knn'``: a vote of the ``n_neighbors`` nearest rows of
         a reference sample (at most ``max_reference`` rows, drawn evenly from each cluster)
         of the training rows with their cluster labels. ``'auto'``: both are scored on
-        held-out rows (3 folds) by how often they give back the cluster they are trained to
+        held-out rows (3 folds; one held-out third once it has ``HOLDOUT_ROWS`` rows) by how often they give back the cluster they are trained to
         reproduce; the vote is used only when it agrees more by at least 0.01. This needs
         no labels: it asks which rule reproduces the user's clustering on rows it has not
         seen, and so which one will assign new images the way the clustering would have.
@@ -223,42 +255,51 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         yi = np.full(len(y), -1, np.int64)
         yi[y >= 0] = np.searchsorted(self.classes_, y[y >= 0])
         ok = np.flatnonzero(yi >= 0)
-        fold = np.random.default_rng(self.random_state).integers(0, 3, len(ok))
+        fold, held_out = holdout_folds(len(ok), self.random_state)
         dec = np.zeros((len(ok), k))
-        for f in range(3):
+        for f in held_out:
             ref, ref_y = self._reference(X, yi, ok[fold != f])
             if len(ref) == 0:
                 return
             dec[fold == f] = vote_scores(neighbour_votes(X[ok[fold == f]], ref, ref_y, k, self.n_neighbors),
                                          self.n_neighbors)
-        self.agreement_["knn"] = float(np.mean(dec.argmax(1) == yi[ok]))
+        scored = np.isin(fold, held_out)
+        dec, truth = dec[scored], yi[ok][scored]
+        self.agreement_["knn"] = float(np.mean(dec.argmax(1) == truth))
         if self.kind == "auto" and self.agreement_["knn"] < self.agreement_.get("svm", 0.0) + 0.01:
             return
 
         def nll(log_t):
             p = softmax(dec * np.exp(log_t))
-            return -np.mean(np.log(p[np.arange(len(ok)), yi[ok]] + 1e-12))
+            return -np.mean(np.log(p[np.arange(len(truth)), truth] + 1e-12))
 
         self.temperature_ = float(np.exp(minimize_scalar(nll, bounds=(-3, 5), method="bounded").x))
         self.kind_ = "knn"
         self.reference_, self.reference_labels_ = self._reference(X, yi, ok)
 
-    def _self_train(self, X, y, sample_score):
+    def _self_train(self, X, y, sample_score, warm: bool = False):
         """SVM on the confident members, then ``self_training`` rounds of relabelling all
-        rows with it and retraining on its most confident predictions."""
+        rows with it and retraining on its most confident predictions. Each round (and the
+        first one too when ``warm``) starts the batched solver from the current weights."""
         labels = y
         train = confident_members(sample_score, labels, self.confident_fraction)
-        for _ in range(self.self_training + 1):
-            self._fit_svm(X[train], labels[train])
+        for round_ in range(self.self_training + 1):
+            self._fit_svm(X[train], labels[train], warm=warm or round_ > 0)
             dec = self.decision_function(X)
             labels = self.classes_[dec.argmax(1)]
             top2 = np.sort(dec, 1)[:, -2:]
             train = confident_members(top2[:, 1] - top2[:, 0], labels, self.confident_fraction)
 
-    def _fit_svm(self, X, y):
+    def _fit_svm(self, X, y, warm: bool = False):
         present = list(np.unique(y))
         if len(present) > TORCH_SVM_CLASSES:
-            coef, intercept = ovr_squared_hinge(X, np.searchsorted(present, y), len(present), self.C)
+            init = None
+            if warm and getattr(self, "coef_", np.zeros((0, 0))).shape == (len(self.classes_), X.shape[1]):
+                rows = np.searchsorted(self.classes_, present)
+                # a class that had no examples last time (intercept -1e3) starts from zero
+                unseen = self.intercept_[rows] <= -1e3
+                init = (np.where(unseen[:, None], 0, self.coef_[rows]), np.where(unseen, 0, self.intercept_[rows]))
+            coef, intercept = ovr_squared_hinge(X, np.searchsorted(present, y), len(present), self.C, init=init)
         else:
             from sklearn.svm import LinearSVC
 
@@ -278,7 +319,8 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         self.coef_, self.intercept_ = full_coef, full_int
 
     def _fit_temperature(self, X, y, score) -> float:
-        """Temperature from 3-fold out-of-fold decision values against the cluster labels.
+        """Temperature from out-of-fold decision values against the cluster labels (three
+        folds, or one held-out third for large inputs: :func:`holdout_folds`).
 
         Each fold's SVM is trained exactly as the final one is (confident members, then
         self-training) on two thirds of the rows, so its decision values have the final
@@ -290,15 +332,18 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         Xo, yo, so = X[ok], np.searchsorted(self.classes_, y[ok]), score[ok]
         if len(Xo) < 30:
             return 1.0
-        rng = np.random.default_rng(self.random_state)
-        fold = rng.integers(0, 3, len(Xo))
+        fold, held_out = holdout_folds(len(Xo), self.random_state)
         dec = np.zeros((len(Xo), len(self.classes_)), np.float64)
         keep = (self.coef_.copy(), self.intercept_.copy())
-        for f in range(3):
+        for f in held_out:
             tr = fold != f
-            self._self_train(Xo[tr], self.classes_[yo[tr]], so[tr])
+            # warm start from the full model: the same convex problems, reached sooner
+            self.coef_, self.intercept_ = keep[0].copy(), keep[1].copy()
+            self._self_train(Xo[tr], self.classes_[yo[tr]], so[tr], warm=True)
             dec[~tr] = self.decision_function(Xo[~tr])
         self.coef_, self.intercept_ = keep
+        scored = np.isin(fold, held_out)
+        dec, yo = dec[scored], yo[scored]
 
         def nll(log_t):
             p = softmax(dec * np.exp(log_t))
