@@ -19,11 +19,11 @@ import pytest
 
 from conftest import make_shape_images
 from visclust.backbones import create_backbone
-from visclust.distributed import CRASH_ONCE_ENV, BackboneSpec, compute_features_ray
-from visclust.exceptions import InputError, MissingDependencyError
+from visclust.distributed import CRASH_ONCE_ENV, BackboneSpec, compute_features_ray, list_inputs_ray
+from visclust.exceptions import InputError, MissingDependencyError, NoImagesError
 from visclust.features import compute_features, extract_features
 from visclust.io import collect_inputs
-from visclust.store import FeatureStore
+from visclust.store import FeatureStore, file_stat
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAS_RAY, reason="needs Ray: pip install 'visclust[distributed]'")
@@ -130,6 +130,31 @@ def test_importing_visclust_does_not_import_ray():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
+
+
+@needs_ray
+def test_listing_on_ray_equals_the_serial_listing(ray_session, tmp_path):
+    """Subtrees are walked and stat'ed by Ray tasks; the merged list is collect_inputs's,
+    in its order, with symlinked directories entered once as the serial walk does."""
+    root = tmp_path / "tree"
+    for d in ("a/x", "a/y/z", "b", "c/deep/er"):
+        (root / d).mkdir(parents=True)
+    for f in ("top.jpg", "a/1.png", "a/x/2.jpg", "a/y/z/3.jpg", "b/4.jpg", "b/5.webp", "c/deep/er/6.png",
+              "b/notes.md"):
+        (root / f).write_bytes(b"x" * len(f))
+    os.symlink(root / "c" / "deep", root / "a" / "to_deep")  # reached first through a/, then again in c/
+    os.symlink(root / "b", root / "c" / "to_b")  # a sibling top-level folder: not entered twice
+    os.symlink(root, root / "b" / "loop")  # a loop back to the root
+    single = tmp_path / "single.jpg"
+    single.write_bytes(b"y")
+    inputs = [str(root), str(single), str(root / "b")]
+    paths, stats = list_inputs_ray(inputs)
+    assert paths == collect_inputs(inputs)
+    assert str(root / "a" / "to_deep" / "er" / "6.png") in paths and str(root / "c" / "deep" / "er" / "6.png") not in paths
+    assert stats == [file_stat(p) for p in paths] and all(st is not None for st in stats)
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(NoImagesError, match="no image files"):
+        list_inputs_ray([str(tmp_path / "empty")])
 
 
 @needs_ray

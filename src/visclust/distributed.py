@@ -42,6 +42,8 @@ from .backbones import BackboneConfig, create_backbone
 from .engines import check_engine
 from .exceptions import DistributedExtractionError, InputError, MissingDependencyError, VisclustError
 from .features import ExtractStats, _decode_one, _failure, _progress_bar, _stat, open_store
+from .io import _unseen, expand_input, no_images_error, walk_image_groups
+from .store import file_stat
 
 #: Test-only fault injection: when set to a file path, the first actor batch that manages to
 #: create that file kills its own worker process (``os._exit``), as an OOM kill would.
@@ -183,6 +185,100 @@ def _connect(ray, address: str | None, num_cpus: int | None, object_store_memory
     return True
 
 
+def _list_subtree(root: str, entered: frozenset) -> list[tuple[tuple[int, int] | None, list[tuple[str, object]]]]:
+    """Ray task: the image groups under ``root`` (:func:`visclust.io.walk_image_groups`),
+    each file with its ``(size, mtime_ns)``, stat'ed here rather than on the driver."""
+    return [(key, [(f, file_stat(f)) for f in files]) for key, files in walk_image_groups(root, set(entered))]
+
+
+def list_inputs_ray(inputs: Sequence[str], cpus_per_task: float = 0.5) -> tuple[list[str], list]:
+    """:func:`visclust.io.collect_inputs` with the directory walking and stat'ing spread
+    over the Ray cluster this process is connected to.
+
+    Each input directory is read one level deep by the driver; every subdirectory it would
+    enter becomes one Ray task that walks that subtree and stats its files. The driver merges
+    the results in the serial walk's order and drops a directory already listed (the same
+    directory reached again through a symlink), so the list equals ``collect_inputs``'s. List
+    files and single files are expanded on the driver.
+
+    Returns ``(paths, stats)``: ``stats[i]`` is ``(size, mtime_ns)`` of ``paths[i]`` or None,
+    what :meth:`FeatureStore.missing` compares with (so the driver does not stat every file
+    again).
+    """
+    ray = _import_ray()
+    walk = ray.remote(num_cpus=cpus_per_task, max_retries=3)(_list_subtree)
+    paths: list[str] = []
+    stats: list = []
+    seen: set[str] = set()
+
+    def add(p: str, st) -> None:
+        if p not in seen:
+            seen.add(p)
+            paths.append(p)
+            stats.append(st)
+
+    for item in inputs:
+        p = os.fspath(item)
+        if not os.path.isdir(p):
+            for f in expand_input(p):
+                add(f, file_stat(f))
+            continue
+        entered: set = set()
+        if not _unseen(p, entered):
+            continue
+        top = walk_image_groups(p, entered, max_depth=0)
+        groups = []
+        try:
+            while True:
+                key, files = next(top)
+                groups.append((key, [(f, file_stat(f)) for f in files]))
+        except StopIteration as stop:
+            subdirs = stop.value or []
+        refs = [walk.remote(d, frozenset(entered)) for d in subdirs]
+        listed = set()
+        for key, files in groups + [g for part in ray.get(refs) for g in part]:
+            if key in listed:
+                continue  # reached again through a symlink: the serial walk does not enter it twice
+            listed.add(key)
+            for f, st in files:
+                add(f, st)
+    if not paths:
+        raise no_images_error(inputs)
+    return paths, stats
+
+
+def extract_ray(spec: BackboneSpec, inputs: Sequence[str], store, *, address: str | None = None,
+                num_workers: int | None = None, cpus_per_worker: float | None = None,
+                object_store_memory: int | None = None, quiet: bool = True, **kwargs) -> ExtractStats:
+    """List ``inputs`` on the cluster (:func:`list_inputs_ray`), then
+    :func:`compute_features_ray` the files the store has no current row for, in one Ray
+    session. Keyword arguments are :func:`compute_features_ray`'s."""
+    ray = _import_ray()
+    for p in inputs:  # a missing input fails before a Ray instance is started
+        if not os.path.lexists(os.fspath(p)):
+            expand_input(os.fspath(p))  # raises its InputError
+    started = _connect(ray, address, _local_cpus(num_workers, cpus_per_worker), object_store_memory, quiet)
+    try:
+        try:
+            paths, stats = list_inputs_ray(inputs)
+        except VisclustError:
+            raise
+        except Exception as e:  # a listing task failed more than its retries
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise DistributedExtractionError(f"listing the inputs on the Ray cluster failed: {first}; every node "
+                                             "must see the images at the same paths") from e
+        return compute_features_ray(spec, paths, store, stats=stats, num_workers=num_workers,
+                                    cpus_per_worker=cpus_per_worker, quiet=quiet, **kwargs)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _local_cpus(num_workers: int | None, cpus_per_worker: float | None) -> int | None:
+    """CPUs for a local instance: what the requested actors need (default: all of them)."""
+    return None if num_workers is None else int(np.ceil(num_workers * (cpus_per_worker or 1)))
+
+
 def _plan(ray, device: str | None, num_workers: int | None,
           cpus_per_worker: float | None) -> tuple[int, float, float, str]:
     """(actors, CPUs per actor, GPUs per actor, device) from what the cluster has."""
@@ -224,7 +320,7 @@ def compute_features_ray(spec: BackboneSpec, paths: Sequence[str], store, *, add
                          engine: str = "auto", device: str | None = None, dtype: str = "float32",
                          shard_rows: int = 4096, flush_seconds: float = 30.0, progress: bool | None = None,
                          max_retries: int = 3, object_store_memory: int | None = None,
-                         quiet: bool = True) -> ExtractStats:
+                         quiet: bool = True, stats: Sequence | None = None) -> ExtractStats:
     """Compute into ``store`` the features of the ``paths`` it has no current row for, on Ray.
 
     Parameters
@@ -261,6 +357,9 @@ def compute_features_ray(spec: BackboneSpec, paths: Sequence[str], store, *, add
         of RAM).
     quiet : bool, default True
         Keep Ray's own logging to warnings.
+    stats : sequence, optional
+        ``(size, mtime_ns)`` of each path when already known (:func:`list_inputs_ray`), so
+        the driver does not stat every file again to find what is missing.
 
     Returns
     -------
@@ -296,12 +395,11 @@ def compute_features_ray(spec: BackboneSpec, paths: Sequence[str], store, *, add
     paths = list(paths)
     backbone = spec.build()
     store = open_store(store, backbone, "pil")
-    todo = store.missing(paths)
+    todo = store.missing(paths, stats)
     n_cached = len(paths) - len(todo)
     if not todo:
         return ExtractStats(len(paths), n_cached, 0, [], time.perf_counter() - t0, "none", store.path)
-    local_cpus = None if num_workers is None else int(np.ceil(num_workers * (cpus_per_worker or 1)))
-    started = _connect(ray, address, local_cpus, object_store_memory, quiet)
+    started = _connect(ray, address, _local_cpus(num_workers, cpus_per_worker), object_store_memory, quiet)
     skipped: list[tuple[str, str]] = []
     engine_name = "none"
     bar = saved_ctx = None

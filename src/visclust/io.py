@@ -71,25 +71,30 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
             out.append(p)
 
     for item in inputs:
-        p = os.fspath(item)
-        if os.path.isdir(p):
-            for found in _walk_images(p):
-                add(found)
-        elif os.path.splitext(p)[1].lower() in LIST_EXTENSIONS and os.path.isfile(p):
-            for found in _read_list_file(p):
-                add(found)
-        elif os.path.lexists(p):
-            # An explicitly named file is taken whatever its extension: decoding decides.
-            add(p)
-        else:
-            raise InputError(f"input '{p}' does not exist; give image files, directories or a .txt list of paths")
+        for found in expand_input(os.fspath(item)):
+            add(found)
     if not out:
-        raise NoImagesError(
-            "no image files found in the inputs "
-            f"({', '.join(map(os.fspath, inputs)) or 'none given'}); "
-            f"looked for extensions {', '.join(sorted(IMAGE_EXTENSIONS))}"
-        )
+        raise no_images_error(inputs)
     return out
+
+
+def expand_input(p: str) -> list[str]:
+    """The image paths one input stands for (see :func:`collect_inputs`)."""
+    if os.path.isdir(p):
+        return _walk_images(p)
+    if os.path.splitext(p)[1].lower() in LIST_EXTENSIONS and os.path.isfile(p):
+        return _read_list_file(p)
+    if os.path.lexists(p):
+        return [p]  # an explicitly named file is taken whatever its extension: decoding decides
+    raise InputError(f"input '{p}' does not exist; give image files, directories or a .txt list of paths")
+
+
+def no_images_error(inputs) -> NoImagesError:
+    return NoImagesError(
+        "no image files found in the inputs "
+        f"({', '.join(map(os.fspath, inputs)) or 'none given'}); "
+        f"looked for extensions {', '.join(sorted(IMAGE_EXTENSIONS))}"
+    )
 
 
 def _walk_images(root: str) -> list[str]:
@@ -100,28 +105,42 @@ def _walk_images(root: str) -> list[str]:
     Anything with an image extension that is not a directory is listed, broken symlinks
     included: decoding reports why it cannot be used.
     """
-    found = []
     entered: set[tuple[int, int]] = set()
+    if not _unseen(root, entered):
+        return []
+    return [f for _key, files in walk_image_groups(root, entered) for f in files]
 
-    def unseen(path: str) -> bool:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return False
-        key = (st.st_dev, st.st_ino)
-        if key in entered:
-            return False
-        entered.add(key)
-        return True
 
-    if not unseen(root):
-        return found
+def dir_key(path: str) -> tuple[int, int] | None:
+    """(device, inode) of a directory, the identity :func:`walk_image_groups` deduplicates by."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _unseen(path: str, entered: set) -> bool:
+    key = dir_key(path)
+    if key is None or key in entered:
+        return False
+    entered.add(key)
+    return True
+
+
+def walk_image_groups(root: str, entered: set, max_depth: int | None = None):
+    """Walk ``root`` top-down (its own key already in ``entered``), yielding
+    ``(directory key, sorted image files directly in it)`` per directory entered, in the
+    order :func:`collect_inputs` lists them. A subdirectory is entered only if its key is not
+    in ``entered`` (which the walk extends). With ``max_depth=0`` only ``root`` itself is
+    read, and the subdirectories it would enter are returned by the generator as its value
+    (``StopIteration.value``): how a parallel lister hands subtrees to workers."""
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if unseen(os.path.join(dirpath, d)))
-        for name in sorted(filenames):
-            if is_image_path(name):
-                found.append(os.path.join(dirpath, name))
-    return found
+        dirnames[:] = sorted(d for d in dirnames if _unseen(os.path.join(dirpath, d), entered))
+        yield dir_key(dirpath), [os.path.join(dirpath, n) for n in sorted(filenames) if is_image_path(n)]
+        if max_depth == 0:
+            return [os.path.join(dirpath, d) for d in dirnames]
+    return []
 
 
 def _read_list_file(path: str) -> list[str]:

@@ -256,20 +256,23 @@ class FeatureStore:
         self.refresh()
         return len(self._index)
 
-    def lookup(self, paths: Sequence[str]) -> list[_Row | None]:
-        """The current row of each path, or None (absent, or the file changed since)."""
+    def lookup(self, paths: Sequence[str], stats: Sequence[FileStat | None] | None = None) -> list[_Row | None]:
+        """The current row of each path, or None (absent, or the file changed since).
+
+        ``stats``: each path's :func:`file_stat` when the caller already has it (a parallel
+        lister), so the files are not stat'ed again here."""
         self.refresh()
         out: list[_Row | None] = []
-        for p in paths:
+        for i, p in enumerate(paths):
             row = self._index.get(os.path.abspath(p))
-            if row is not None and file_stat(p) != (row.size, row.mtime):
+            if row is not None and (file_stat(p) if stats is None else stats[i]) != (row.size, row.mtime):
                 row = None
             out.append(row)
         return out
 
-    def missing(self, paths: Sequence[str]) -> list[int]:
+    def missing(self, paths: Sequence[str], stats: Sequence[FileStat | None] | None = None) -> list[int]:
         """Indices of ``paths`` with no current row: what an extraction must compute."""
-        return [i for i, r in enumerate(self.lookup(paths)) if r is None]
+        return [i for i, r in enumerate(self.lookup(paths, stats)) if r is None]
 
     def read(self, paths: Sequence[str], dtype=np.float32) -> tuple[np.ndarray, list[int], list[int]]:
         """Features of ``paths`` in the order given.

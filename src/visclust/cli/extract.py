@@ -49,13 +49,13 @@ def run(args) -> int:
 
     if args.shard_size < 1:
         raise InputError(f"--shard-size must be at least 1, got {args.shard_size}")
-    paths = collect_inputs(args.inputs)
     use_ray = args.executor == "ray" or args.engine == "ray" or args.ray_address is not None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EngineFallbackWarning)
-        if use_ray:
-            stats = _extract_ray(args, paths)
+        if use_ray:  # lists the inputs on the cluster too
+            stats = _extract_ray(args)
         else:
+            paths = collect_inputs(args.inputs)
             if args.ray_object_store is not None:
                 raise InputError("--ray-object-store needs --executor ray")
             backbone = create_backbone(args.backbone, weights=args.weights, pretrained=not args.random_weights)
@@ -80,15 +80,15 @@ def run(args) -> int:
     return EXIT_PARTIAL
 
 
-def _extract_ray(args, paths):
-    from ..distributed import BackboneSpec, compute_features_ray
+def _extract_ray(args):
+    from ..distributed import BackboneSpec, extract_ray
     from ..exceptions import InputError
 
     if args.ray_object_store is not None and args.ray_object_store < 1:
         raise InputError(f"--ray-object-store must be a positive number of MB, got {args.ray_object_store}")
     spec = BackboneSpec(args.backbone, weights=args.weights, pretrained=not args.random_weights)
-    return compute_features_ray(
-        spec, paths, args.store, address=args.ray_address, num_workers=args.workers, batch_size=args.batch_size,
+    return extract_ray(
+        spec, args.inputs, args.store, address=args.ray_address, num_workers=args.workers, batch_size=args.batch_size,
         engine="auto" if args.engine == "ray" else args.engine, device=args.device, dtype=args.dtype,
         shard_rows=args.shard_size, progress=progress_flag(args),
         object_store_memory=None if args.ray_object_store is None else args.ray_object_store * 2**20)
