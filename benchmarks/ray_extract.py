@@ -14,6 +14,11 @@ and batch size:
 
 The Ray store is checked against the single-process one (same paths, max abs difference).
 
+Listing: on the warm instance, the whole folder is listed and every file stat'ed serially
+(``collect_inputs`` + ``file_stat``, what the single-process engine does) and by
+:func:`visclust.distributed.list_inputs_ray` (one Ray task per subdirectory), alternating,
+and the two lists are checked equal. ``--listing-only`` measures just that.
+
 Usage::
 
     python benchmarks/ray_extract.py FOLDER --weights W.safetensors            # 2,000 images
@@ -62,6 +67,24 @@ def run_ray(spec, paths, args, root) -> tuple[float, str]:
     return secs, stats.engine
 
 
+def compare_listing(folder: str, repeats: int) -> None:
+    from visclust.distributed import list_inputs_ray
+    from visclust.io import collect_inputs
+    from visclust.store import file_stat
+
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        paths = collect_inputs([folder])
+        stats = [file_stat(p) for p in paths]
+        serial = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rpaths, rstats = list_inputs_ray([folder])
+        on_ray = time.perf_counter() - t0
+        assert (rpaths, rstats) == (paths, stats), "the Ray listing differs from the serial one"
+        print(f"listing {len(paths)} files + stat: serial {serial:.2f} s, Ray tasks {on_ray:.2f} s "
+              f"(Ray / serial time {on_ray / serial:.2f}); lists equal", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folder", help="folder of images (recursive)")
@@ -76,6 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--object-store-mb", type=int, default=200, help="local Ray object store (default %(default)s MB)")
     ap.add_argument("--repeats", type=int, default=2, help="single/Ray pairs (default %(default)s)")
     ap.add_argument("--no-cold", action="store_true", help="skip the run that starts Ray inside the timing")
+    ap.add_argument("--listing-only", action="store_true", help="only compare serial and Ray listing of the folder")
     args = ap.parse_args(argv)
 
     import ray
@@ -103,7 +127,8 @@ def main(argv=None) -> int:
         print(f"Ray start        : {startup:8.1f} s", flush=True)
         single, warm = [], []
         try:
-            for r in range(args.repeats):
+            compare_listing(args.folder, args.repeats)
+            for r in range(0 if args.listing_only else args.repeats):
                 single.append(run_single(backbone, paths, args, os.path.join(tmp, f"single{r}")))
                 print(f"single process   : {len(paths) / single[-1]:8.1f} img/s ({single[-1]:.1f} s)", flush=True)
                 secs, engine = run_ray(spec, paths, args, os.path.join(tmp, f"ray{r}"))
@@ -112,6 +137,8 @@ def main(argv=None) -> int:
                       f"pair ratio {single[-1] / secs:.2f}", flush=True)
         finally:
             ray.shutdown()
+        if args.listing_only:
+            return 0
         cold = None
         if not args.no_cold:
             cold, _ = run_ray(spec, paths, args, os.path.join(tmp, "ray_cold"))

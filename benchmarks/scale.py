@@ -172,6 +172,23 @@ def many_clusters(n, d, k, max_iter, with_sklearn):
     return r
 
 
+def pipeline_many_clusters(n, d, k):
+    """The whole default fit at many clusters: K-means and the classifier step (self-trained
+    SVM, out-of-fold temperature, the vote's test), on labelled synthetic blobs."""
+    from sklearn.datasets import make_blobs
+
+    from visclust.evaluate import external_scores
+    from visclust.model import FeatureClusterer
+
+    X, y = make_blobs(n, n_features=d, centers=k, cluster_std=4.0, random_state=0)
+    X = X.astype(np.float32)
+    reset_peak_rss()
+    t, fc = timed(lambda: FeatureClusterer(n_clusters=k, method="kmeans", space="pca", random_state=0).fit(X), 1)
+    return {"n": n, "d": d, "k": k, "fit_s": t, "classifier": fc.classifier_.kind_,
+            "agreement": fc.classifier_.agreement_, "ari_final": external_scores(y, fc.labels_)["ari"],
+            "ari_clustering": external_scores(y, fc.cluster_labels_)["ari"], "peak_rss_mb": peak_rss_bytes() / 2**20}
+
+
 def write_npy_chunkwise(path, n, d, k_true, chunk=200_000, seed=0):
     """Write an (n, d) float32 .npy of mixture data without mapping it (RSS stays one chunk)."""
     rng = np.random.default_rng(seed)
@@ -310,8 +327,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=None, help="timing repeats, best kept (default 3, quick 1)")
     ap.add_argument("--tmpdir", default=tempfile.gettempdir(), help="where the out-of-core .npy is written")
     ap.add_argument("--skip-out-of-core", action="store_true", help="skip (c)")
-    ap.add_argument("--sections", default="ambcdh", help="which parts to run: a (Lloyd timing), m (peak memory), "
-                    "b (k=1000), c (out of core), d (CUDA), h (Hamerly vs scikit-learn); default %(default)s")
+    ap.add_argument("--sections", default="ambpcdh", help="which parts to run: a (Lloyd timing), m (peak memory), "
+                    "b (k=1000), p (the whole fit, classifier step included, at k=1000), c (out of core), d (CUDA), "
+                    "h (Hamerly vs scikit-learn); default %(default)s")
     ap.add_argument("--hamerly-iters", type=int, default=11, help="max_iter m of section h (default %(default)s)")
     ap.add_argument("--hamerly-data", default="blobs,random", help="data sets of section h (default %(default)s)")
     ap.add_argument("--_child", nargs=4, help=argparse.SUPPRESS)
@@ -370,6 +388,15 @@ def main(argv=None):
         print(f"  ours {r['ours_s']:.1f} s ({r['ours_n_iter']} iter)   sklearn {r['sklearn_s']:.1f} s "
               f"({r['sklearn_n_iter']} iter)   speedup {r['speedup']:.2f}   inertia ours/sklearn "
               f"{r['ours_inertia'] / r['sklearn_inertia']:.4f}   ARI ours vs sklearn {r['ari_ours_vs_sklearn']:.3f}",
+              flush=True)
+
+    if "p" in sections:
+        n, d, k = (10_000, 64, 200) if quick else (100_000, 256, 1000)
+        print(f"\n(p) FeatureClusterer(n_clusters={k}, method='kmeans', space='pca').fit on make_blobs({n:,}, "
+              f"{d}, centers={k}, cluster_std=4): K-means and the classifier step", flush=True)
+        r = res["pipeline_many_clusters"] = pipeline_many_clusters(n, d, k)
+        print(f"  fit {r['fit_s']:.1f} s | classifier {r['classifier']} (out-of-fold agreement {r['agreement']}) | "
+              f"ARI final {r['ari_final']:.3f}, clustering {r['ari_clustering']:.3f} | peak RSS {r['peak_rss_mb']:.0f} MB",
               flush=True)
 
     if "c" in sections:
