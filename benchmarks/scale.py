@@ -314,6 +314,7 @@ def hamerly_vs_sklearn(n, d, k, data, repeats, iters):
             else 0.0
     ham = models["ours_hamerly", iters]
     r["hamerly_recomputed_per_iter"] = [int(v) for v in ham.n_recomputed_]
+    r["hamerly_moved_centers_per_iter"] = [int(v) for v in ham.n_moved_centers_]
     r["hamerly_labels_equal_ours_lloyd"] = float(np.mean(ham.labels_ == models["ours_lloyd", iters].labels_))
     r["speedup_hamerly_vs_sklearn_lloyd"] = r["sklearn_lloyd_s_per_iter"] / r["ours_hamerly_s_per_iter"]
     r["speedup_hamerly_vs_sklearn_elkan"] = r["sklearn_elkan_s_per_iter"] / r["ours_hamerly_s_per_iter"]
@@ -434,7 +435,8 @@ def main(argv=None):
                       f"inertia {r[name + '_inertia']:.6e}  rel diff {r[name + '_obj_rel_diff']:.1e}")
             print(f"    hamerly vs sklearn lloyd {r['speedup_hamerly_vs_sklearn_lloyd']:.2f}x, vs elkan "
                   f"{r['speedup_hamerly_vs_sklearn_elkan']:.2f}x; rows recomputed per iteration "
-                  f"{r['hamerly_recomputed_per_iter']}; labels equal to ours lloyd "
+                  f"{r['hamerly_recomputed_per_iter']}; centers computed for every row "
+                  f"{r['hamerly_moved_centers_per_iter']}; labels equal to ours lloyd "
                   f"{r['hamerly_labels_equal_ours_lloyd']:.6f}", flush=True)
     res["load_avg_end"] = os.getloadavg()
     print(f"\n# load average at end {res['load_avg_end']}")

@@ -208,6 +208,24 @@ def test_hamerly_recomputes_fewer_rows_after_the_first_iterations():
     np.testing.assert_array_equal(lloyd.n_recomputed_, np.full(lloyd.n_iter_, len(X)))
 
 
+@pytest.mark.parametrize("window", [None, 700])
+def test_centers_that_jump_are_computed_exactly_and_labels_stay_lloyds(monkeypatch, window):
+    # two starting centers share blob 0 and none sits in the last blob: a few centers travel
+    # far while the others barely move, so the next pass computes those few for every row
+    if window:  # small windows and chunks: the partial pass crosses their boundaries
+        monkeypatch.setattr(kmeans_module, "_WINDOW", window)
+    rng = np.random.default_rng(3)
+    means = (rng.standard_normal((32, 32)) * 2).astype(np.float32)
+    X = means[rng.integers(0, 32, 6000)] + rng.standard_normal((6000, 32), dtype=np.float32)
+    init = np.vstack([means[:31] + 0.3, means[:1] - 0.3]).astype(np.float32)
+    ham = KMeans(32, init=init, max_iter=50, tol=0, batch_size=256 if window else None, device="cpu").fit(X)
+    lloyd = KMeans(32, init=init, max_iter=50, tol=0, algorithm="lloyd", device="cpu").fit(X)
+    assert len(ham.n_moved_centers_) == ham.n_iter_ and ham.n_moved_centers_.max() > 0
+    assert ham.n_iter_ == lloyd.n_iter_ and not lloyd.n_moved_centers_.any()
+    np.testing.assert_array_equal(ham.labels_, lloyd.labels_)
+    assert ham.inertia_ == pytest.approx(lloyd.inertia_, rel=1e-6)
+
+
 def test_hamerly_bounds_stay_exact_with_chunks_threads_and_empty_clusters(monkeypatch):
     # small windows and chunks exercise the gathered (sparse) and the whole-window (dense) paths
     monkeypatch.setattr(kmeans_module, "_WINDOW", 700)

@@ -33,6 +33,7 @@ _SMALL_WORK = 2**25  # n * d * k below this: one thread (fork/join costs more th
 _WINDOW = 2**20  # Hamerly: rows whose bounds are tested at once (bounds temporaries stay ~13 MB)
 _DENSE = 0.6  # Hamerly: above this share of rows to recompute in a window, recompute the whole window
 _U = 2.0**-24  # unit roundoff of float32
+_PARTIAL_FIXED = 8  # Hamerly: a pass against m moved centers costs about (m + this) / k of a full pass
 
 
 class _NotFittedError(NotFittedError, _SklearnNotFittedError):
@@ -190,8 +191,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     mini_batch : bool, default False
         Use streaming mini-batch K-means (approximate, one chunk in memory at a time).
     algorithm : {'hamerly', 'lloyd'}, default 'hamerly'
-        Full-batch iterations: ``'hamerly'`` keeps two float32 bounds per row (8 bytes) and
-        recomputes the distances of only the rows they do not settle, with conservative
+        Full-batch iterations: ``'hamerly'`` keeps two float32 bounds and the squared norm
+        per row (12 bytes) and recomputes the distances of only the rows they do not settle, with conservative
         rounding slack so that the assignments are Lloyd's (up to float ties); ``'lloyd'``
         recomputes every row every iteration. Ignored in mini-batch mode.
     device : {'cpu', 'cuda'} or None, default None
@@ -216,6 +217,10 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     n_recomputed_ : ndarray of shape (n_iter_,), int64
         Rows whose distances to all centers were computed in each iteration's assignment
         step (``n_samples`` every iteration for Lloyd; empty in mini-batch mode).
+    n_moved_centers_ : ndarray of shape (n_iter_,), int64
+        Hamerly: after each iteration's update, how many of the centers that moved most had
+        their distances to every row computed in the next pass (instead of loosening every
+        row's bound by their shift); zeros for Lloyd, empty in mini-batch mode.
 
     Examples
     --------
@@ -439,7 +444,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             if shift <= tolerance:
                 break
         labels, _, _, inertia = self._assign(X, centers, rows, dev)
-        return centers, labels, inertia, it, np.full(it, X.shape[0], dtype=np.int64)
+        return centers, labels, inertia, it, np.full(it, X.shape[0], dtype=np.int64), np.zeros(it, dtype=np.int64)
 
     def _gamma(self, d):
         """Relative rounding-error bound (with a factor-2 margin) of a squared distance from the
@@ -452,15 +457,20 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         """Exact Lloyd iterations with Hamerly's bounds (Hamerly 2010).
 
         Per row: ``upper`` >= distance to its center, ``lower`` <= distance to every other
-        center (8 bytes per row). A row is settled when ``upper <= max(lower, s(c))``, ``s(c)``
-        half the distance from its center to the nearest other one; otherwise ``upper`` is
+        center, and the row's squared norm (12 bytes per row). A row is settled when
+        ``upper <= max(lower, s(c))``, ``s(c)`` half the distance from its center to the
+        nearest other one; otherwise ``upper`` is
         tightened to the exact distance, and if that does not settle it, the row's distances to
         all centers are recomputed (a matrix product on the gathered rows). After each update
         ``upper`` grows by its center's shift and ``lower`` shrinks by the largest shift of the
-        other centers. Every bound is rounded outwards by more than float32's error (see
-        ``_gamma``), so settled rows are those whose exact nearest center is unchanged and the
-        labels are Lloyd's up to float ties. Centre sums are kept in float64 and updated by the
-        rows that change cluster only.
+        other centers, except that the few centers which moved far more than the rest (early
+        iterations: a center jumping to another group) are taken out of that maximum: every
+        row's distances to those m centers are computed exactly instead (an ``n x m`` product,
+        m chosen per iteration to minimise the estimated work), which keeps ``lower`` tight
+        where one large shift would otherwise unsettle every row. Every bound is rounded
+        outwards by more than float32's error (see ``_gamma``), so settled rows are those whose
+        exact nearest center is unchanged and the labels are Lloyd's up to float ties. Centre
+        sums are kept in float64 and updated by the rows that change cluster only.
         """
         workers = torch.get_num_threads()  # for the passes; the O(n) bookkeeping runs on one thread,
         with _num_threads(1):  # where OpenMP's fork/join would cost more than the arithmetic
@@ -475,6 +485,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         upper = torch.empty(n, dtype=torch.float32, device=dev)
         lower = torch.empty(n, dtype=torch.float32, device=dev)
         labels = torch.empty(n, dtype=torch.int32, device=dev)
+        x_sq = torch.empty(n, dtype=torch.float32, device=dev)
         gamma, up, down = self._gamma(d), 1 + 4 * _U, 1 - 4 * _U
         state = {}
 
@@ -488,11 +499,34 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             cc.sub_((norm[:, None] + norm[None, :]).pow_(2).mul_(2 * (d + 4) * 2.0**-53)).clamp_min_(0)
             half = cc.fill_diagonal_(float("inf")).min(1).values.sqrt_().mul_(0.5 * (1 - 2.0**-20))
             state["half"] = half.float()
+            state["moved"] = None  # centers whose distances the next pass computes for every row
 
-        def bounds(x, a_old, write):
+        def choose_moved(p):
+            """The m centers with the largest shifts to compute exactly for every row, and the
+            shift that loosens ``lower`` for the rest: m minimises the estimated work (m / k of a
+            pass, plus the share of rows whose bounds would still fail)."""
+            ps, order = p.sort(descending=True)
+            cands = [m for m in (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128) if m <= k // 4]
+            if k < 8 or ps[0] <= 0:
+                return 0, order
+            gaps = []  # lower - upper of the rows that fail with m = 0 (`lower` dropping by ps[0])
+            for w in range(0, n, _WINDOW):
+                u = upper[w:w + _WINDOW]
+                gap = lower[w:w + _WINDOW] - u
+                gaps.append(gap[(gap < ps[0]) & (u > state["half"][labels[w:w + _WINDOW].long()])])
+            gap = torch.cat(gaps)
+            if len(gap) * k <= (1 + _PARTIAL_FIXED) * n:  # m = 0 costs less than any partial pass
+                return 0, order
+            deltas = ps[torch.tensor(cands, device=dev)]  # rows that fail if `lower` drops by deltas[j]
+            fails = (gap[:, None] < deltas[None, :]).sum(0)
+            # a partial pass reads every row once, whatever m: count that as _PARTIAL_FIXED centers
+            cost = torch.tensor([m + _PARTIAL_FIXED if m else 0 for m in cands], dtype=torch.float64, device=dev) / k \
+                + fails.double() / n
+            return cands[int(cost.argmin())], order
+
+        def bounds(x, x_sq, a_old, write):
             """Recompute the rows ``x``: new labels, bounds written by ``write``; row-change deltas."""
             mins, a, second = self._nearest(x, state["terms"], second=True)
-            x_sq = (x * x).sum(1)
             err = (x_sq.sqrt() + state["cmax"]).pow_(2).mul_(gamma)
             write(a.int(), (mins + x_sq + err).clamp_min_(0).sqrt_().mul_(up),
                   (second + x_sq - err).clamp_min_(0).sqrt_().mul_(down))
@@ -512,7 +546,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
             def write(a, u, lo):
                 labels[sl], upper[sl], lower[sl] = a, u, lo
-            return bounds(x, None if state["first"] else labels[sl].long(), write)
+            if state["first"]:  # squared row norms, kept for every later pass (rows do not change)
+                x_sq[sl] = torch.linalg.vector_norm(x, dim=1).square_()
+            return bounds(x, x_sq[sl], None if state["first"] else labels[sl].long(), write)
 
         def sparse(idx, x):  # gathered rows whose bounds failed: tighten, then recompute the rest
             a_old = labels[idx].long()
@@ -525,13 +561,31 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
             def write(a, u, lo):
                 labels[rows_f], upper[rows_f], lower[rows_f] = a, u, lo
-            return bounds(x[fail], a_old[fail], write)
+            return bounds(x[fail], x_sq[rows_f], a_old[fail], write)
+
+        def partial(start, x):  # every row against the centers that moved most: exact bounds
+            sl = slice(start, start + len(x))
+            cm, wm, pos = state["moved"]
+            dd = (x @ wm).add_(cm)  # ||c||^2 - 2 x.c for the moved centers
+            sq = x_sq[sl]
+            err = (sq.sqrt() + state["cmax"]).pow_(2).mul_(gamma)
+            pa = pos[labels[sl].long()]
+            own = torch.nonzero(pa >= 0).flatten()
+            if len(own):  # rows whose own center moved far: its exact distance
+                col = pa[own]
+                upper[start + own] = (dd[own, col] + sq[own] + err[own]).clamp_min_(0).sqrt_().mul_(up)
+                dd[own, col] = float("inf")
+            lo = (dd.min(1).values + sq - err).clamp_min_(0).sqrt_().mul_(down)
+            torch.minimum(lower[sl], lo, out=lower[sl])
+            return (0,)
 
         def assign_pass():
             """One assignment step: (delta sums, delta counts, rows recomputed, rows moved)."""
             total = (0, 0, 0, 0)
             if state["first"]:
                 return self._map_chunks(X, rows, dev, dense, workers=workers)
+            if state["moved"] is not None:
+                self._map_chunks(X, rows, dev, partial, workers=workers)
             for w in range(0, n, _WINDOW):
                 e = min(n, w + _WINDOW)
                 a = labels[w:e].long()
@@ -546,7 +600,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 total = tuple(p + q for p, q in zip(total, part))
             return total
 
-        sums, counts, recomputed, it = None, None, [], 0
+        sums, counts, recomputed, moved_centers, it = None, None, [], [], 0
         state["first"] = True
         prepare(centers)
         for it in range(1, max_iter + 1):
@@ -569,14 +623,24 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             delta = (new.double() - centers.double()).pow_(2).sum(1)
             shift = float(((new - centers) ** 2).sum())
             p = (delta.sqrt() * (1 + 2.0**-20)).float()
-            top, arg = p.topk(min(2, k))
-            for w in range(0, n, _WINDOW):  # loosen the bounds by the shifts, a window at a time
-                a = labels[w:w + _WINDOW]
-                upper[w:w + _WINDOW].add_(p[a.long()]).mul_(up)
-                if k > 1:  # `lower`: by the largest shift of the other centers
-                    lower[w:w + _WINDOW].sub_(torch.where(a == int(arg[0]), top[1], top[0])).mul_(down)
             centers = new
             prepare(centers)
+            for w in range(0, n, _WINDOW):  # loosen `upper` by its center's shift
+                upper[w:w + _WINDOW].add_(p[labels[w:w + _WINDOW].long()]).mul_(up)
+            m, order = choose_moved(p)
+            moved_centers.append(m)
+            if m:  # the m largest shifts: those centers' distances are computed in the next pass
+                sel = order[:m]
+                pos = torch.full((k,), -1, dtype=torch.int64, device=dev)
+                pos[sel] = torch.arange(m, device=dev)
+                c_m = centers.index_select(0, sel)
+                state["moved"] = ((c_m * c_m).sum(1), (c_m * -2).T.contiguous(), pos)
+            if k > 1:  # `lower`: by the largest shift of the other centers outside that set
+                arg = order[m:m + 2]  # (m <= k // 4, so two are left)
+                top = p[arg]
+                for w in range(0, n, _WINDOW):
+                    a = labels[w:w + _WINDOW]
+                    lower[w:w + _WINDOW].sub_(torch.where(a == int(arg[0]), top[1], top[0])).mul_(down)
             if it > 1 and n_moved == 0:
                 break  # labels did not change: centers are a fixed point
             if shift <= tolerance:
@@ -589,7 +653,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             return (torch.index_select(centers, 0, lab_t).sub_(x).pow_(2).sum().double(),)
 
         inertia = float(self._map_chunks(X, rows, dev, sq_err, workers=workers)[0])
-        return centers, lab.astype(np.int32, copy=False), inertia, it, np.asarray(recomputed, dtype=np.int64)
+        return (centers, lab.astype(np.int32, copy=False), inertia, it, np.asarray(recomputed, dtype=np.int64),
+                np.asarray(moved_centers, dtype=np.int64))
 
     def _relocate_empty(self, X, centers, labels, sums, counts, rows, dev):
         """Move the points farthest from their centers into the empty clusters (in place)."""
@@ -694,7 +759,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                                     min(self.max_iter, 10)) for _ in range(n_init)), key=lambda run: run[2])
             centers, n_iter = self._stream(X, best[0], tolerance, rows, dev, rng)
             labels, _, _, inertia = self._assign(X, centers, rows, dev)
-            recomputed = np.zeros(0, dtype=np.int64)
+            recomputed = moved_centers = np.zeros(0, dtype=np.int64)
         else:
             Xd = X
             if dev.type == "cuda" and X.nbytes < 0.5 * torch.cuda.mem_get_info(dev)[0]:
@@ -702,7 +767,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             run = self._hamerly if self.algorithm == "hamerly" else self._lloyd
             best = min((run(Xd, self._init_centers(sample, rng, dev), tolerance, rows, dev, self.max_iter)
                         for _ in range(n_init)), key=lambda r: r[2])
-            centers, labels, inertia, n_iter, recomputed = best
+            centers, labels, inertia, n_iter, recomputed, moved_centers = best
         found = int(np.count_nonzero(np.bincount(labels, minlength=self.n_clusters)))
         if found < self.n_clusters:
             warnings.warn(f"Number of distinct clusters ({found}) found smaller than "
@@ -711,6 +776,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.cluster_centers_ = centers.cpu().numpy()
         self.labels_, self.inertia_, self.n_iter_ = labels, inertia, n_iter
         self.n_features_in_, self.mini_batch_, self.n_recomputed_ = d, streaming, recomputed
+        self.n_moved_centers_ = moved_centers
         return self
 
     @_one_thread_if_small
