@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from .exceptions import ModelFileError
+from .exceptions import InputError, ModelFileError
 from .io import atomic_output
 
 FORMAT = "visclust-model"
@@ -54,8 +54,10 @@ def _collect(model) -> tuple[dict, dict[str, np.ndarray]]:
         _check_fitted(model, "feature_clusterer_")
         fc = model.feature_clusterer_
         params = {k: v for k, v in model.get_params(deep=False).items() if k not in ("clusterer", "weights")}
+        cfgs = getattr(model, "backbone_configs_", None) or [model.backbone_config_]
         extra = {
-            "backbone": model.backbone_config_.to_dict(),
+            # one backbone: "backbone"; features concatenated from several: "backbones", in order
+            **({"backbone": cfgs[0].to_dict()} if len(cfgs) == 1 else {"backbones": [c.to_dict() for c in cfgs]}),
             "weights_hint": model.weights,
             "training": {"n_images": len(model.paths_), "n_skipped": len(model.skipped_)},
         }
@@ -253,15 +255,21 @@ _ARRAY_NDIM = {"reducer.mean": 1, "reducer.components": 2, "reducer.scale": 1, "
 _MODEL_PARAMS = ("backbone", "pretrained", "n_clusters")
 
 
-def load_model(path: str | os.PathLike, weights: str | None = None):
+class _WeightsArgumentError(InputError):
+    """The caller's ``weights`` do not fit the model's backbones (not a problem of the file)."""
+
+
+def load_model(path: str | os.PathLike, weights: str | list | None = None):
     """Load a model written by :func:`save_model`.
 
     Parameters
     ----------
     path : path
-    weights : path, optional
+    weights : path or list, optional
         The backbone weights file to use (must have the same hash as at fit time); default
-        the file named at fit time if it still exists, else the pretrained download.
+        the file named at fit time if it still exists, else the pretrained download. For a
+        model that concatenates several backbones, a list with one entry per backbone in
+        order (None or ``'-'``: that backbone's default).
 
     Returns
     -------
@@ -308,23 +316,38 @@ def load_model(path: str | os.PathLike, weights: str | None = None):
         _check_consistent(fc, os.fspath(path))
         if kind == "FeatureClusterer":
             return fc
-        bcfg = BackboneConfig.from_dict(manifest["backbone"])
-        if bcfg.feature_dim != fc.n_features_in_:
-            raise ModelFileError(f"{path}: the backbone gives {bcfg.feature_dim} features but the model expects "
+        several = "backbones" in manifest
+        if several and not (isinstance(manifest["backbones"], list) and len(manifest["backbones"]) >= 2):
+            raise ModelFileError(f"{path}: 'backbones' must list at least two backbones (edited file?)")
+        cfgs = [BackboneConfig.from_dict(d) for d in (manifest["backbones"] if several else [manifest["backbone"]])]
+        dim = sum(c.feature_dim for c in cfgs)
+        if dim != fc.n_features_in_:
+            raise ModelFileError(f"{path}: the backbone(s) give {dim} features but the model expects "
                                  f"{fc.n_features_in_} (edited file?)")
         hint = manifest.get("weights_hint")
-        if weights is None and isinstance(hint, str) and os.path.isfile(hint):
-            weights = hint
+        if weights is None:  # the files the model was fitted with, where they still exist
+            hints = hint if several and isinstance(hint, list) and len(hint) == len(cfgs) else [hint] * (not several)
+            found = [h if isinstance(h, str) and os.path.isfile(h) else None for h in hints]
+            if any(found):
+                weights = found if several else found[0]
+        elif several and not isinstance(weights, (list, tuple)):
+            raise _WeightsArgumentError(f"this model concatenates {len(cfgs)} backbones ({', '.join(c.name for c in cfgs)}); "
+                             "give one weights file per backbone, in that order ('-' for the default weights)")
+        elif not several and isinstance(weights, (list, tuple)):
+            if len(weights) != 1:
+                raise _WeightsArgumentError(f"this model has one backbone ({cfgs[0].name}); give one weights file")
+            weights = weights[0]
         saved = manifest["params"]
         model = ImageClusterer(**{k: saved[k] for k in _MODEL_PARAMS if k in saved}, weights=weights)
-        model.backbone = bcfg.name
+        model.backbone = [c.name for c in cfgs] if several else cfgs[0].name
         model.feature_clusterer_ = fc
-        model.backbone_config_ = bcfg
+        model.backbone_configs_ = cfgs
+        model.backbone_config_ = cfgs[0]
         model.n_clusters_ = fc.n_clusters_
         model.paths_, model.skipped_ = [], []
         model.labels_, model.confidence_ = np.zeros(0, np.int64), np.zeros(0)
         return model
-    except ModelFileError:
+    except (ModelFileError, _WeightsArgumentError):
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, ArithmeticError, RecursionError) as e:
         # ValueError includes visclust's InputError (an invalid parameter in the manifest).

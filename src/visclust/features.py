@@ -48,6 +48,41 @@ class FeatureResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
+def concat_features(results: Sequence[FeatureResult]) -> FeatureResult:
+    """Features of several backbones for the same images, side by side.
+
+    Rows are the images every backbone could read, in the order of the first result. Each
+    backbone's vector is L2-normalised first, so each contributes the same weight whatever
+    its dimension or scale (a 4,096-d VGG vector would otherwise drown a 512-d one). An
+    image skipped by any backbone is skipped, with the first reason given.
+    """
+    if not results:
+        raise InputError("concat_features needs at least one FeatureResult")
+    keep = set(results[0].paths)
+    for r in results[1:]:
+        keep &= set(r.paths)
+    order = [p for p in results[0].paths if p in keep]
+    blocks = []
+    for r in results:
+        pos = {p: i for i, p in enumerate(r.paths)}
+        X = np.asarray(r.features[np.asarray([pos[p] for p in order], dtype=np.int64)], dtype=np.float32) \
+            if order else np.zeros((0, np.shape(r.features)[1]), np.float32)
+        X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        blocks.append(X)
+    skipped, seen = [], set()
+    for r in results:
+        for path, reason in r.skipped:
+            if path not in seen and path not in keep:
+                seen.add(path)
+                skipped.append((path, reason))
+    for r in results:  # read by some backbones but not all
+        for path in r.paths:
+            if path not in keep and path not in seen:
+                seen.add(path)
+                skipped.append((path, f"{path}: could not be read for every backbone"))
+    return FeatureResult(np.hstack(blocks), order, skipped)
+
+
 @dataclass
 class ExtractStats:
     """What one extraction into a store did."""

@@ -342,12 +342,16 @@ class ImageClusterer(BaseEstimator):
 
     Parameters
     ----------
-    backbone : str, default 'torchvision/mobilenet_v2'
+    backbone : str or list of str, default 'torchvision/mobilenet_v2'
         A name from :func:`visclust.backbones.list_backbones` (or ``timm/<model>``,
-        ``open_clip/<arch>:<tag>``).
-    weights : str, optional
+        ``open_clip/<arch>:<tag>``). A list concatenates the features of several backbones:
+        each backbone's vector is L2-normalised, then they are put side by side, so each
+        weighs the same whatever its dimension (:func:`visclust.features.concat_features`);
+        an image any of them cannot read is skipped.
+    weights : str or list, optional
         Local weights file (.safetensors, or .pth loaded with ``weights_only=True``);
-        default downloads the pretrained weights the usual way.
+        default downloads the pretrained weights the usual way. With several backbones, one
+        entry per backbone in the same order (None or ``'-'``: the default weights).
     pretrained : bool, default True
         False keeps random weights (for testing plumbing only).
     n_clusters : int or 'auto', default 8
@@ -374,7 +378,10 @@ class ImageClusterer(BaseEstimator):
     labels_, confidence_ : ndarray (n_images,)
     skipped_ : list of (path, reason)
     feature_clusterer_ : FeatureClusterer
+    backbone_configs_ : list of BackboneConfig
+        One per backbone, in order.
     backbone_config_ : BackboneConfig
+        The first of them (the only one unless features are concatenated).
     n_clusters_ : int
 
     Examples
@@ -400,33 +407,62 @@ class ImageClusterer(BaseEstimator):
         self.engine = engine
 
     # -- backbone -----------------------------------------------------------------------
-    def get_backbone(self):
-        """The backbone (built once and cached); after ``load`` it must match the fitted one."""
-        bb = getattr(self, "_backbone", None)
-        if bb is None:
+    def backbone_specs(self) -> list[tuple[str, str | None]]:
+        """``[(name, weights file or None), ...]``, one per backbone, checked."""
+        names = list(self.backbone) if isinstance(self.backbone, (list, tuple)) else [self.backbone]
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise InputError(f"backbone must be a backbone name or a list of names, got {self.backbone!r}")
+        if len(set(names)) != len(names):
+            raise InputError(f"backbone lists the same backbone twice ({', '.join(names)}); give each once")
+        w = self.weights
+        files = [None] * len(names) if w is None else list(w) if isinstance(w, (list, tuple)) else [w]
+        if len(files) != len(names):
+            raise InputError(f"{len(files)} weights file(s) for {len(names)} backbone(s); give one per backbone, "
+                             "in the same order ('-' for a backbone's default weights)")
+        return [(n, None if f in (None, "", "-") else os.fspath(f)) for n, f in zip(names, files)]
+
+    def get_backbones(self) -> list:
+        """The backbones (built once and cached); after ``load`` they must match the fitted ones."""
+        bbs = getattr(self, "_backbones", None)
+        if bbs is None:
             from .backbones import Backbone, create_backbone
 
-            bb = create_backbone(self.backbone, weights=self.weights, pretrained=self.pretrained)
-            fitted = getattr(self, "backbone_config_", None)
-            if fitted is not None:
-                if bb.config.weights_sha256 != fitted.weights_sha256:
-                    raise WeightsUnavailableError(
-                        f"the model was fitted with other weights for '{fitted.name}' (sha256 "
-                        f"{fitted.weights_sha256[:12]}..., now {bb.config.weights_sha256[:12]}...); "
-                        "pass the same weights file with --weights"
-                    )
-                bb = Backbone(bb.info, bb.module, fitted.preprocess, fitted.weights_sha256, bb.weights_source)
-            self._backbone = bb
-        return bb
+            specs = self.backbone_specs()
+            fitted = getattr(self, "backbone_configs_", None)
+            if fitted is not None and len(fitted) != len(specs):
+                raise InputError(f"the model was fitted with {len(fitted)} backbone(s), not {len(specs)}")
+            bbs = []
+            for i, (name, weights) in enumerate(specs):
+                bb = create_backbone(name, weights=weights, pretrained=self.pretrained)
+                if fitted is not None:
+                    f = fitted[i]
+                    if bb.config.weights_sha256 != f.weights_sha256:
+                        raise WeightsUnavailableError(
+                            f"the model was fitted with other weights for '{f.name}' (sha256 "
+                            f"{f.weights_sha256[:12]}..., now {bb.config.weights_sha256[:12]}...); "
+                            "pass the same weights file with --weights"
+                        )
+                    bb = Backbone(bb.info, bb.module, f.preprocess, f.weights_sha256, bb.weights_source)
+                bbs.append(bb)
+            self._backbones = bbs
+        return bbs
+
+    def get_backbone(self):
+        """The backbone, when there is one (see :meth:`get_backbones`)."""
+        bbs = self.get_backbones()
+        if len(bbs) != 1:
+            raise InputError(f"this model concatenates {len(bbs)} backbones; use get_backbones()")
+        return bbs[0]
 
     def extract(self, inputs):
         """Features of the images in ``inputs`` (files, directories, list files)."""
-        from .features import extract_features
+        from .features import concat_features, extract_features
 
         paths = collect_inputs(inputs)
-        return extract_features(self.get_backbone(), paths, batch_size=self.batch_size,
-                                num_workers=self.num_workers, device=self.device, progress=self.progress,
-                                engine=self.engine, store=self.store)
+        results = [extract_features(bb, paths, batch_size=self.batch_size, num_workers=self.num_workers,
+                                    device=self.device, progress=self.progress, engine=self.engine, store=self.store)
+                   for bb in self.get_backbones()]
+        return results[0] if len(results) == 1 else concat_features(results)
 
     # -- estimator ------------------------------------------------------------------------
     def fit(self, X, y=None, features=None):
@@ -446,7 +482,8 @@ class ImageClusterer(BaseEstimator):
         if len(res.paths) == 0:
             raise NoImagesError(f"none of the {len(res.skipped)} images could be read (first: {res.skipped[0][1] if res.skipped else '-'})")
         self.feature_clusterer_ = fc.fit(res.features)
-        self.backbone_config_ = self.get_backbone().config
+        self.backbone_configs_ = [bb.config for bb in self.get_backbones()]
+        self.backbone_config_ = self.backbone_configs_[0]
         self.paths_ = list(res.paths)
         self.skipped_ = list(res.skipped)
         self.labels_ = fc.labels_

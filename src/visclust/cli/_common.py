@@ -8,13 +8,34 @@ import sys
 from ..io import Assignments, write_csv_atomic
 
 
-def add_backbone_options(p, default: str | None = "torchvision/mobilenet_v2") -> None:
+DEFAULT_BACKBONE = "torchvision/mobilenet_v2"
+
+
+def add_backbone_options(p, default: str | None = DEFAULT_BACKBONE) -> None:
     g = p.add_argument_group("backbone")
     if default is not None:
-        g.add_argument("--backbone", default=default, metavar="NAME",
-                       help="feature extractor (default %(default)s; `visclust backbones` lists them)")
-    g.add_argument("--weights", metavar="FILE",
-                   help="local weights (.safetensors or .pth) instead of downloading the pretrained ones")
+        g.add_argument("--backbone", action="append", metavar="NAME",
+                       help=f"feature extractor (default {default}; `visclust backbones` lists them); give it "
+                            "more than once to concatenate the features of several backbones")
+    g.add_argument("--weights", action="append", metavar="FILE",
+                   help="local weights (.safetensors or .pth) instead of downloading the pretrained ones; with "
+                        "several backbones, once per backbone in the same order ('-' for a default download)")
+    if default is not None:
+        g.add_argument("--random-weights", action="store_true",
+                       help="keep the network's random weights (testing plumbing only: the groups mean nothing)")
+
+
+def backbone_arg(args, default: str = DEFAULT_BACKBONE):
+    """``--backbone`` as ImageClusterer takes it: a name, or a list of names."""
+    names = args.backbone or [default]
+    return names[0] if len(names) == 1 else names
+
+
+def weights_arg(args):
+    """``--weights`` as ImageClusterer / load take it: None, a file, or a list of files."""
+    if not args.weights:
+        return None
+    return args.weights[0] if len(args.weights) == 1 else args.weights
     if default is not None:
         g.add_argument("--random-weights", action="store_true",
                        help="keep the network's random weights (testing plumbing only: the groups mean nothing)")

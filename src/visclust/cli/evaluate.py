@@ -13,7 +13,8 @@ def register(sub) -> None:
     p.add_argument("--labels", metavar="folders|CSV",
                    help="'folders' (class = parent directory name) or a path,label CSV")
     p.add_argument("--model", metavar="MODEL", help="model file, for the label-free scores")
-    p.add_argument("--weights", metavar="FILE", help="backbone weights for --model, if not found automatically")
+    p.add_argument("--weights", action="append", metavar="FILE",
+                   help="backbone weights for --model, if not found automatically (once per backbone)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -24,6 +25,7 @@ def run(args) -> int:
     from ..evaluate import external_scores, internal_scores
     from ..exceptions import InputError
     from ..io import read_assignments, resolve_labels
+    from ._common import weights_arg
 
     a = read_assignments(args.assignments)
     if len(a) == 0:
@@ -35,7 +37,7 @@ def run(args) -> int:
     elif args.model:
         from ..model import ImageClusterer
 
-        model = ImageClusterer.load(args.model, weights=args.weights)
+        model = ImageClusterer.load(args.model, weights=weights_arg(args))
         res = model.extract(a.paths)
         by_path = dict(zip(a.paths, a.clusters))
         Z = model.feature_clusterer_.transform(res.features)

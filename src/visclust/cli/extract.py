@@ -1,11 +1,12 @@
-"""visclust extract INPUT... --backbone NAME [--weights FILE] --store DIR [--engine E] [--dtype D]
+"""visclust extract INPUT... --backbone NAME [--weights FILE] [--backbone NAME ...] --store DIR [--engine E] [--dtype D]
 [--executor local|ray [--ray-address ADDR]]"""
 
 from __future__ import annotations
 
 import sys
 
-from ._common import add_backbone_options, add_runtime_options, add_store_options, progress_flag
+from ._common import (add_backbone_options, add_runtime_options, add_store_options, backbone_arg, progress_flag,
+                      weights_arg)
 
 
 def register(sub) -> None:
@@ -45,48 +46,55 @@ def run(args) -> int:
     from ..exceptions import InputError
     from ..features import compute_features
     from ..io import collect_inputs
+    from ..model import ImageClusterer
     from . import EXIT_OK, EXIT_PARTIAL
 
     if args.shard_size < 1:
         raise InputError(f"--shard-size must be at least 1, got {args.shard_size}")
+    specs = ImageClusterer(backbone=backbone_arg(args), weights=weights_arg(args)).backbone_specs()
     use_ray = args.executor == "ray" or args.engine == "ray" or args.ray_address is not None
+    if args.ray_object_store is not None and not use_ray:
+        raise InputError("--ray-object-store needs --executor ray")
+    runs, paths = [], None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EngineFallbackWarning)
-        if use_ray:  # lists the inputs on the cluster too
-            stats = _extract_ray(args)
-        else:
-            paths = collect_inputs(args.inputs)
-            if args.ray_object_store is not None:
-                raise InputError("--ray-object-store needs --executor ray")
-            backbone = create_backbone(args.backbone, weights=args.weights, pretrained=not args.random_weights)
-            stats = compute_features(backbone, paths, args.store, batch_size=args.batch_size,
-                                     num_workers=args.workers, device=args.device, progress=progress_flag(args),
-                                     engine=args.engine, dtype=args.dtype, shard_rows=args.shard_size)
+        for name, weights in specs:  # several backbones: each one's rows in its own part of the store
+            if use_ray:  # lists the inputs on the cluster too
+                runs.append(_extract_ray(args, name, weights))
+                continue
+            paths = collect_inputs(args.inputs) if paths is None else paths
+            backbone = create_backbone(name, weights=weights, pretrained=not args.random_weights)
+            runs.append(compute_features(backbone, paths, args.store, batch_size=args.batch_size,
+                                         num_workers=args.workers, device=args.device, progress=progress_flag(args),
+                                         engine=args.engine, dtype=args.dtype, shard_rows=args.shard_size))
     for w in caught:  # the engine fallback and unreadable shards: one line each, no traceback
         if issubclass(w.category, UserWarning):
             print(f"visclust extract: warning: {w.message}", file=sys.stderr)
-    if not args.quiet:
-        rate = f" at {stats.images_per_second:.1f} img/s ({stats.engine})" if stats.n_computed else ""
-        print(f"{stats.n_inputs} images: {stats.n_computed} computed{rate}, {stats.n_cached} already in the store, "
-              f"{len(stats.skipped)} skipped; store {stats.store_path}", file=sys.stderr)
-    if not stats.skipped:
-        return EXIT_OK
-    if not args.quiet:
-        print(f"skipped {len(stats.skipped)} unreadable image(s); list in {stats.store_path}/skipped.csv:", file=sys.stderr)
-        for _, reason in stats.skipped[:10]:
-            print(f"  {reason}", file=sys.stderr)
-        if len(stats.skipped) > 10:
-            print(f"  ... and {len(stats.skipped) - 10} more", file=sys.stderr)
-    return EXIT_PARTIAL
+    skipped = 0
+    for (name, _), stats in zip(specs, runs):
+        if not args.quiet:
+            rate = f" at {stats.images_per_second:.1f} img/s ({stats.engine})" if stats.n_computed else ""
+            head = f"{name}: " if len(specs) > 1 else ""
+            print(f"{head}{stats.n_inputs} images: {stats.n_computed} computed{rate}, {stats.n_cached} already in "
+                  f"the store, {len(stats.skipped)} skipped; store {stats.store_path}", file=sys.stderr)
+        skipped += len(stats.skipped)
+        if stats.skipped and not args.quiet:
+            print(f"skipped {len(stats.skipped)} unreadable image(s); list in {stats.store_path}/skipped.csv:",
+                  file=sys.stderr)
+            for _, reason in stats.skipped[:10]:
+                print(f"  {reason}", file=sys.stderr)
+            if len(stats.skipped) > 10:
+                print(f"  ... and {len(stats.skipped) - 10} more", file=sys.stderr)
+    return EXIT_PARTIAL if skipped else EXIT_OK
 
 
-def _extract_ray(args):
+def _extract_ray(args, name, weights):
     from ..distributed import BackboneSpec, extract_ray
     from ..exceptions import InputError
 
     if args.ray_object_store is not None and args.ray_object_store < 1:
         raise InputError(f"--ray-object-store must be a positive number of MB, got {args.ray_object_store}")
-    spec = BackboneSpec(args.backbone, weights=args.weights, pretrained=not args.random_weights)
+    spec = BackboneSpec(name, weights=weights, pretrained=not args.random_weights)
     return extract_ray(
         spec, args.inputs, args.store, address=args.ray_address, num_workers=args.workers, batch_size=args.batch_size,
         engine="auto" if args.engine == "ray" else args.engine, device=args.device, dtype=args.dtype,

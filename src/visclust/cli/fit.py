@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ._common import (add_backbone_options, add_runtime_options, add_store_options, cluster_summary, progress_flag,
+from ._common import (backbone_arg, weights_arg, add_backbone_options, add_runtime_options, add_store_options, cluster_summary, progress_flag,
                       report_skipped)
 
 
@@ -58,7 +58,7 @@ def run(args) -> int:
                                  n_components=args.pca or None, umap_components=args.umap or None,
                                  classifier=args.classifier, reject_threshold=args.reject, k_range=parse_k_range(args.k_range),
                                  random_state=args.seed)
-    model = ImageClusterer(backbone=args.backbone, weights=args.weights, pretrained=not args.random_weights,
+    model = ImageClusterer(backbone=backbone_arg(args), weights=weights_arg(args), pretrained=not args.random_weights,
                            n_clusters=args.clusters, clusterer=clusterer, batch_size=args.batch_size,
                            num_workers=args.workers, device=args.device, progress=progress_flag(args),
                            store=args.store, engine=args.engine)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ._common import (add_backbone_options, add_runtime_options, add_store_options, cluster_summary, progress_flag,
+from ._common import (weights_arg, add_backbone_options, add_runtime_options, add_store_options, cluster_summary, progress_flag,
                       report_skipped)
 
 
@@ -26,7 +26,7 @@ def run(args) -> int:
     from ..io import write_assignments
     from ..model import ImageClusterer
 
-    model = ImageClusterer.load(args.model, weights=args.weights)
+    model = ImageClusterer.load(args.model, weights=weights_arg(args))
     model.set_params(batch_size=args.batch_size, num_workers=args.workers, device=args.device,
                      progress=progress_flag(args), store=args.store, engine=args.engine)
     if args.reject is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ._common import add_backbone_options, add_runtime_options, add_store_options, progress_flag, skipped_path
+from ._common import weights_arg, add_backbone_options, add_runtime_options, add_store_options, progress_flag, skipped_path
 
 
 def register(sub) -> None:
@@ -58,7 +58,7 @@ def run(args) -> int:
     if len(a) == 0:
         raise InputError(f"{args.assignments} has no rows to report")
     a.skipped = _read_skipped(args.assignments)
-    model = ImageClusterer.load(args.model, weights=args.weights)
+    model = ImageClusterer.load(args.model, weights=weights_arg(args))
     model.set_params(batch_size=args.batch_size, num_workers=args.workers, device=args.device,
                      progress=progress_flag(args), store=args.store, engine=args.engine)
     stats = report_model(model, a, args.output, labels=args.labels, options=options,
