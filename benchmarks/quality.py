@@ -4,6 +4,7 @@ original design's K-means, on labelled collections (labels are used only to scor
     python benchmarks/quality.py                       # MNIST test, CIFAR-10 test, digits, 5 seeds
     python benchmarks/quality.py --quick               # digits + 2,000-image subsets, 2 seeds
     python benchmarks/quality.py --datasets digits blobs folder:/path/to/labelled/tree
+    python benchmarks/quality.py --datasets mnist+pixels cifar10+pixels   # two backbones, concatenated
     python benchmarks/quality.py --auto-k              # also --clusters auto: chosen K vs true K
 
 Features come from a cache under ``--cache`` (computed once through visclust's image
@@ -29,6 +30,21 @@ from _bench_data import cifar_folder, digits_pixels, image_features, mnist_folde
 
 def load_dataset(name: str, cache: Path):
     """``(X, y, description)`` for a dataset name."""
+    if name.endswith("+pixels") and name != "+pixels":  # MobileNetV2 and raw pixels, concatenated
+        from visclust.features import FeatureResult, concat_features
+        from visclust.io import collect_inputs
+
+        base = name[:-len("+pixels")]
+        folder = {"mnist": mnist_folder, "cifar10": cifar_folder}[base](cache) if base in ("mnist", "cifar10") \
+            else Path(base[7:]) if base.startswith("folder:") else None
+        if folder is None:
+            raise SystemExit(f"unknown dataset '{name}': +pixels works with mnist, cifar10 or folder:PATH")
+        paths = collect_inputs([str(folder)])
+        X1, y, _ = image_features(folder, cache)
+        X2, y2, _ = image_features(folder, cache, backbone="baseline/pixels", weights=None)
+        assert len(X1) == len(X2) == len(paths) and np.array_equal(y, y2)
+        X = concat_features([FeatureResult(X1, paths), FeatureResult(X2, paths)]).features
+        return X, y, f"{folder.name}: MobileNetV2 features + raw 32x32 pixels, concatenated ({X.shape[1]}-d)"
     if name == "mnist":
         X, y, _ = image_features(mnist_folder(cache), cache)
         return X, y, "MNIST test, MobileNetV2 features (1280-d)"
@@ -47,7 +63,8 @@ def load_dataset(name: str, cache: Path):
         folder = Path(name[7:])
         X, y, _ = image_features(folder, cache)
         return X, y, f"{folder} (labels = subfolders), MobileNetV2 features"
-    raise SystemExit(f"unknown dataset '{name}': use mnist, cifar10, digits, blobs or folder:PATH")
+    raise SystemExit(f"unknown dataset '{name}': use mnist, cifar10, digits, blobs or folder:PATH "
+                     "(mnist, cifar10 and folder:PATH with +pixels: also raw pixels, concatenated)")
 
 
 def scores(y, labels) -> dict:
