@@ -30,7 +30,8 @@ def test_rows_every_backbone_read_each_block_unit_length():
 
 
 @pytest.mark.parametrize("backbone, weights, message", [
-    (TWO, ["a.safetensors"], "1 weights file(s) for 2 backbone(s)"),
+    (["torchvision/resnet50", "torchvision/mobilenet_v2"], ["a.safetensors"], "1 weights file(s) for 2 backbone(s)"),
+    (TWO, ["a.pt", "b.pt", "c.pt"], "3 weights file(s) for 2 backbone(s)"),
     (["baseline/pixels", "baseline/pixels"], None, "same backbone twice"),
     ([], None, "backbone must be"),
 ])
@@ -39,14 +40,20 @@ def test_backbone_lists_are_checked(backbone, weights, message):
         ImageClusterer(backbone=backbone, weights=weights).backbone_specs()
 
 
+def test_one_weights_file_goes_to_the_one_backbone_that_takes_weights():
+    assert ImageClusterer(backbone=TWO, weights="w.pt").backbone_specs() == [(TWO[0], None), (TWO[1], "w.pt")]
+    assert ImageClusterer(backbone=TWO, weights=["-", "w.pt"]).backbone_specs() == [(TWO[0], None), (TWO[1], "w.pt")]
+
+
 def test_concatenated_model_round_trips_through_its_file(tmp_path, shape_images):
     store = tmp_path / "store"
     m = ImageClusterer(backbone=TWO, pretrained=False, n_clusters=3, store=str(store), engine="torch",
-                       num_workers=0, weights=[None, "-"])
+                       num_workers=0, weights=[None, "-"], pixels="auto")
     m.fit([shape_images])
     pixels = ImageClusterer(backbone="baseline/pixels").get_backbone().feature_dim
     assert m.feature_clusterer_.n_features_in_ == pixels + 1280
     assert [c.name for c in m.backbone_configs_] == TWO and m.backbone_config_.name == TWO[0]
+    assert m.view_scores_ == {}  # pixels are already one of the backbones
     assert len(list(store.glob("*/config.json"))) == 2  # each backbone's rows in its own part of the store
     m.save(tmp_path / "m.vcm")
     back = ImageClusterer.load(tmp_path / "m.vcm")
@@ -56,8 +63,28 @@ def test_concatenated_model_round_trips_through_its_file(tmp_path, shape_images)
     assert a.paths == m.paths_
     np.testing.assert_array_equal(a.clusters, m.labels_)
     np.testing.assert_allclose(a.confidence, m.confidence_, rtol=1e-5, atol=1e-6)
-    with pytest.raises(InputError, match="one weights file per backbone"):
-        ImageClusterer.load(tmp_path / "m.vcm", weights="w.safetensors")
+
+
+@pytest.mark.parametrize("pixels", ["auto", True, False])
+def test_pixels_view_is_kept_only_as_chosen_and_predict_computes_it(tmp_path, shape_images, pixels):
+    m = ImageClusterer(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters=3, engine="torch",
+                       num_workers=0, pixels=pixels).fit([shape_images])
+    names = [c.name for c in m.backbone_configs_]
+    if pixels == "auto":
+        s = m.view_scores_
+        assert set(s) == {"backbone", "backbone+pixels"} and all(0.0 <= v <= 1.0 for v in s.values())
+        with_pixels = s["backbone+pixels"] >= s["backbone"] + 0.01
+        assert m.feature_clusterer_.pipeline_scores_[m.feature_clusterer_.pipeline_] == \
+            s["backbone+pixels" if with_pixels else "backbone"]
+    else:
+        assert m.view_scores_ == {}
+        with_pixels = pixels
+    assert names == ["torchvision/mobilenet_v2"] + ["baseline/pixels"] * with_pixels
+    assert m.feature_clusterer_.n_features_in_ == 1280 + 3072 * with_pixels
+    m.save(tmp_path / "m.vcm")
+    back = ImageClusterer.load(tmp_path / "m.vcm")
+    assert [c.name for c in back.backbone_configs_] == names
+    np.testing.assert_array_equal(back.assign([shape_images]).clusters, m.labels_)
 
 
 def _rows(path):
@@ -74,7 +101,7 @@ def test_cli_fit_and_predict_with_two_backbones(tmp_path, shape_images, cli):
     r = cli("predict", model, shape_images, "-o", again, *common)
     assert r.returncode == 0, r.stderr
     assert _rows(again) == _rows(fitcsv) and len(_rows(fitcsv)) == 36
-    r = cli("fit", shape_images, "-k", "3", "--backbone", TWO[0], "--backbone", TWO[1], "--weights", "w.pt",
-            "-o", model, *common)
+    r = cli("fit", shape_images, "-k", "3", "--backbone", TWO[0], "--backbone", TWO[1], "--weights", "a.pt",
+            "--weights", "b.pt", "--weights", "c.pt", "-o", model, *common)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    assert "1 weights file(s) for 2 backbone(s)" in r.stderr
+    assert "3 weights file(s) for 2 backbone(s)" in r.stderr

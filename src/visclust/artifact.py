@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from .exceptions import InputError, ModelFileError
+from .exceptions import ModelFileError
 from .io import atomic_output
 
 FORMAT = "visclust-model"
@@ -255,10 +255,6 @@ _ARRAY_NDIM = {"reducer.mean": 1, "reducer.components": 2, "reducer.scale": 1, "
 _MODEL_PARAMS = ("backbone", "pretrained", "n_clusters")
 
 
-class _WeightsArgumentError(InputError):
-    """The caller's ``weights`` do not fit the model's backbones (not a problem of the file)."""
-
-
 def load_model(path: str | os.PathLike, weights: str | list | None = None):
     """Load a model written by :func:`save_model`.
 
@@ -325,18 +321,11 @@ def load_model(path: str | os.PathLike, weights: str | list | None = None):
             raise ModelFileError(f"{path}: the backbone(s) give {dim} features but the model expects "
                                  f"{fc.n_features_in_} (edited file?)")
         hint = manifest.get("weights_hint")
-        if weights is None:  # the files the model was fitted with, where they still exist
-            hints = hint if several and isinstance(hint, list) and len(hint) == len(cfgs) else [hint] * (not several)
-            found = [h if isinstance(h, str) and os.path.isfile(h) else None for h in hints]
-            if any(found):
-                weights = found if several else found[0]
-        elif several and not isinstance(weights, (list, tuple)):
-            raise _WeightsArgumentError(f"this model concatenates {len(cfgs)} backbones ({', '.join(c.name for c in cfgs)}); "
-                             "give one weights file per backbone, in that order ('-' for the default weights)")
-        elif not several and isinstance(weights, (list, tuple)):
-            if len(weights) != 1:
-                raise _WeightsArgumentError(f"this model has one backbone ({cfgs[0].name}); give one weights file")
-            weights = weights[0]
+        if weights is None:  # the files the model was fitted with, where they all still exist
+            hints = hint if isinstance(hint, list) else [hint]
+            if any(isinstance(h, str) for h in hints) and all(
+                    h is None or h == "-" or (isinstance(h, str) and os.path.isfile(h)) for h in hints):
+                weights = hint
         saved = manifest["params"]
         model = ImageClusterer(**{k: saved[k] for k in _MODEL_PARAMS if k in saved}, weights=weights)
         model.backbone = [c.name for c in cfgs] if several else cfgs[0].name
@@ -347,7 +336,7 @@ def load_model(path: str | os.PathLike, weights: str | list | None = None):
         model.paths_, model.skipped_ = [], []
         model.labels_, model.confidence_ = np.zeros(0, np.int64), np.zeros(0)
         return model
-    except (ModelFileError, _WeightsArgumentError):
+    except ModelFileError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, ArithmeticError, RecursionError) as e:
         # ValueError includes visclust's InputError (an invalid parameter in the manifest).

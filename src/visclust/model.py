@@ -337,6 +337,11 @@ def _as_features(X) -> np.ndarray:
                          "densify sparse input with X.toarray())") from e
 
 
+def _chosen_score(fc) -> float:
+    """Stability of the pipeline a fitted FeatureClusterer chose (its selection's score)."""
+    return float(fc.pipeline_scores_.get(fc.pipeline_, float("-inf")))
+
+
 class ImageClusterer(BaseEstimator):
     """Group image files by what they show and assign new images to the groups.
 
@@ -351,7 +356,8 @@ class ImageClusterer(BaseEstimator):
     weights : str or list, optional
         Local weights file (.safetensors, or .pth loaded with ``weights_only=True``);
         default downloads the pretrained weights the usual way. With several backbones, one
-        entry per backbone in the same order (None or ``'-'``: the default weights).
+        entry per backbone in the same order (None or ``'-'``: the default weights), or one
+        per backbone that takes weights (``baseline/*`` take none).
     pretrained : bool, default True
         False keeps random weights (for testing plumbing only).
     n_clusters : int or 'auto', default 8
@@ -370,6 +376,16 @@ class ImageClusterer(BaseEstimator):
     engine : {'auto', 'torch', 'onnx'}, default 'auto'
         What runs the network (:func:`visclust.engines.create_engine`): ``'auto'`` is
         ONNX Runtime on CPU when installed, PyTorch on CUDA.
+    pixels : {'auto', True, False}, default 'auto'
+        Also use the images' raw pixels (``baseline/pixels``: 32 x 32 RGB, L2-normalised and
+        concatenated with the backbone's features). ``'auto'``: fit the clustering both
+        without and with them and keep the one whose chosen pipeline is the more
+        reproducible (its stability, the label-free score of the selection; pixels must win
+        by at least 0.01). Pixels help where appearance is the grouping (digits, symbols,
+        icons) and hurt on natural photos, and the score tells which on the user's own
+        images. Applies only when the selection compares candidates (``method`` or ``space``
+        'auto'), K is given, and ``baseline/pixels`` is not already a backbone; it doubles
+        the clustering time. True: always concatenate; False: never.
 
     Attributes
     ----------
@@ -382,6 +398,9 @@ class ImageClusterer(BaseEstimator):
         One per backbone, in order.
     backbone_config_ : BackboneConfig
         The first of them (the only one unless features are concatenated).
+    view_scores_ : dict {str: float}
+        With ``pixels='auto'``: the stability of the chosen pipeline without (``'backbone'``)
+        and with (``'backbone+pixels'``) the pixels; empty when the comparison did not run.
     n_clusters_ : int
 
     Examples
@@ -393,7 +412,7 @@ class ImageClusterer(BaseEstimator):
     def __init__(self, backbone: str = "torchvision/mobilenet_v2", weights: str | None = None, pretrained: bool = True,
                  n_clusters=8, clusterer: FeatureClusterer | None = None, batch_size: int = 64,
                  num_workers: int | None = None, device: str | None = None, progress: bool | None = None,
-                 store: str | None = None, engine: str = "auto"):
+                 store: str | None = None, engine: str = "auto", pixels="auto"):
         self.backbone = backbone
         self.weights = weights
         self.pretrained = pretrained
@@ -405,6 +424,7 @@ class ImageClusterer(BaseEstimator):
         self.progress = progress
         self.store = store
         self.engine = engine
+        self.pixels = pixels
 
     # -- backbone -----------------------------------------------------------------------
     def backbone_specs(self) -> list[tuple[str, str | None]]:
@@ -416,9 +436,14 @@ class ImageClusterer(BaseEstimator):
             raise InputError(f"backbone lists the same backbone twice ({', '.join(names)}); give each once")
         w = self.weights
         files = [None] * len(names) if w is None else list(w) if isinstance(w, (list, tuple)) else [w]
+        takes = [i for i, n in enumerate(names) if not n.startswith("baseline/")]  # backbones with weights
         if len(files) != len(names):
-            raise InputError(f"{len(files)} weights file(s) for {len(names)} backbone(s); give one per backbone, "
-                             "in the same order ('-' for a backbone's default weights)")
+            if len(files) != len(takes):
+                raise InputError(f"{len(files)} weights file(s) for {len(names)} backbone(s); give one per backbone, "
+                                 "in the same order ('-' for a backbone's default weights)")
+            given, files = files, [None] * len(names)  # one per backbone that takes weights, in order
+            for i, f in zip(takes, given):
+                files[i] = f
         return [(n, None if f in (None, "", "-") else os.fspath(f)) for n, f in zip(names, files)]
 
     def get_backbones(self) -> list:
@@ -454,14 +479,18 @@ class ImageClusterer(BaseEstimator):
             raise InputError(f"this model concatenates {len(bbs)} backbones; use get_backbones()")
         return bbs[0]
 
+    def _extract_each(self, backbones, paths) -> list:
+        from .features import extract_features
+
+        return [extract_features(bb, paths, batch_size=self.batch_size, num_workers=self.num_workers,
+                                 device=self.device, progress=self.progress, engine=self.engine, store=self.store)
+                for bb in backbones]
+
     def extract(self, inputs):
         """Features of the images in ``inputs`` (files, directories, list files)."""
-        from .features import concat_features, extract_features
+        from .features import concat_features
 
-        paths = collect_inputs(inputs)
-        results = [extract_features(bb, paths, batch_size=self.batch_size, num_workers=self.num_workers,
-                                    device=self.device, progress=self.progress, engine=self.engine, store=self.store)
-                   for bb in self.get_backbones()]
+        results = self._extract_each(self.get_backbones(), collect_inputs(inputs))
         return results[0] if len(results) == 1 else concat_features(results)
 
     # -- estimator ------------------------------------------------------------------------
@@ -476,13 +505,44 @@ class ImageClusterer(BaseEstimator):
         template = self.clusterer if self.clusterer is not None else FeatureClusterer()
         if not isinstance(template, FeatureClusterer):
             raise InputError("clusterer must be a visclust.FeatureClusterer")
+        from .features import concat_features
+
         fc = clone(template).set_params(n_clusters=self.n_clusters)
         fc._validate_params()
-        res = features if features is not None else self.extract(X)
+        if self.pixels not in ("auto", True, False):
+            raise InputError(f"pixels must be 'auto', True or False, got {self.pixels!r}")
+        bbs = list(self.get_backbones())
+        names = [bb.name for bb in bbs]
+        use_pixels = self.pixels is not False and features is None and "baseline/pixels" not in names
+        if use_pixels and self.pixels == "auto":  # only where the selection gives a score to compare
+            use_pixels = self.n_clusters != "auto" and "auto" in (fc.method, fc.space)
+        if features is not None:
+            parts, res = None, features
+        else:
+            parts = self._extract_each(bbs, collect_inputs(X))
+            res = parts[0] if len(parts) == 1 else concat_features(parts)
         if len(res.paths) == 0:
             raise NoImagesError(f"none of the {len(res.skipped)} images could be read (first: {res.skipped[0][1] if res.skipped else '-'})")
-        self.feature_clusterer_ = fc.fit(res.features)
-        self.backbone_configs_ = [bb.config for bb in self.get_backbones()]
+        self.view_scores_, fitted = {}, False
+        if use_pixels:
+            from .backbones import create_backbone
+
+            px = create_backbone("baseline/pixels")
+            both = concat_features(parts + self._extract_each([px], list(res.paths)))
+            if self.pixels is True:
+                bbs, res = bbs + [px], both
+            else:  # both views, each with its own label-free selection; the more stable one stays
+                with_px = clone(fc).fit(both.features)
+                fc.fit(res.features)
+                fitted = True
+                self.view_scores_ = {"backbone": _chosen_score(fc), "backbone+pixels": _chosen_score(with_px)}
+                if self.view_scores_["backbone+pixels"] >= self.view_scores_["backbone"] + 0.01:
+                    fc, bbs, res = with_px, bbs + [px], both
+        if not fitted:
+            fc.fit(res.features)
+        self.feature_clusterer_ = fc
+        self._backbones = bbs  # the ones the chosen features came from: predict computes these
+        self.backbone_configs_ = [bb.config for bb in bbs]
         self.backbone_config_ = self.backbone_configs_[0]
         self.paths_ = list(res.paths)
         self.skipped_ = list(res.skipped)

@@ -34,6 +34,11 @@ def register(sub) -> None:
                         "auto: whichever reproduces the clustering better on held-out images (default %(default)s)")
     g.add_argument("--reject", type=float, default=0.0, metavar="T",
                    help="confidence below T assigns cluster -1 (default %(default)s: never)")
+    g.add_argument("--pixels", choices=("auto", "on", "off"), default="auto",
+                   help="also use the raw pixels (32x32), concatenated with the backbone's features: auto = fit "
+                        "with and without them and keep the more reproducible clustering (label-free; doubles the "
+                        "clustering time, only when --method or --space is auto and --clusters is a number) "
+                        "(default %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     add_store_options(p)
     add_runtime_options(p)
@@ -61,7 +66,8 @@ def run(args) -> int:
     model = ImageClusterer(backbone=backbone_arg(args), weights=weights_arg(args), pretrained=not args.random_weights,
                            n_clusters=args.clusters, clusterer=clusterer, batch_size=args.batch_size,
                            num_workers=args.workers, device=args.device, progress=progress_flag(args),
-                           store=args.store, engine=args.engine)
+                           store=args.store, engine=args.engine,
+                           pixels={"auto": "auto", "on": True, "off": False}[args.pixels])
     model.fit(args.inputs)
     model.save(args.output)
     a = model.training_assignments()
