@@ -105,3 +105,12 @@ def test_cli_fit_and_predict_with_two_backbones(tmp_path, shape_images, cli):
             "--weights", "b.pt", "--weights", "c.pt", "-o", model, *common)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "3 weights file(s) for 2 backbone(s)" in r.stderr
+
+
+def test_a_second_fit_starts_from_the_named_backbones_not_the_first_fits_choice(shape_images):
+    m = ImageClusterer(backbone="baseline/pixels", n_clusters=3, engine="torch", num_workers=0)
+    m.set_params(backbone=TWO, pretrained=False, pixels=False).fit([shape_images])
+    assert len(m.backbone_configs_) == 2
+    m.set_params(backbone="baseline/pixels").fit([shape_images])
+    assert [c.name for c in m.backbone_configs_] == ["baseline/pixels"]
+    assert m.feature_clusterer_.n_features_in_ == 3072

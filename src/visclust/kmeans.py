@@ -192,8 +192,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         Use streaming mini-batch K-means (approximate, one chunk in memory at a time).
     algorithm : {'hamerly', 'lloyd'}, default 'hamerly'
         Full-batch iterations: ``'hamerly'`` keeps two float32 bounds and the squared norm
-        per row (12 bytes) and recomputes the distances of only the rows they do not settle, with conservative
-        rounding slack so that the assignments are Lloyd's (up to float ties); ``'lloyd'``
+        per row (12 bytes) and recomputes the distances of only the rows they do not settle,
+        with conservative rounding slack so that the assignments are Lloyd's (up to float
+        ties), and the distances of the few centers that moved most for every row; ``'lloyd'``
         recomputes every row every iteration. Ignored in mini-batch mode.
     device : {'cpu', 'cuda'} or None, default None
         Where to compute; ``None`` means CUDA when available, else CPU.

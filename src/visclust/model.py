@@ -511,6 +511,10 @@ class ImageClusterer(BaseEstimator):
         fc._validate_params()
         if self.pixels not in ("auto", True, False):
             raise InputError(f"pixels must be 'auto', True or False, got {self.pixels!r}")
+        # the backbones the parameters name: not those an earlier fit chose (it may have added pixels)
+        self._backbones = None
+        for attr in ("backbone_configs_", "backbone_config_"):
+            self.__dict__.pop(attr, None)
         bbs = list(self.get_backbones())
         names = [bb.name for bb in bbs]
         use_pixels = self.pixels is not False and features is None and "baseline/pixels" not in names

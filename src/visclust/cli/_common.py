@@ -36,9 +36,6 @@ def weights_arg(args):
     if not args.weights:
         return None
     return args.weights[0] if len(args.weights) == 1 else args.weights
-    if default is not None:
-        g.add_argument("--random-weights", action="store_true",
-                       help="keep the network's random weights (testing plumbing only: the groups mean nothing)")
 
 
 def add_runtime_options(p) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from ._common import (weights_arg, add_backbone_options, add_runtime_options, add_store_options, cluster_summary, progress_flag,
-                      report_skipped)
+from ._common import (add_backbone_options, add_runtime_options, add_store_options, cluster_summary, progress_flag,
+                      report_skipped, weights_arg)
 
 
 def register(sub) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-from ._common import weights_arg, add_backbone_options, add_runtime_options, add_store_options, progress_flag, skipped_path
+from ._common import (add_backbone_options, add_runtime_options, add_store_options, progress_flag, skipped_path,
+                      weights_arg)
 
 
 def register(sub) -> None:

@@ -479,7 +479,8 @@ def report_model(model, assignments: Assignments, output: str | os.PathLike, *, 
     fc = model.feature_clusterer_
     Z = fc.transform(res.features[feat_rows])
     cfgs = getattr(model, "backbone_configs_", None) or [model.backbone_config_]
-    info = {"backbone": " + ".join(c.name for c in cfgs), "clusters": fc.n_clusters_, "method": getattr(fc, "pipeline_", None) or fc.method}
+    info = {"backbone": " + ".join(c.name for c in cfgs), "clusters": fc.n_clusters_,
+            "method": getattr(fc, "pipeline_", None) or fc.method}
     info.update(model_info or {})
     skipped = list(assignments.skipped) + [s for s in res.skipped if s not in assignments.skipped]
     stats = write_report(output, kept, Z, centers=getattr(fc, "cluster_centers_", None), labels=y,
