@@ -504,8 +504,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
         def choose_moved(p):
             """The m centers with the largest shifts to compute exactly for every row, and the
-            shift that loosens ``lower`` for the rest: m minimises the estimated work (m / k of a
-            pass, plus the share of rows whose bounds would still fail)."""
+            shift that loosens ``lower`` for the rest: m minimises the estimated work
+            ((m + _PARTIAL_FIXED) / k of a pass, plus the share of rows whose bounds would still fail)."""
             ps, order = p.sort(descending=True)
             cands = [m for m in (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128) if m <= k // 4]
             if k < 8 or ps[0] <= 0:

@@ -337,6 +337,27 @@ def _as_features(X) -> np.ndarray:
                          "densify sparse input with X.toarray())") from e
 
 
+def backbone_specs(backbone, weights) -> list[tuple[str, str | None]]:
+    """``[(name, weights file or None), ...]`` for ImageClusterer's ``backbone`` and ``weights``
+    parameters (a name or a list; a file, a list, or one file per backbone that takes weights)."""
+    names = list(backbone) if isinstance(backbone, (list, tuple)) else [backbone]
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise InputError(f"backbone must be a backbone name or a list of names, got {backbone!r}")
+    if len(set(names)) != len(names):
+        raise InputError(f"backbone lists the same backbone twice ({', '.join(names)}); give each once")
+    files = [None] * len(names) if weights is None else \
+        list(weights) if isinstance(weights, (list, tuple)) else [weights]
+    takes = [i for i, n in enumerate(names) if not n.startswith("baseline/")]  # backbones with weights
+    if len(files) != len(names):
+        if len(files) != len(takes):
+            raise InputError(f"{len(files)} weights file(s) for {len(names)} backbone(s); give one per backbone, "
+                             "in the same order ('-' for a backbone's default weights)")
+        given, files = files, [None] * len(names)  # one per backbone that takes weights, in order
+        for i, f in zip(takes, given):
+            files[i] = f
+    return [(n, None if f in (None, "", "-") else os.fspath(f)) for n, f in zip(names, files)]
+
+
 def _chosen_score(fc) -> float:
     """Stability of the pipeline a fitted FeatureClusterer chose (its selection's score)."""
     return float(fc.pipeline_scores_.get(fc.pipeline_, float("-inf")))
@@ -384,8 +405,9 @@ class ImageClusterer(BaseEstimator):
         by at least 0.01). Pixels help where appearance is the grouping (digits, symbols,
         icons) and hurt on natural photos, and the score tells which on the user's own
         images. Applies only when the selection compares candidates (``method`` or ``space``
-        'auto'), K is given, and ``baseline/pixels`` is not already a backbone; it doubles
-        the clustering time. True: always concatenate; False: never.
+        'auto'), K is given, ``baseline/pixels`` is not already a backbone and ``fit`` is
+        not given precomputed ``features``; it doubles the clustering time. True: always
+        concatenate; False: never.
 
     Attributes
     ----------
@@ -429,22 +451,7 @@ class ImageClusterer(BaseEstimator):
     # -- backbone -----------------------------------------------------------------------
     def backbone_specs(self) -> list[tuple[str, str | None]]:
         """``[(name, weights file or None), ...]``, one per backbone, checked."""
-        names = list(self.backbone) if isinstance(self.backbone, (list, tuple)) else [self.backbone]
-        if not names or not all(isinstance(n, str) and n for n in names):
-            raise InputError(f"backbone must be a backbone name or a list of names, got {self.backbone!r}")
-        if len(set(names)) != len(names):
-            raise InputError(f"backbone lists the same backbone twice ({', '.join(names)}); give each once")
-        w = self.weights
-        files = [None] * len(names) if w is None else list(w) if isinstance(w, (list, tuple)) else [w]
-        takes = [i for i, n in enumerate(names) if not n.startswith("baseline/")]  # backbones with weights
-        if len(files) != len(names):
-            if len(files) != len(takes):
-                raise InputError(f"{len(files)} weights file(s) for {len(names)} backbone(s); give one per backbone, "
-                                 "in the same order ('-' for a backbone's default weights)")
-            given, files = files, [None] * len(names)  # one per backbone that takes weights, in order
-            for i, f in zip(takes, given):
-                files[i] = f
-        return [(n, None if f in (None, "", "-") else os.fspath(f)) for n, f in zip(names, files)]
+        return backbone_specs(self.backbone, self.weights)
 
     def get_backbones(self) -> list:
         """The backbones (built once and cached); after ``load`` they must match the fitted ones."""

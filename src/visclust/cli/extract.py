@@ -46,12 +46,12 @@ def run(args) -> int:
     from ..exceptions import InputError
     from ..features import compute_features
     from ..io import collect_inputs
-    from ..model import ImageClusterer
+    from ..model import backbone_specs
     from . import EXIT_OK, EXIT_PARTIAL
 
     if args.shard_size < 1:
         raise InputError(f"--shard-size must be at least 1, got {args.shard_size}")
-    specs = ImageClusterer(backbone=backbone_arg(args), weights=weights_arg(args)).backbone_specs()
+    specs = backbone_specs(backbone_arg(args), weights_arg(args))
     use_ray = args.executor == "ray" or args.engine == "ray" or args.ray_address is not None
     if args.ray_object_store is not None and not use_ray:
         raise InputError("--ray-object-store needs --executor ray")
