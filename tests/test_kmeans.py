@@ -182,8 +182,13 @@ def _random_and_blobs():
     return {"random": noise, "blobs": centers[rng.integers(0, 30, 6000)] + noise}
 
 
+@pytest.mark.parametrize("tighten", ["measured", "always", "never"])
 @pytest.mark.parametrize("data", ["random", "blobs"])
-def test_hamerly_gives_lloyds_labels_and_objective(data):
+def test_hamerly_gives_lloyds_labels_and_objective(data, tighten, monkeypatch):
+    # failing rows are tightened first, or (when that does not pay) recomputed whole with a
+    # probe that only measures: both give Lloyd's labels
+    if tighten != "measured":
+        monkeypatch.setattr(kmeans_module, "_TIGHTEN", -1.0 if tighten == "always" else float("inf"))
     X = _random_and_blobs()[data]
     init = X[np.random.RandomState(1).choice(len(X), 30, replace=False)]
     lloyd = KMeans(30, init=init, max_iter=40, tol=0, algorithm="lloyd", device="cpu").fit(X)

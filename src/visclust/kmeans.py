@@ -33,7 +33,11 @@ _SMALL_WORK = 2**25  # n * d * k below this: one thread (fork/join costs more th
 _WINDOW = 2**20  # Hamerly: rows whose bounds are tested at once (bounds temporaries stay ~13 MB)
 _DENSE = 0.6  # Hamerly: above this share of rows to recompute in a window, recompute the whole window
 _U = 2.0**-24  # unit roundoff of float32
-_PARTIAL_FIXED = 8  # Hamerly: a pass against m moved centers costs about (m + this) / k of a full pass
+_PARTIAL_FIXED = 32  # Hamerly: a pass against m moved centers costs about (m + this) / k of a full pass (measured)
+_TIGHTEN = 80  # Hamerly: computing one row's distance to its own center costs about this many centers' share of a
+_ROW_FIXED = 16  # full recompute, whose per-row cost is about (k + this) centers (measured at d = 512, k = 100)
+_SPARSE_ROW = 2  # Hamerly: a gathered row's recompute costs about this many times a row of a full pass
+_PROBE = 8  # Hamerly: when tightening does not pay, every this-th failing row is still tightened, to re-estimate
 
 
 class _NotFittedError(NotFittedError, _SklearnNotFittedError):
@@ -192,7 +196,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         Use streaming mini-batch K-means (approximate, one chunk in memory at a time).
     algorithm : {'hamerly', 'lloyd'}, default 'hamerly'
         Full-batch iterations: ``'hamerly'`` keeps two float32 bounds and the squared norm
-        per row (12 bytes) and recomputes the distances of only the rows they do not settle,
+        per row (16 bytes) and recomputes the distances of only the rows they do not settle,
         with conservative rounding slack so that the assignments are Lloyd's (up to float
         ties), and the distances of the few centers that moved most for every row; ``'lloyd'``
         recomputes every row every iteration. Ignored in mini-batch mode.
@@ -458,7 +462,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         """Exact Lloyd iterations with Hamerly's bounds (Hamerly 2010).
 
         Per row: ``upper`` >= distance to its center, ``lower`` <= distance to every other
-        center, and the row's squared norm (12 bytes per row). A row is settled when
+        center, and the row's squared norm (16 bytes per row, labels as int64). A row is settled when
         ``upper <= max(lower, s(c))``, ``s(c)`` half the distance from its center to the
         nearest other one; otherwise ``upper`` is
         tightened to the exact distance, and if that does not settle it, the row's distances to
@@ -485,7 +489,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             Xt = _to_tensor(X, torch.device("cpu"))
         upper = torch.empty(n, dtype=torch.float32, device=dev)
         lower = torch.empty(n, dtype=torch.float32, device=dev)
-        labels = torch.empty(n, dtype=torch.int32, device=dev)
+        labels = torch.empty(n, dtype=torch.int64, device=dev)  # int64: indexes without a copy
         x_sq = torch.empty(n, dtype=torch.float32, device=dev)
         gamma, up, down = self._gamma(d), 1 + 4 * _U, 1 - 4 * _U
         state = {}
@@ -510,31 +514,24 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             cands = [m for m in (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128) if m <= k // 4]
             if k < 8 or ps[0] <= 0:
                 return 0, order
-            step = max(1, n // 8192)  # first a strided sample: most iterations end here, for ~1% of the work
+            step = max(1, n // 8192)  # estimated on a strided sample of about 8,192 rows
             u = upper[::step]
-            share = float(((lower[::step] - u < ps[0]) & (u > state["half"][labels[::step].long()])).float().mean())
-            if share * k <= 0.5 * (1 + _PARTIAL_FIXED):
-                return 0, order
-            gaps = []  # lower - upper of the rows that fail with m = 0 (`lower` dropping by ps[0])
-            for w in range(0, n, _WINDOW):
-                u = upper[w:w + _WINDOW]
-                gap = lower[w:w + _WINDOW] - u
-                gaps.append(gap[(gap < ps[0]) & (u > state["half"][labels[w:w + _WINDOW].long()])])
-            gap = torch.cat(gaps)
-            if len(gap) * k <= (1 + _PARTIAL_FIXED) * n:  # m = 0 costs less than any partial pass
+            gap = lower[::step] - u  # rows failing with m = 0 (`lower` dropping by ps[0]): gap < ps[0]
+            gap = gap[(gap < ps[0]) & (u > state["half"].index_select(0, labels[::step]))]
+            if len(gap) * k * _SPARSE_ROW <= (1 + _PARTIAL_FIXED) * len(u):  # cheaper than any partial pass
                 return 0, order
             deltas = ps[torch.tensor(cands, device=dev)]  # rows that fail if `lower` drops by deltas[j]
             fails = (gap[:, None] < deltas[None, :]).sum(0)
             # a partial pass reads every row once, whatever m: count that as _PARTIAL_FIXED centers
             cost = torch.tensor([m + _PARTIAL_FIXED if m else 0 for m in cands], dtype=torch.float64, device=dev) / k \
-                + fails.double() / n
+                + _SPARSE_ROW * fails.double() / len(u)
             return cands[int(cost.argmin())], order
 
         def bounds(x, x_sq, a_old, write):
             """Recompute the rows ``x``: new labels, bounds written by ``write``; row-change deltas."""
             mins, a, second = self._nearest(x, state["terms"], second=True)
             err = (x_sq.sqrt() + state["cmax"]).pow_(2).mul_(gamma)
-            write(a.int(), (mins + x_sq + err).clamp_min_(0).sqrt_().mul_(up),
+            write(a, (mins + x_sq + err).clamp_min_(0).sqrt_().mul_(up),
                   (second + x_sq - err).clamp_min_(0).sqrt_().mul_(down))
             if a_old is None:  # first pass: per-cluster sums, float32 per chunk as Lloyd's
                 sums = torch.zeros((k, d), dtype=x.dtype, device=dev).index_add_(0, a, x)
@@ -554,20 +551,32 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 labels[sl], upper[sl], lower[sl] = a, u, lo
             if state["first"]:  # squared row norms, kept for every later pass (rows do not change)
                 x_sq[sl] = torch.linalg.vector_norm(x, dim=1).square_()
-            return bounds(x, x_sq[sl], None if state["first"] else labels[sl].long(), write)
+            a_old = None if state["first"] else labels[sl].clone()  # a copy: `write` overwrites the slice
+            return bounds(x, x_sq[sl], a_old, write) + (0, 0)
 
-        def sparse(idx, x):  # gathered rows whose bounds failed: tighten, then recompute the rest
-            a_old = labels[idx].long()
-            tight = torch.linalg.vector_norm(x - state["centers"].index_select(0, a_old), dim=1).mul_(1 + gamma)
-            upper[idx] = tight
-            fail = torch.nonzero(tight > torch.maximum(state["half"][a_old], lower[idx])).flatten()
-            if len(fail) == 0:
-                return 0, 0, 0, 0
-            rows_f = idx[fail]
+        def sparse(idx, x):
+            """Gathered rows whose bounds failed: tighten ``upper`` to the exact distance to the
+            own center, then recompute the rows still unsettled; or, when tightening does not
+            pay, recompute every row, having tightened every _PROBE-th one only to keep
+            measuring how often tightening settles a row."""
+            a_old = labels.index_select(0, idx)
+            probe = slice(None) if state["tighten"] else slice(None, None, _PROBE)
+            ip, ap = idx[probe], a_old[probe]
+            tight = torch.linalg.vector_norm(x[probe] - state["centers"].index_select(0, ap), dim=1).mul_(1 + gamma)
+            settled = tight <= torch.maximum(state["half"].index_select(0, ap), lower.index_select(0, ip))
+            n_settled = int(settled.sum())
+            if state["tighten"]:
+                upper[idx] = tight
+                fail = torch.nonzero(~settled).flatten()
+                if len(fail) == 0:
+                    return 0, 0, 0, 0, len(ip), n_settled
+                if len(fail) < len(idx):
+                    idx, x, a_old = idx[fail], x[fail], a_old[fail]
+            rows_f = idx
 
             def write(a, u, lo):
                 labels[rows_f], upper[rows_f], lower[rows_f] = a, u, lo
-            return bounds(x[fail], x_sq[rows_f], a_old[fail], write)
+            return bounds(x, x_sq[rows_f], a_old, write) + (len(ip), n_settled)
 
         def partial(start, x):  # every row against the centers that moved most: exact bounds
             sl = slice(start, start + len(x))
@@ -575,7 +584,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             dd = (x @ wm).add_(cm)  # ||c||^2 - 2 x.c for the moved centers
             sq = x_sq[sl]
             err = (sq.sqrt() + state["cmax"]).pow_(2).mul_(gamma)
-            pa = pos[labels[sl].long()]
+            pa = pos.index_select(0, labels[sl])
             own = torch.nonzero(pa >= 0).flatten()
             if len(own):  # rows whose own center moved far: its exact distance
                 col = pa[own]
@@ -586,16 +595,17 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             return (0,)
 
         def assign_pass():
-            """One assignment step: (delta sums, delta counts, rows recomputed, rows moved)."""
-            total = (0, 0, 0, 0)
+            """One assignment step: (delta sums, delta counts, rows recomputed, rows moved,
+            rows tightened, rows settled by tightening)."""
+            total = (0, 0, 0, 0, 0, 0)
             if state["first"]:
                 return self._map_chunks(X, rows, dev, dense, workers=workers)
             if state["moved"] is not None:
                 self._map_chunks(X, rows, dev, partial, workers=workers)
             for w in range(0, n, _WINDOW):
                 e = min(n, w + _WINDOW)
-                a = labels[w:e].long()
-                idx = torch.nonzero(upper[w:e] > torch.maximum(state["half"][a], lower[w:e])).flatten()
+                a = labels[w:e]
+                idx = torch.nonzero(upper[w:e] > torch.maximum(state["half"].index_select(0, a), lower[w:e])).flatten()
                 del a
                 if len(idx) == 0:
                     continue
@@ -604,13 +614,16 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 else:
                     part = self._map_chunks(Xt, rows, dev, sparse, index=idx + w, workers=workers)
                 total = tuple(p + q for p, q in zip(total, part))
+            if total[4]:  # tighten every failing row next time only if that saves more than it costs
+                state["tighten"] = total[5] / total[4] * (k + _ROW_FIXED) > _TIGHTEN
+                if os.environ.get("DBG"): print("tighten", total[4], total[5], state["tighten"], total[2])
             return total
 
         sums, counts, recomputed, moved_centers, it = None, None, [], [], 0
-        state["first"] = True
+        state["first"], state["tighten"] = True, True
         prepare(centers)
         for it in range(1, max_iter + 1):
-            dsums, dcounts, n_rec, n_moved = assign_pass()
+            dsums, dcounts, n_rec, n_moved = assign_pass()[:4]
             recomputed.append(int(n_rec))
             if state["first"]:
                 sums, counts, state["first"] = dsums, dcounts, False
@@ -632,7 +645,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             centers = new
             prepare(centers)
             for w in range(0, n, _WINDOW):  # loosen `upper` by its center's shift
-                upper[w:w + _WINDOW].add_(p[labels[w:w + _WINDOW].long()]).mul_(up)
+                upper[w:w + _WINDOW].add_(p.index_select(0, labels[w:w + _WINDOW])).mul_(up)
             m, order = choose_moved(p)
             moved_centers.append(m)
             if m:  # the m largest shifts: those centers' distances are computed in the next pass
@@ -643,10 +656,10 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 state["moved"] = ((c_m * c_m).sum(1), (c_m * -2).T.contiguous(), pos)
             if k > 1:  # `lower`: by the largest shift of the other centers outside that set
                 arg = order[m:m + 2]  # (m <= k // 4, so two are left)
-                top = p[arg]
+                drop = p[arg[0]].expand(k).clone()  # per center: the largest shift of the others
+                drop[arg[0]] = p[arg[1]]
                 for w in range(0, n, _WINDOW):
-                    a = labels[w:w + _WINDOW]
-                    lower[w:w + _WINDOW].sub_(torch.where(a == int(arg[0]), top[1], top[0])).mul_(down)
+                    lower[w:w + _WINDOW].sub_(drop.index_select(0, labels[w:w + _WINDOW])).mul_(down)
             if it > 1 and n_moved == 0:
                 break  # labels did not change: centers are a fixed point
             if shift <= tolerance:
@@ -655,7 +668,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         lab = labels.cpu().numpy() if dev.type != "cpu" else labels.numpy()
 
         def sq_err(start, x):
-            lab_t = labels[start:start + len(x)].long()
+            lab_t = labels[start:start + len(x)]
             return (torch.index_select(centers, 0, lab_t).sub_(x).pow_(2).sum().double(),)
 
         inertia = float(self._map_chunks(X, rows, dev, sq_err, workers=workers)[0])
