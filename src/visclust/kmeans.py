@@ -466,7 +466,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         ``upper <= max(lower, s(c))``, ``s(c)`` half the distance from its center to the
         nearest other one; otherwise ``upper`` is
         tightened to the exact distance, and if that does not settle it, the row's distances to
-        all centers are recomputed (a matrix product on the gathered rows). After each update
+        all centers are recomputed (a matrix product on the gathered rows). Tightening is
+        skipped (failing rows recomputed directly) while the share of rows it settles, measured
+        every pass, is too small to pay for it (see ``_TIGHTEN``). After each update
         ``upper`` grows by its center's shift and ``lower`` shrinks by the largest shift of the
         other centers, except that the few centers which moved far more than the rest (early
         iterations: a center jumping to another group) are taken out of that maximum: every
