@@ -618,7 +618,6 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 total = tuple(p + q for p, q in zip(total, part))
             if total[4]:  # tighten every failing row next time only if that saves more than it costs
                 state["tighten"] = total[5] / total[4] * (k + _ROW_FIXED) > _TIGHTEN
-                if os.environ.get("DBG"): print("tighten", total[4], total[5], state["tighten"], total[2])
             return total
 
         sums, counts, recomputed, moved_centers, it = None, None, [], [], 0
