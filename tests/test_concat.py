@@ -9,7 +9,7 @@ import pytest
 
 from visclust.exceptions import InputError
 from visclust.features import FeatureResult, concat_features
-from visclust.model import ImageClusterer
+from visclust.model import ImageClusterer, pixels_view_wins
 
 TWO = ["baseline/pixels", "torchvision/mobilenet_v2"]
 
@@ -65,6 +65,18 @@ def test_concatenated_model_round_trips_through_its_file(tmp_path, shape_images)
     np.testing.assert_allclose(a.confidence, m.confidence_, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("backbone, pixels, wins", [
+    (0.984, 0.992, True),   # disagreement halved (MNIST, 2026-12-03)
+    (0.50, 0.51, False),    # 2% of the disagreement: noise
+    (0.80, 0.85, True),     # exactly a quarter
+    (0.80, 0.84, False),
+    (0.86, 0.69, False),    # pixels worse (CIFAR-10)
+    (1.0, 1.0, False),      # a tie keeps the smaller model
+])
+def test_pixels_view_must_remove_a_quarter_of_the_disagreement(backbone, pixels, wins):
+    assert pixels_view_wins(backbone, pixels) is wins
+
+
 @pytest.mark.parametrize("pixels", ["auto", True, False])
 def test_pixels_view_is_kept_only_as_chosen_and_predict_computes_it(tmp_path, shape_images, pixels):
     m = ImageClusterer(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters=3, engine="torch",
@@ -73,7 +85,7 @@ def test_pixels_view_is_kept_only_as_chosen_and_predict_computes_it(tmp_path, sh
     if pixels == "auto":
         s = m.view_scores_
         assert set(s) == {"backbone", "backbone+pixels"} and all(0.0 <= v <= 1.0 for v in s.values())
-        with_pixels = s["backbone+pixels"] >= s["backbone"] + 0.01
+        with_pixels = pixels_view_wins(s["backbone"], s["backbone+pixels"])
         assert m.feature_clusterer_.pipeline_scores_[m.feature_clusterer_.pipeline_] == \
             s["backbone+pixels" if with_pixels else "backbone"]
     else:
