@@ -26,7 +26,7 @@ from sklearn.utils import check_random_state
 from .exceptions import InputError, NotFittedError
 
 _BLOCK_BYTES = 256 * 2**20  # bound on one distance block / one chunk of rows
-_PIECE_BYTES = 8 * 2**20  # on CPU, chunks are cut to this size per thread
+_PIECE_BYTES = 16 * 2**20  # on CPU, chunks are cut to this size per thread
 _SAMPLE_ROWS = 50_000  # the init sample has at most max(10 * n_clusters, this) rows
 _RAM_FRACTION = 0.25  # a memmap bigger than this share of available RAM is streamed
 _SMALL_WORK = 2**25  # n * d * k below this: one thread (fork/join costs more than it saves)
