@@ -371,7 +371,8 @@ def pixels_view_wins(backbone_score: float, pixels_score: float) -> bool:
     pixels must remove at least :data:`PIXELS_GAIN` of the backbone's disagreement; otherwise
     the backbone alone stays (the smaller model, one extraction less at predict time).
     """
-    return (1.0 - pixels_score) <= (1.0 - PIXELS_GAIN) * (1.0 - backbone_score) + 1e-12 and pixels_score > backbone_score
+    enough = (1.0 - pixels_score) <= (1.0 - PIXELS_GAIN) * (1.0 - backbone_score) + 1e-12
+    return enough and pixels_score > backbone_score
 
 
 def _chosen_score(fc) -> float:
@@ -418,9 +419,9 @@ class ImageClusterer(BaseEstimator):
         concatenated with the backbone's features). ``'auto'``: fit the clustering both
         without and with them and keep the one whose chosen pipeline is the more
         reproducible (its stability, the label-free score of the selection; the pixels must
-        remove at least a quarter of the disagreement between runs, :func:`pixels_view_wins`). Pixels help where appearance is the grouping (digits, symbols,
-        icons) and hurt on natural photos, and the score tells which on the user's own
-        images. Applies only when the selection compares candidates (``method`` or ``space``
+        remove at least a quarter of the disagreement between runs, :func:`pixels_view_wins`).
+        Pixels help where appearance is the grouping (digits, symbols, icons) and hurt on
+        natural photos, and the score tells which on the user's own images. Applies only when the selection compares candidates (``method`` or ``space``
         'auto'), K is given, ``baseline/pixels`` is not already a backbone and ``fit`` is
         not given precomputed ``features``; it doubles the clustering time. True: always
         concatenate; False: never.
