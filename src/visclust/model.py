@@ -421,8 +421,8 @@ class ImageClusterer(BaseEstimator):
         reproducible (its stability, the label-free score of the selection; the pixels must
         remove at least a quarter of the disagreement between runs, :func:`pixels_view_wins`).
         Pixels help where appearance is the grouping (digits, symbols, icons) and hurt on
-        natural photos, and the score tells which on the user's own images. Applies only when the selection compares candidates (``method`` or ``space``
-        'auto'), K is given, ``baseline/pixels`` is not already a backbone and ``fit`` is
+        natural photos, and the score tells which on the user's own images. Applies only
+        when the selection compares candidates (``method`` or ``space`` 'auto'), K is given, ``baseline/pixels`` is not already a backbone and ``fit`` is
         not given precomputed ``features``; it doubles the clustering time. True: always
         concatenate; False: never.
 

@@ -41,10 +41,17 @@ CTRL_C_LIMIT = 2.5
 EXIT_LIMIT = 10.0
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args, cwd, **kw) -> subprocess.Popen:
     # A session of its own, like a job in a terminal: signals go to its whole process group.
+    # And as in a terminal, SIGINT at its default: a test runner started in the background of a
+    # script (`.ci/run &`) hands its children SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt (the Ctrl-C test's run finished all its images with rc 0).
     return subprocess.Popen(cli_command(*args), cwd=cwd, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, **kw)
+                            stderr=subprocess.PIPE, preexec_fn=_sigint_default, **kw)
 
 
 def temporaries(root) -> list[str]:
@@ -136,10 +143,7 @@ def test_ctrl_c_stops_within_two_seconds_and_keeps_finished_work(tmp_path):
     make_shape_images(tmp_path / "imgs", n_per_class=n // 3, size=48)
     cmd = ["extract", "imgs", "--store", "store", "--backbone", "torchvision/mobilenet_v2", "--random-weights",
            "--workers", "0", "--batch-size", "4", "--shard-size", "4"]
-    # As in a terminal, Ctrl-C must reach the process: a test runner started in the background
-    # of a script (`.ci/run &`) hands its children SIGINT ignored, and Python then never
-    # raises KeyboardInterrupt (the run finished all its images with rc 0).
-    p = start(cmd, tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    p = start(cmd, tmp_path)
     lines: list[tuple[float, str]] = []
     reader = threading.Thread(target=lambda: lines.extend((time.monotonic(), ln.decode(errors="replace"))
                                                           for ln in iter(p.stderr.readline, b"")), daemon=True)
