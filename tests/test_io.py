@@ -120,3 +120,103 @@ def test_float_image_with_nan_and_inf_is_scaled_from_its_finite_range(tmp_path):
     Image.fromarray(a, "F").save(tmp_path / "f.tif")
     got = np.asarray(load_image(tmp_path / "f.tif"))[0, :, 0]
     assert got.tolist() == [0, 128, 255, 0, 0, 0]
+
+
+def _jpeg_variants(root):
+    """(name, path, fast) for JPEGs of every kind the fast path takes, and some it must not."""
+    import io as _io
+
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), np.ones((5, 5, 1), np.uint8))
+    img = Image.fromarray(smooth[:57, :77])  # odd sizes: partial MCUs at the edges
+    out = []
+
+    def save(name, fast, image=img, **kw):
+        p = root / f"{name}.jpg"
+        image.save(p, "JPEG", **kw)
+        out.append((name, p, fast))
+
+    for q in (50, 95):
+        save(f"q{q}-420", True, quality=q)
+    save("444", True, subsampling=0, quality=90)
+    save("422", True, subsampling=1, quality=90)
+    save("progressive", True, progressive=True, quality=80)
+    save("restart-markers", True, quality=80, restart_marker_blocks=1)
+    save("gray", True, image=img.convert("L"), quality=85)
+    save("icc", True, quality=85, icc_profile=b"\0" * 300)
+    save("comment", True, quality=85, comment=b"hello")
+    save("big-for-draft", False, image=img.resize((600, 500)), quality=85)  # draft() reduces it
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    save("exif", False, quality=85, exif=exif)
+    save("cmyk", False, image=img.convert("CMYK"), quality=85)
+    b = _io.BytesIO()
+    img.save(b, "JPEG", quality=85)
+    (root / "truncated.jpg").write_bytes(b.getvalue()[:-200])
+    out.append(("truncated", root / "truncated.jpg", False))
+    return out
+
+
+def test_fast_jpeg_path_gives_pillows_pixels_and_falls_back_for_the_rest(tmp_path):
+    pytest.importorskip("simplejpeg")
+    from visclust.io import _load_plain_jpeg, _load_with_pil
+
+    for name, p, fast in _jpeg_variants(tmp_path):
+        size = os.path.getsize(p)
+        got = _load_plain_jpeg(str(p), 232)
+        assert (got is not None) == fast, name
+        try:
+            ref = _load_with_pil(str(p), size, 232)
+        except ImageReadError:
+            assert name == "truncated"
+            with pytest.raises(ImageReadError, match="truncated"):
+                load_image(p, draft_size=232)
+            continue
+        img = load_image(p, draft_size=232)
+        assert img.mode == "RGB" and img.size == ref.size, name
+        assert np.array_equal(np.asarray(img), np.asarray(ref)), name
+
+
+def test_fast_jpeg_path_matches_pillow_on_real_files(cifar_test_dir, shared):
+    pytest.importorskip("simplejpeg")
+    from visclust.io import _load_plain_jpeg, _load_with_pil
+
+    files = sorted(cifar_test_dir.rglob("*.jpg"))[::50] + sorted((shared / "data/photos").glob("*"))
+    taken = 0
+    for p in files:
+        fast = _load_plain_jpeg(str(p), 232)
+        if fast is None:
+            continue
+        taken += 1
+        ref = _load_with_pil(str(p), os.path.getsize(p), 232)
+        assert np.array_equal(np.asarray(fast), np.asarray(ref)), p
+    assert taken >= 200  # every CIFAR file is a plain JPEG
+
+
+def test_fast_jpeg_path_survives_damaged_headers(tmp_path):
+    """Bytes flipped anywhere in a plain JPEG: the fast path decodes it, or hands it to Pillow
+    (None); it never raises or crashes."""
+    pytest.importorskip("simplejpeg")
+    from visclust.io import _load_plain_jpeg, _load_with_pil
+
+    p = tmp_path / "ok.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (24, 40, 3), dtype=np.uint8)).save(p, quality=90)
+    good = p.read_bytes()
+    rng = np.random.default_rng(2)
+    bad = tmp_path / "bad.jpg"
+    outcomes = set()
+    for i in range(400):
+        data = bytearray(good)
+        for pos in rng.integers(2, min(len(data), 700), size=int(rng.integers(1, 4))):
+            data[pos] = int(rng.integers(0, 256))
+        bad.write_bytes(bytes(data[: len(data) - int(rng.integers(0, 2)) * int(rng.integers(1, 300))]))
+        img = _load_plain_jpeg(str(bad), 232)
+        outcomes.add(img is None)
+        if img is not None:
+            assert img.mode == "RGB" and img.size == (40, 24)
+            try:
+                ref = _load_with_pil(str(bad), bad.stat().st_size, 232)
+            except ImageReadError:
+                continue  # stricter Pillow: the fast path is the more lenient reader here
+            assert np.array_equal(np.asarray(img), np.asarray(ref))
+    assert outcomes == {True, False}  # both kinds occurred, so both were exercised
