@@ -278,7 +278,7 @@ def cuda_iterations(n, d, k, iters):
     return r
 
 
-def hamerly_vs_sklearn(n, d, k, data, repeats, iters):
+def hamerly_vs_sklearn(n, d, k, data, repeats, iters, bf16=False):
     from sklearn.cluster import KMeans as SKMeans
     from sklearn.cluster import kmeans_plusplus
 
@@ -294,6 +294,11 @@ def hamerly_vs_sklearn(n, d, k, data, repeats, iters):
         "ours_lloyd": lambda m: KMeans(k, init=C, max_iter=m, tol=0, algorithm="lloyd", device="cpu").fit(X),
         "ours_hamerly": lambda m: KMeans(k, init=C, max_iter=m, tol=0, algorithm="hamerly", device="cpu").fit(X),
     }
+    if bf16:  # the distance product in bf16 on a CPU with AMX / AVX512-BF16
+        fits["ours_lloyd_bf16"] = lambda m: KMeans(k, init=C, max_iter=m, tol=0, algorithm="lloyd", device="cpu",
+                                                   dtype="bfloat16").fit(X)
+        fits["ours_hamerly_bf16"] = lambda m: KMeans(k, init=C, max_iter=m, tol=0, algorithm="hamerly", device="cpu",
+                                                     dtype="bfloat16").fit(X)
     for fit in fits.values():  # warm up thread pools
         fit(1)
     r = {"n": n, "d": d, "k": k, "data": data, "max_iter": iters}
@@ -332,6 +337,8 @@ def main(argv=None):
                     "b (k=1000), p (the whole fit, classifier step included, at k=1000), c (out of core), d (CUDA), "
                     "h (Hamerly vs scikit-learn); default %(default)s")
     ap.add_argument("--hamerly-iters", type=int, default=11, help="max_iter m of section h (default %(default)s)")
+    ap.add_argument("--bf16", action="store_true", help="section h also times dtype='bfloat16' (CPUs with AMX or "
+                    "AVX512-BF16 only)")
     ap.add_argument("--hamerly-data", default="blobs,random", help="data sets of section h (default %(default)s)")
     ap.add_argument("--_child", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--_child_mem", nargs=5, help=argparse.SUPPRESS)
@@ -425,14 +432,23 @@ def main(argv=None):
         m = args.hamerly_iters
         print(f"\n(h) Hamerly: {n:,} x {d} float32, k={k}, one k-means++ init, tol=0, max_iter 1 and {m}, "
               f"best of {repeats}; s/iter = (t[{m}] - t[1]) / (n_iter - 1)", flush=True)
-        res["hamerly"] = [hamerly_vs_sklearn(n, d, k, data, repeats, m) for data in args.hamerly_data.split(",")]
-        names = ("sklearn_lloyd", "sklearn_elkan", "ours_lloyd", "ours_hamerly")
+        bf16 = args.bf16
+        if bf16:
+            from visclust.kmeans import cpu_has_bf16_units
+
+            bf16 = cpu_has_bf16_units()
+            if not bf16:
+                print("  --bf16: skipped, this CPU has no bf16 matrix units (AMX / AVX512-BF16)")
+        res["hamerly"] = [hamerly_vs_sklearn(n, d, k, data, repeats, m, bf16) for data in args.hamerly_data.split(",")]
+        names = ("sklearn_lloyd", "sklearn_elkan", "ours_lloyd", "ours_hamerly") + \
+            (("ours_lloyd_bf16", "ours_hamerly_bf16") if bf16 else ())
         for r in res["hamerly"]:
             print(f"  {r['data']}:")
             for name in names:
                 print(f"    {name:14s} {r[name + '_s_per_iter']:8.4f} s/iter  ({r[name + '_n_iter']} iter, "
                       f"1 iter {r[name + '_s_1iter']:.3f} s, {m} iter {r[name + f'_s_{m}iter']:.3f} s)  "
-                      f"inertia {r[name + '_inertia']:.6e}  rel diff {r[name + '_obj_rel_diff']:.1e}")
+                      f"inertia {r[name + '_inertia']:.6e}  rel diff {r[name + '_obj_rel_diff']:.1e}  "
+                      f"x{r['sklearn_lloyd_s_per_iter'] / r[name + '_s_per_iter']:.2f} vs sklearn lloyd")
             print(f"    hamerly vs sklearn lloyd {r['speedup_hamerly_vs_sklearn_lloyd']:.2f}x, vs elkan "
                   f"{r['speedup_hamerly_vs_sklearn_elkan']:.2f}x; rows recomputed per iteration "
                   f"{r['hamerly_recomputed_per_iter']}; centers computed for every row "

@@ -138,7 +138,6 @@ def test_predict_before_fit_says_to_fit():
     ({"batch_size": 0}, "batch_size=0"),
     ({"dtype": "float16"}, "dtype='float16'"),
     ({"init": np.zeros((2, 3))}, r"init has shape \(2, 3\)"),
-    ({"dtype": "bfloat16", "device": "cpu"}, "only supported on CUDA"),
 ])
 def test_bad_parameters_say_what_to_pass(params, match):
     with pytest.raises(InputError, match=match):
@@ -162,6 +161,23 @@ def test_bad_data_says_how_to_fix(tmp_path):
         km.predict(X[:, :2])
     with pytest.raises(InputError, match="Expected 2D array"):
         KMeans(2).fit(X[:, 0])
+
+
+def test_bfloat16_on_a_cpu_without_bf16_units_says_what_to_pass(monkeypatch):
+    monkeypatch.setattr(kmeans_module, "cpu_has_bf16_units", lambda: False)
+    with pytest.raises(InputError, match="bf16 matrix units.*use dtype='float32' or device='cuda'"):
+        KMeans(3, dtype="bfloat16", device="cpu").fit(np.random.RandomState(0).rand(20, 2))
+
+
+@pytest.mark.skipif(not kmeans_module.cpu_has_bf16_units(), reason="this CPU has no bf16 matrix units (AMX/AVX512-BF16)")
+@pytest.mark.parametrize("algorithm", ["lloyd", "hamerly"])
+def test_bfloat16_on_cpu_finds_the_groups_with_float32s_objective(algorithm):
+    X, y = blobs(n=5000, k=10, d=64)
+    f32 = KMeans(10, random_state=0, device="cpu", algorithm=algorithm).fit(X)
+    b16 = KMeans(10, random_state=0, device="cpu", algorithm=algorithm, dtype="bfloat16").fit(X)
+    assert adjusted_rand_score(y, b16.labels_) == 1.0
+    assert b16.inertia_ == pytest.approx(f32.inertia_, rel=1e-3)  # the goal: objective within 0.1%
+    assert b16.cluster_centers_.dtype == np.float32
 
 
 @pytest.mark.gpu
