@@ -144,6 +144,7 @@ def _jpeg_variants(root):
     save("restart-markers", True, quality=80, restart_marker_blocks=1)
     save("gray", True, image=img.convert("L"), quality=85)
     save("icc", True, quality=85, icc_profile=b"\0" * 300)
+    save("header-over-64k", False, quality=85, icc_profile=b"\0" * 70_000)  # read no further: Pillow's
     save("comment", True, quality=85, comment=b"hello")
     save("big-for-draft", False, image=img.resize((600, 500)), quality=85)  # draft() reduces it
     exif = Image.Exif()

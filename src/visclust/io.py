@@ -248,6 +248,8 @@ def _load_with_pil(p: str, size: int, draft_size: int | None):
 
 #: JPEGs up to this size may take the fast path of :func:`_load_plain_jpeg`.
 FAST_JPEG_MAX_BYTES = 32 << 20
+#: Bytes read to look at a JPEG's header; a header longer than this goes to Pillow.
+_JPEG_HEADER_BYTES = 64 << 10
 #: Markers a "plain" JPEG may hold before its first scan: SOF0-2 (baseline, extended,
 #: progressive), DHT, SOI, SOS, DQT, DRI, APP0 (JFIF), APP2 (ICC profile, checked below), COM.
 #: Anything else (EXIF or XMP in APP1, which may rotate the image; Adobe APP14; arithmetic
@@ -295,14 +297,17 @@ def _load_plain_jpeg(p: str, draft_size: int | None):
         return None
     try:
         with open(p, "rb") as f:
-            data = f.read(FAST_JPEG_MAX_BYTES + 1)
-        if not _plain_jpeg_header(data):
-            return None
-        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-        if colorspace not in ("YCbCr", "Gray") or w * h > MAX_IMAGE_PIXELS:
-            return None
-        if draft_size and min(w // draft_size, h // draft_size) >= 2:
-            return None  # Pillow's draft() decodes at 1/2, 1/4 or 1/8 scale
+            # the header first: any other file (a PNG, a photo with EXIF) is left to Pillow
+            # after one small read, not after reading it whole
+            data = f.read(_JPEG_HEADER_BYTES)
+            if not _plain_jpeg_header(data):
+                return None
+            h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+            if colorspace not in ("YCbCr", "Gray") or w * h > MAX_IMAGE_PIXELS:
+                return None
+            if draft_size and min(w // draft_size, h // draft_size) >= 2:
+                return None  # Pillow's draft() decodes at 1/2, 1/4 or 1/8 scale
+            data += f.read(FAST_JPEG_MAX_BYTES)
         a = simplejpeg.decode_jpeg(data, colorspace="RGB")
     except (OSError, ValueError):
         return None
