@@ -229,3 +229,27 @@ def test_decoding_thread_hands_its_errors_to_the_consumer(monkeypatch, tmp_path)
     monkeypatch.setattr(features.BatchDataset, "__getitem__", boom)
     with pytest.raises(RuntimeError, match="decoder bug"):
         list(iter_batches(write_mixed(tmp_path / "imgs"), Preprocess(input_size=32, resize_size=36), num_workers=0))
+
+
+@pytest.mark.parametrize("header_parser", ["simplejpeg", "pillow"])
+def test_gpu_reader_takes_colour_and_grey_jpegs_only_and_never_opens_a_fifo(tmp_path, monkeypatch, header_parser):
+    """The GPU path's reader hands raw bytes to the GPU decoder only for what it can decode;
+    everything else (PNG, BMP, CMYK, broken, a FIFO) goes to the CPU path, which reports it."""
+    import sys
+
+    from visclust.features import _read_gpu_jpeg
+
+    if header_parser == "pillow":  # simplejpeg not installed: Pillow's open decides
+        monkeypatch.setitem(sys.modules, "simplejpeg", None)
+    paths = write_mixed(tmp_path / "imgs")
+    taken = {os.path.basename(p) for p in paths if _read_gpu_jpeg(p) is not None}
+    assert taken == {"0.jpg", "2.jpg", "4.jpg"}
+    cmyk = tmp_path / "cmyk.jpg"
+    photo((20, 20), seed=9).convert("CMYK").save(cmyk)
+    assert _read_gpu_jpeg(str(cmyk)) is None
+    fifo = tmp_path / "fifo.jpg"
+    os.mkfifo(fifo)
+    assert _read_gpu_jpeg(str(fifo)) is None  # opening it would block forever
+    st, data = _read_gpu_jpeg(paths[0])
+    info = os.stat(paths[0])
+    assert data.tobytes() == open(paths[0], "rb").read() and st == (info.st_size, info.st_mtime_ns)
