@@ -35,7 +35,7 @@ import numpy as np
 
 from .backbones import Backbone, Preprocess
 from .exceptions import ImageReadError, InputError
-from .io import MAX_IMAGE_PIXELS, load_image
+from .io import JPEG_HEADER_BYTES, MAX_IMAGE_PIXELS, load_image
 
 DECODERS = ("auto", "pil", "torch")
 
@@ -263,14 +263,12 @@ def _read_gpu_jpeg(path: str):
     st = (info.st_size, info.st_mtime_ns)
     try:
         with open(path, "rb") as f:
-            data = f.read(3)
-            if data != b"\xff\xd8\xff":  # not a JPEG: no need to read the rest
+            data = f.read(JPEG_HEADER_BYTES)  # the header decides before the rest is read
+            if not _gpu_decodable_jpeg(data):
                 return None
             data += f.read()
     except OSError:
         return None  # PIL decoding then reports the reason
-    if not _gpu_decodable_jpeg(data):
-        return None
     return st, np.frombuffer(data, dtype=np.uint8).copy()
 
 

@@ -249,7 +249,7 @@ def _load_with_pil(p: str, size: int, draft_size: int | None):
 #: JPEGs up to this size may take the fast path of :func:`_load_plain_jpeg`.
 FAST_JPEG_MAX_BYTES = 32 << 20
 #: Bytes read to look at a JPEG's header; a header longer than this goes to Pillow.
-_JPEG_HEADER_BYTES = 64 << 10
+JPEG_HEADER_BYTES = 64 << 10
 #: Markers a "plain" JPEG may hold before its first scan: SOF0-2 (baseline, extended,
 #: progressive), DHT, SOI, SOS, DQT, DRI, APP0 (JFIF), APP2 (ICC profile, checked below), COM.
 #: Anything else (EXIF or XMP in APP1, which may rotate the image; Adobe APP14; arithmetic
@@ -299,7 +299,7 @@ def _load_plain_jpeg(p: str, draft_size: int | None):
         with open(p, "rb") as f:
             # the header first: any other file (a PNG, a photo with EXIF) is left to Pillow
             # after one small read, not after reading it whole
-            data = f.read(_JPEG_HEADER_BYTES)
+            data = f.read(JPEG_HEADER_BYTES)
             if not _plain_jpeg_header(data):
                 return None
             h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
