@@ -35,7 +35,7 @@ import numpy as np
 
 from .backbones import Backbone, Preprocess
 from .exceptions import ImageReadError, InputError
-from .io import JPEG_HEADER_BYTES, MAX_IMAGE_PIXELS, load_image
+from .io import JPEG_HEADER_BYTES, jpeg_header_size, load_image
 
 DECODERS = ("auto", "pil", "torch")
 
@@ -225,33 +225,6 @@ class BatchDataset:
                      enc, np.asarray(enc_idx, dtype=np.int64), enc_stats)
 
 
-def _gpu_decodable_jpeg(data: bytes) -> bool:
-    """Whether ``data`` is a colour or greyscale JPEG within the pixel limit, from its header
-    alone (``simplejpeg``'s header parser: 1-3 us; Pillow's ``open`` when it is missing)."""
-    if data[:3] != b"\xff\xd8\xff":
-        return False
-    try:
-        import simplejpeg
-    except ImportError:
-        simplejpeg = None
-    if simplejpeg is not None:
-        try:
-            h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-        except ValueError:
-            return False  # PIL decoding then reports the reason
-        return colorspace in ("YCbCr", "Gray") and w * h <= MAX_IMAGE_PIXELS
-    import io as _io
-
-    from PIL import Image
-
-    try:
-        with Image.open(_io.BytesIO(data)) as img:
-            w, h = img.size
-            return img.format == "JPEG" and img.mode in ("RGB", "L") and w * h <= MAX_IMAGE_PIXELS
-    except Exception:
-        return False
-
-
 def _read_gpu_jpeg(path: str):
     """``(stat, bytes as uint8 array)`` for a plain RGB/greyscale JPEG, else None (decode with PIL)."""
     try:
@@ -264,7 +237,7 @@ def _read_gpu_jpeg(path: str):
     try:
         with open(path, "rb") as f:
             data = f.read(JPEG_HEADER_BYTES)  # the header decides before the rest is read
-            if not _gpu_decodable_jpeg(data):
+            if jpeg_header_size(data) is None:
                 return None
             data += f.read()
     except OSError:

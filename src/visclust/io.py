@@ -257,9 +257,48 @@ JPEG_HEADER_BYTES = 64 << 10
 _PLAIN_JPEG_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC4, 0xDA, 0xDB, 0xDD, 0xE0, 0xE2, 0xFE})
 
 
+_JPEG_SOI = b"\xff\xd8\xff"
+
+
+def _simplejpeg():
+    """The ``simplejpeg`` module, or None when it is not installed."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    return simplejpeg
+
+
+def jpeg_header_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` of a colour or greyscale JPEG within :data:`MAX_IMAGE_PIXELS`, read
+    from its header alone (``data`` may stop after it); None for anything else (not a JPEG,
+    CMYK, a damaged header, too many pixels). Uses ``simplejpeg``'s header parser (1-3 us),
+    Pillow's ``open`` when simplejpeg is not installed."""
+    if data[:3] != _JPEG_SOI:
+        return None
+    sj = _simplejpeg()
+    if sj is not None:
+        try:
+            h, w, colorspace, _ = sj.decode_jpeg_header(data)
+        except ValueError:
+            return None
+        ok = colorspace in ("YCbCr", "Gray")
+    else:
+        import io
+
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                (w, h), ok = img.size, img.format == "JPEG" and img.mode in ("RGB", "L")
+        except Exception:
+            return None
+    return (w, h) if ok and w * h <= MAX_IMAGE_PIXELS else None
+
+
 def _plain_jpeg_header(data: bytes) -> bool:
     """True when ``data`` is a JPEG whose header holds only :data:`_PLAIN_JPEG_MARKERS`."""
-    if data[:3] != b"\xff\xd8\xff":
+    if data[:3] != _JPEG_SOI:
         return False
     i, n = 2, len(data)
     while i + 4 <= n:
@@ -284,31 +323,28 @@ def _load_plain_jpeg(p: str, draft_size: int | None):
     """Decode a plain JPEG with libjpeg-turbo through ``simplejpeg``, or return None.
 
     The same pixels as Pillow's path (same library, same IDCT and upsampling; checked by the
-    tests), opened and decoded in about a quarter of Pillow's time on small images (28 against
-    110 us for a CIFAR JPEG: Pillow parses the file in Python, under the GIL). Only files that Pillow would decode at full
-    scale with nothing more to do take this path: no EXIF/XMP (orientation), no CMYK, no
-    ``draft()`` reduction, within :data:`MAX_IMAGE_PIXELS`; a file the decoder finds
-    anything wrong with (``strict``: even a warning) goes back to Pillow, whose error is the
-    one reported.
+    tests), opened and decoded in about a quarter of Pillow's time on small images (28
+    against 110 us for a CIFAR JPEG: Pillow parses the file in Python, under the GIL). Only
+    files that Pillow would decode at full scale with nothing more to do take this path: no
+    EXIF/XMP (orientation), no CMYK, no ``draft()`` reduction, within
+    :data:`MAX_IMAGE_PIXELS`; a file the decoder finds anything wrong with (``strict``: even
+    a warning) goes back to Pillow, whose error is the one reported.
     """
-    try:
-        import simplejpeg
-    except ImportError:
+    sj = _simplejpeg()
+    if sj is None:
         return None
     try:
         with open(p, "rb") as f:
             # the header first: any other file (a PNG, a photo with EXIF) is left to Pillow
             # after one small read, not after reading it whole
             data = f.read(JPEG_HEADER_BYTES)
-            if not _plain_jpeg_header(data):
+            size = jpeg_header_size(data) if _plain_jpeg_header(data) else None
+            if size is None:
                 return None
-            h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-            if colorspace not in ("YCbCr", "Gray") or w * h > MAX_IMAGE_PIXELS:
-                return None
-            if draft_size and min(w // draft_size, h // draft_size) >= 2:
+            if draft_size and min(size[0] // draft_size, size[1] // draft_size) >= 2:
                 return None  # Pillow's draft() decodes at 1/2, 1/4 or 1/8 scale
             data += f.read(FAST_JPEG_MAX_BYTES)
-        a = simplejpeg.decode_jpeg(data, colorspace="RGB")
+        a = sj.decode_jpeg(data, colorspace="RGB")
     except (OSError, ValueError):
         return None
     from PIL import Image
