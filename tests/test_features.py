@@ -105,6 +105,35 @@ def test_torch_decoding_is_close_to_pil_and_falls_back_for_other_files(tmp_path,
     assert cos.min() > 0.95
 
 
+@pytest.mark.gpu
+def test_cuda_pipeline_matches_the_cpu_one_row_for_row(tmp_path, mobilenet):
+    """On CUDA: nvJPEG decoding in a thread on its own stream, bf16 network, batch k + 1
+    started before batch k's rows are handed over; every row must still belong to its file."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    root = tmp_path / "imgs"
+    root.mkdir()
+    paths = []
+    for i in range(40):
+        size = [(500, 375), (375, 500), (320, 240)][i % 3]
+        p = root / f"{i:02d}.jpg"
+        photo(size, seed=100 + i).save(p, quality=90)
+        paths.append(str(p))
+    paths += write_mixed(tmp_path / "mixed")  # PNG, greyscale, bad files: the PIL fallback on the way
+    cpu = extract_features(mobilenet, paths, engine="torch", device="cpu", num_workers=0, batch_size=16, decode="pil")
+    gpu = extract_features(mobilenet, paths, engine="torch", device="cuda", num_workers=2, batch_size=16,
+                           decode="torch")
+    assert gpu.paths == cpu.paths and [p for p, _ in gpu.skipped] == [p for p, _ in cpu.skipped]
+    mean = cpu.features.mean(0)
+    a, b = cpu.features - mean, gpu.features - mean  # what tells the images apart
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    sims = (b / np.linalg.norm(b, axis=1, keepdims=True)) @ (a / np.linalg.norm(a, axis=1, keepdims=True)).T
+    assert (sims.argmax(1) == np.arange(len(a))).all(), "a row was handed to another file"
+    assert cos.min() > 0.9, cos.min()
+
+
 def test_bad_arguments_are_clear_errors(tmp_path, mobilenet):
     paths = write_mixed(tmp_path / "imgs")[:2]
     with pytest.raises(InputError, match="batch size"):

@@ -133,16 +133,29 @@ class TorchEngine:
 
     def __call__(self, batch) -> np.ndarray:
         """Features of a ``(n, h, w, 3)`` uint8 batch (numpy or tensor) as float32 numpy."""
+        return self.forward_nchw(self.to_nchw(batch))
+
+    def to_nchw(self, batch):
+        """A ``(n, h, w, 3)`` uint8 batch (numpy or tensor) on this engine's device, as an
+        NCHW view (channels_last strides: no copy)."""
         import torch
 
         x = torch.as_tensor(batch)
         if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8:
             raise InputError(f"expected a (n, height, width, 3) uint8 batch, got {tuple(x.shape)} {x.dtype}")
-        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # NCHW view, channels_last strides
-        return self.forward_nchw(x)
+        return x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
 
     def forward_nchw(self, x) -> np.ndarray:
         """Features of ``(n, 3, h, w)`` pixels on this engine's device (uint8 or float, 0..255)."""
+        return self.forward_nchw_async(x).result()
+
+    def forward_nchw_async(self, x) -> "PendingFeatures":
+        """Start :meth:`forward_nchw` and return at once (on CUDA; on CPU it has finished).
+
+        On CUDA the features are copied into pinned host memory behind the network on the
+        same stream: the caller can prepare the next batch while this one runs, and
+        :meth:`PendingFeatures.result` waits only for this batch.
+        """
         import torch
 
         n = len(x)
@@ -156,10 +169,30 @@ class TorchEngine:
                     x = torch.cat([x, x.new_zeros((self._batch - n, *x.shape[1:]))])
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 y = self.module(x)
-            return y[:n].float().reshape(n, -1).cpu().numpy()
+            y = y[:n].float().reshape(n, -1)
+            if self.device.type != "cuda":
+                return PendingFeatures(y)
+            host = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)
+            host.copy_(y, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            return PendingFeatures(host, done)
 
     def __repr__(self) -> str:
         return f"TorchEngine(device={self.device}, amp={self.amp}, channels_last={self.channels_last}, compiled={self.compiled})"
+
+
+class PendingFeatures:
+    """Features of one batch, possibly still being computed on a GPU."""
+
+    def __init__(self, host, done=None):
+        self._host, self._done = host, done
+
+    def result(self) -> np.ndarray:
+        """``(n, feature_dim)`` float32, once the device has written them."""
+        if self._done is not None:
+            self._done.synchronize()
+        return self._host.numpy()
 
 
 class OnnxEngine:

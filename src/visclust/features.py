@@ -166,16 +166,29 @@ def _failure(path: str, e: Exception) -> str:
 class Batch:
     """Decoded images ``images[j]`` of ``paths[indices[j]]`` plus the failures of this batch.
 
-    ``encoded`` (GPU decoding only) holds raw JPEG bytes of ``encoded_indices`` still to decode.
+    GPU decoding only: ``encoded`` holds the raw JPEG files of ``encoded_indices`` still to
+    decode, back to back in one uint8 tensor (file ``j`` is
+    ``encoded[encoded_offsets[j]:encoded_offsets[j + 1]]``): one buffer per batch crosses
+    from a worker process, not one per image.
     """
 
     indices: np.ndarray
     images: object  # torch uint8 (n, s, s, 3)
     stats: list
     failed: list  # [(index, reason)]
-    encoded: list = field(default_factory=list)
+    encoded: object = None
+    encoded_offsets: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
     encoded_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     encoded_stats: list = field(default_factory=list)
+
+    @property
+    def n_encoded(self) -> int:
+        return len(self.encoded_indices)
+
+    def encoded_files(self) -> list:
+        """The raw JPEG of each of ``encoded_indices``, as views of ``encoded``."""
+        o = self.encoded_offsets
+        return [self.encoded[int(o[j]):int(o[j + 1])] for j in range(self.n_encoded)]
 
 
 class BatchDataset:
@@ -213,7 +226,7 @@ class BatchDataset:
                 if self.decode == "torch":
                     raw = _read_gpu_jpeg(path)
                     if raw is not None:
-                        enc.append(torch.from_numpy(raw[1]))
+                        enc.append(raw[1])
                         enc_idx.append(i)
                         enc_stats.append(raw[0])
                         continue
@@ -221,8 +234,11 @@ class BatchDataset:
                 ok.append(i)
             except Exception as e:
                 failed.append((int(i), _failure(path, e)))
+        offsets = np.zeros(len(enc) + 1, np.int64)
+        np.cumsum([len(e) for e in enc], out=offsets[1:])
         return Batch(np.asarray(ok, dtype=np.int64), torch.from_numpy(out[: len(ok)]), stats, failed,
-                     enc, np.asarray(enc_idx, dtype=np.int64), enc_stats)
+                     torch.from_numpy(np.concatenate(enc)) if enc else None, offsets,
+                     np.asarray(enc_idx, dtype=np.int64), enc_stats)
 
 
 def _read_gpu_jpeg(path: str):
@@ -242,7 +258,7 @@ def _read_gpu_jpeg(path: str):
             data += f.read()
     except OSError:
         return None  # PIL decoding then reports the reason
-    return st, np.frombuffer(data, dtype=np.uint8).copy()
+    return st, np.frombuffer(data, dtype=np.uint8)
 
 
 def _collate(b):
@@ -290,7 +306,7 @@ def iter_batches(paths: Sequence[str], pre: Preprocess, batch_size: int = 64, nu
     if nw < 0:
         raise InputError(f"workers must be 0 or more, got {num_workers}")
     if nw == 0:
-        yield from _threaded(ds, prefetch)
+        yield from _threaded((ds[b] for b in range(len(ds))), prefetch)
         return
     loader = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=nw, collate_fn=_collate,
                                          prefetch_factor=prefetch, pin_memory=pin_memory, persistent_workers=False)
@@ -305,8 +321,10 @@ def _lower_thread_priority() -> None:
         pass
 
 
-def _threaded(ds: "BatchDataset", prefetch: int):
-    """Yield ``ds[0], ds[1], ...`` decoded ``prefetch`` batches ahead by one background thread.
+def _threaded(items, prefetch: int, low_priority: bool = True):
+    """Yield the items of the iterable ``items``, made ``prefetch`` ahead by one background thread.
+
+    For CPU decoding ``items`` is ``ds[0], ds[1], ...`` of a :class:`BatchDataset`.
 
     PIL releases the GIL while it decodes and resizes, so the thread overlaps the model. It
     runs at the lowest priority: on a machine whose cores the model already fills, it decodes
@@ -330,14 +348,19 @@ def _threaded(ds: "BatchDataset", prefetch: int):
         return False
 
     def work():
-        _lower_thread_priority()
+        if low_priority:
+            _lower_thread_priority()
         try:
-            for b in range(len(ds)):
-                if not put(ds[b]):
+            for item in items:
+                if not put(item):
                     return
         except BaseException as e:  # handed to the consumer, raised there
             put(e)
             return
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:  # a generator left early: stop its decoding workers now
+                close()
         put(done)
 
     t = threading.Thread(target=work, name="visclust-decode", daemon=True)
@@ -365,11 +388,12 @@ def _decode_encoded(batch: Batch, paths, pre: Preprocess, device):
     import torch.nn.functional as F
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    imgs: list = [None] * len(batch.encoded)
+    files = batch.encoded_files()
+    imgs: list = [None] * len(files)
     try:
-        imgs = decode_jpeg(batch.encoded, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+        imgs = decode_jpeg(files, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
     except Exception:  # one bad file fails the whole call: find it one by one
-        for j, data in enumerate(batch.encoded):
+        for j, data in enumerate(files):
             try:
                 imgs[j] = decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
             except Exception:
@@ -435,22 +459,86 @@ def _decoder_for(decode: str, engine, device) -> str:
     return decode
 
 
+def _gpu_decoded(batches, paths, pre: Preprocess, device):
+    """``(batch, indices, stats, x)`` per batch of ``batches``, ``x`` the decoded NCHW pixels
+    on ``device`` (None when nothing of the batch could be read).
+
+    A background thread decodes (``decode_jpeg`` + resize) up to two batches ahead, on its own
+    CUDA stream, while the caller runs the network on the current one: the GPU's JPEG
+    decoder and the model overlap instead of taking turns.
+    """
+    import contextlib
+
+    import torch
+
+    cuda = device is not None and device.type == "cuda"
+    stream = torch.cuda.Stream(device) if cuda else None
+
+    def produce():
+        for b in batches:
+            with (torch.cuda.device(device) if cuda else contextlib.nullcontext()), \
+                    (torch.cuda.stream(stream) if cuda else contextlib.nullcontext()):
+                if b.n_encoded:
+                    idx, stats, x = _decode_encoded(b, paths, pre, device)
+                else:
+                    idx, stats = b.indices, b.stats
+                    x = b.images.to(device, non_blocking=True).permute(0, 3, 1, 2) if len(idx) else None
+                ready = None
+                if cuda and x is not None:
+                    ready = torch.cuda.Event()
+                    ready.record(stream)
+            yield b, idx, stats, x, ready
+
+    for b, idx, stats, x, ready in _threaded(produce(), 2, low_priority=False):
+        if ready is not None:
+            current = torch.cuda.current_stream(device)
+            current.wait_event(ready)
+            x.record_stream(current)  # its memory is not reused before the network has read it
+        yield b, idx, stats, x
+
+
 def _run(backbone: Backbone, paths, indices, engine, batch_size, num_workers, decode, bar, on_batch):
-    """Decode + forward ``paths[indices]``; call ``on_batch(indices, stats, features, failed)``."""
+    """Decode + forward ``paths[indices]``; call ``on_batch(indices, stats, features, failed)``.
+
+    With the torch engine on CUDA, batch ``k + 1`` is started on the GPU before the features
+    of batch ``k`` are handed to ``on_batch`` (store writes, fsync): the GPU is not idle
+    while the host does its part.
+    """
     dev = getattr(engine, "device", None)
     cuda = dev is not None and dev.type == "cuda"
     decode = _resolve_decode(decode, engine)
     nw = default_num_workers(dev) if num_workers is None else num_workers
-    for b in iter_batches(paths, backbone.preprocess, batch_size, nw, indices=indices, decode=decode, pin_memory=cuda):
-        if decode == "torch" and len(b.encoded):
-            idx, stats, x = _decode_encoded(b, paths, backbone.preprocess, dev)
-            Y = engine.forward_nchw(x) if x is not None else None
-        else:
-            idx, stats = b.indices, b.stats
-            Y = engine(b.images) if len(idx) else None
+    batches = iter_batches(paths, backbone.preprocess, batch_size, nw, indices=indices, decode=decode, pin_memory=cuda)
+    if decode == "torch":
+        work = _gpu_decoded(batches, paths, backbone.preprocess, dev)
+    else:
+        work = ((b, b.indices, b.stats, b.images if len(b.indices) else None) for b in batches)
+    lag = cuda and hasattr(engine, "forward_nchw_async")
+
+    def finish(item):
+        b, idx, stats, Y = item
+        if Y is not None and not isinstance(Y, np.ndarray):
+            Y = Y.result()
         on_batch(idx, stats, Y, b.failed)
         if bar is not None:
             bar.update(len(idx) + len(b.failed))
+
+    pending = None
+    for b, idx, stats, x in work:
+        if x is None:
+            Y = None
+        elif lag:
+            Y = engine.forward_nchw_async(x if decode == "torch" else engine.to_nchw(x))
+        else:
+            Y = engine.forward_nchw(x) if decode == "torch" else engine(x)
+        if pending is not None:
+            finish(pending)
+        pending = (b, idx, stats, Y)
+        if not lag:
+            finish(pending)
+            pending = None
+    if pending is not None:
+        finish(pending)
 
 
 def extract_features(backbone: Backbone, paths: Sequence[str], *, batch_size: int = 64,
