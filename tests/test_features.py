@@ -105,6 +105,26 @@ def test_torch_decoding_is_close_to_pil_and_falls_back_for_other_files(tmp_path,
     assert cos.min() > 0.95
 
 
+@pytest.mark.parametrize("size", [(500, 375), (375, 500), (1000, 700), (224, 224), (300, 200)])
+@pytest.mark.parametrize("interp", ["bilinear", "bicubic", "lanczos"])
+def test_tensor_resize_crop_gives_pils_pixels_within_rounding(size, interp):
+    """The GPU path's resize (two matrix products) against PIL's, on an image with hard edges."""
+    import torch
+
+    from visclust.features import resize_crop_tensor
+
+    pre = Preprocess(input_size=224, resize_size=256, interpolation=interp)
+    arr = np.asarray(photo(size, seed=3)).copy()
+    arr[::7] = 255  # white lines: overshoot of bicubic/lanczos must be clipped as PIL does
+    ref = np.asarray(resize_crop(Image.fromarray(arr), pre)).astype(np.float32)
+    got = resize_crop_tensor(torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous(), pre)[0].permute(1, 2, 0)
+    diff = np.abs(got.numpy() - ref)
+    # PIL rounds to 8 bits after each pass (these are not rounded): 0.5 + 0.5 x the second
+    # pass's largest sum of |coefficients| (1 for bilinear, ~1.25 for bicubic/lanczos upscales)
+    assert diff.max() <= (1.01 if interp == "bilinear" else 1.2)
+    assert diff.mean() < 0.35
+
+
 @pytest.mark.gpu
 def test_cuda_pipeline_matches_the_cpu_one_row_for_row(tmp_path, mobilenet):
     """On CUDA: nvJPEG decoding in a thread on its own stream, bf16 network, batch k + 1
@@ -122,16 +142,20 @@ def test_cuda_pipeline_matches_the_cpu_one_row_for_row(tmp_path, mobilenet):
         photo(size, seed=100 + i).save(p, quality=90)
         paths.append(str(p))
     paths += write_mixed(tmp_path / "mixed")  # PNG, greyscale, bad files: the PIL fallback on the way
+    from visclust.engines import TorchEngine
+
     cpu = extract_features(mobilenet, paths, engine="torch", device="cpu", num_workers=0, batch_size=16, decode="pil")
-    gpu = extract_features(mobilenet, paths, engine="torch", device="cuda", num_workers=2, batch_size=16,
-                           decode="torch")
+    # float32 on the GPU: this compares decoding and resizing (bf16 has its own test in test_engines)
+    eng = TorchEngine(mobilenet, "cuda", amp=False)
+    gpu = extract_features(mobilenet, paths, engine=eng, num_workers=2, batch_size=16, decode="torch")
     assert gpu.paths == cpu.paths and [p for p, _ in gpu.skipped] == [p for p, _ in cpu.skipped]
     mean = cpu.features.mean(0)
     a, b = cpu.features - mean, gpu.features - mean  # what tells the images apart
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     sims = (b / np.linalg.norm(b, axis=1, keepdims=True)) @ (a / np.linalg.norm(a, axis=1, keepdims=True)).T
     assert (sims.argmax(1) == np.arange(len(a))).all(), "a row was handed to another file"
-    assert cos.min() > 0.9, cos.min()
+    print(f"centred cosine GPU vs CPU pipeline: min {cos.min():.4f}, median {np.median(cos):.4f}")
+    assert cos.min() > 0.95, np.sort(cos)[:5]
 
 
 def test_bad_arguments_are_clear_errors(tmp_path, mobilenet):

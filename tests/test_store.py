@@ -329,3 +329,33 @@ def test_an_interrupted_shard_write_leaves_no_file_and_the_store_stays_readable(
     w.flush()
     X, found, absent = FeatureStore(tmp_path / "s", pixels.config).read(files)
     assert found == [0, 1, 2, 3] and absent == [] and X[:2].min() == 1 and X[2:].max() == 0
+
+
+def test_a_background_commit_that_fails_raises_at_the_next_flush_and_keeps_its_rows(tmp_path, monkeypatch, pixels):
+    """flush(wait=False) commits in a thread; its error surfaces in the caller, and the rows
+    go back into the buffer so the next flush writes them."""
+    import visclust.store as store_mod
+    from visclust.exceptions import FeatureStoreError
+    from visclust.store import file_stat
+
+    st = FeatureStore(tmp_path / "s", pixels.config)
+    files = write_images(tmp_path / "img", 4)
+    dim = pixels.config.feature_dim
+    real_save = np.save
+
+    def full_disk(f, *a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_mod.np, "save", full_disk)
+    w = st.writer()
+    w.add(files[:2], [file_stat(f) for f in files[:2]], np.ones((2, dim), np.float32))
+    w.flush(wait=False)
+    w.add(files[2:], [file_stat(f) for f in files[2:]], np.zeros((2, dim), np.float32))
+    with pytest.raises(FeatureStoreError, match="No space left"):
+        w.flush()
+    assert w.rows_written == 0 and not [f for f in os.listdir(st.shards_dir) if not f.startswith(".")]
+    monkeypatch.setattr(store_mod.np, "save", real_save)
+    w.close()
+    assert w.rows_written == 4
+    X, found, absent = FeatureStore(tmp_path / "s", pixels.config).read(files)
+    assert found == [0, 1, 2, 3] and X[:2].min() == 1 and X[2:].max() == 0

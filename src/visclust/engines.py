@@ -21,6 +21,7 @@ and PyTorch on CUDA. When export, loading or the check fails, it warns
 
 from __future__ import annotations
 
+import copy
 import os
 import secrets
 import warnings
@@ -120,9 +121,14 @@ class TorchEngine:
         self.amp = (cuda and torch.cuda.is_bf16_supported()) if amp is None else bool(amp)
         self.channels_last = cuda if channels_last is None else bool(channels_last)
         self.feature_dim = backbone.feature_dim
-        module = backbone.module.to(self.device).eval()
-        if self.channels_last:
-            module = module.to(memory_format=torch.channels_last)
+        module = backbone.module.eval()
+        first = next(iter(module.parameters()), None)
+        if self.channels_last or (first is not None and first.device != self.device):
+            # A copy: nn.Module.to() works in place, and the backbone (or another engine
+            # made from it, e.g. a CPU reference next to a CUDA engine) must keep its own.
+            module = copy.deepcopy(module).to(self.device)
+            if self.channels_last:
+                module = module.to(memory_format=torch.channels_last)
         if cuda:
             torch.backends.cudnn.benchmark = True
         self.module = torch.compile(module) if compile else module

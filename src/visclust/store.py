@@ -46,6 +46,7 @@ import csv
 import json
 import os
 import secrets
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -372,6 +373,8 @@ class ShardWriter:
         self._skipped: list[tuple[str, int, int, str]] = []
         self._last_flush = time.monotonic()
         self.rows_written = 0
+        self._committing: threading.Thread | None = None  # at most one shard in flight
+        self._commit_error: tuple | None = None  # (error, rows) of a failed background commit
         store.remove_orphans()
 
     def add(self, paths: Sequence[str], stats: Sequence[FileStat], features: np.ndarray) -> None:
@@ -390,28 +393,72 @@ class ShardWriter:
 
     def _maybe_flush(self) -> None:
         if len(self._files) >= self.shard_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
-            self.flush()
+            self.flush(wait=False)
 
-    def flush(self) -> None:
-        """Commit everything buffered as one shard (no-op when nothing is buffered)."""
+    def _wait(self) -> None:
+        """Wait for the shard in flight; raise its error, if any."""
+        if self._committing is not None:
+            self._committing.join()
+            self._committing = None
+        if self._commit_error is not None:
+            (e, job), self._commit_error = self._commit_error, None
+            self._restore(job)
+            raise e
+
+    def _restore(self, job) -> None:
+        """Put the rows of a shard that failed to commit back in front of the buffer (a
+        later flush writes them again)."""
+        self._feats, self._files, self._skipped = (job[0] + self._feats, job[1] + self._files,
+                                                   job[2] + self._skipped)
+
+    def flush(self, wait: bool = True) -> None:
+        """Commit everything buffered as one shard (no-op when nothing is buffered).
+
+        With ``wait=False`` the shard is written (save, fsync, manifest) by a background
+        thread while the caller goes on computing; the next flush waits for it first, so at
+        most one shard is in flight and shards commit in order. A shard is committed only
+        once its manifest exists, in the background as in the foreground: ``kill -9`` in
+        the middle loses it whole, never half.
+        """
         self._last_flush = time.monotonic()
+        self._wait()
         if not self._files and not self._skipped:
             return
+        job = (self._feats, self._files, self._skipped)
+        self._feats, self._files, self._skipped = [], [], []
+        if wait:
+            try:
+                self._commit(*job)
+            except BaseException:
+                self._restore(job)
+                raise
+            return
+
+        def run():
+            try:
+                self._commit(*job)
+            except BaseException as e:  # raised in the caller's thread by the next flush or close
+                self._commit_error = (e, job)
+
+        self._committing = threading.Thread(target=run, name="visclust-store-commit", daemon=True)
+        self._committing.start()
+
+    def _commit(self, feats, files, skipped) -> None:
         name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}"
         d = self.store.shards_dir
-        n = len(self._files)
+        n = len(files)
         manifest = {
             "format": FORMAT + "-shard", "format_version": FORMAT_VERSION, "rows": n,
             "dim": self.store.config.feature_dim, "dtype": self.dtype,
             "features": f"{name}.npy" if n else None,
-            "paths": [f[0] for f in self._files], "sizes": [f[1] for f in self._files],
-            "mtime_ns": [f[2] for f in self._files], "skipped": [list(s) for s in self._skipped],
+            "paths": [f[0] for f in files], "sizes": [f[1] for f in files],
+            "mtime_ns": [f[2] for f in files], "skipped": [list(s) for s in skipped],
         }
         tmp, npy, man = (os.path.join(d, f".tmp-{name}.npy"), os.path.join(d, f"{name}.npy"),
                          os.path.join(d, f"{name}.json"))
         try:
             if n:
-                X = np.concatenate(self._feats) if len(self._feats) > 1 else self._feats[0]
+                X = np.concatenate(feats) if len(feats) > 1 else feats[0]
                 with open(tmp, "wb") as f:
                     np.save(f, np.ascontiguousarray(X, dtype=self.dtype), allow_pickle=False)
                     f.flush()
@@ -432,7 +479,6 @@ class ShardWriter:
                                         "rows committed before this are kept") from e
             raise
         self.rows_written += n
-        self._feats, self._files, self._skipped = [], [], []
 
     def close(self) -> None:
         self.flush()
