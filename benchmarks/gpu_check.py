@@ -129,12 +129,17 @@ def time_loop(fn, device, seconds, min_iters=5):
     return n, time.perf_counter() - t0
 
 
-def model_only(backbone, device, batch, seconds):
+def model_only(backbone, device, batch, seconds, plain=True):
     import torch
 
     from visclust.engines import TorchEngine
 
     out = {}
+    if not plain:
+        eng = TorchEngine(backbone, device)
+        x8 = torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8, device=device)
+        n, dt = time_loop(lambda: eng.forward_nchw(x8), device, seconds)
+        return {"engine": n * batch / dt}, eng
     x8 = torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8, device=device)
     xf = torch.randn(batch, 3, 224, 224, device=device)
     net = backbone.module.to(device).eval()
@@ -249,6 +254,85 @@ def e2e(backbone, eng, paths, batch, workers, decode, store=True):
     return n / dt, n, dt
 
 
+class Waits:
+    """Seconds each thread of an extraction spends waiting, by patching visclust's functions."""
+
+    def __init__(self):
+        import collections
+
+        self.t = collections.defaultdict(float)
+
+    def _timed_iter(self, gen, key):
+        while True:
+            t = time.perf_counter()
+            try:
+                item = next(gen)
+            except StopIteration:
+                return
+            finally:
+                self.t[key] += time.perf_counter() - t
+            yield item
+
+    def install(self):
+        import visclust.engines as E
+        import visclust.features as F
+        import visclust.store as S
+
+        threaded, batches, dec = F._threaded, F.iter_batches, F._decode_encoded
+        result_, wait_ = E.PendingFeatures.result, S.ShardWriter._wait
+        w = self
+
+        def timed_threaded(items, prefetch, low_priority=True):
+            key = "main: waits for GPU-decoded batch" if not low_priority else "main: waits for decoded batch"
+            return w._timed_iter(threaded(items, prefetch, low_priority), key)
+
+        def timed_batches(*a, **k):
+            return w._timed_iter(batches(*a, **k), "decode thread: waits for workers' files")
+
+        def timed_decode(*a, **k):
+            t = time.perf_counter()
+            try:
+                return dec(*a, **k)
+            finally:
+                w.t["decode thread: in _decode_encoded"] += time.perf_counter() - t
+
+        def timed_result(self_):
+            t = time.perf_counter()
+            try:
+                return result_(self_)
+            finally:
+                w.t["main: waits for features (GPU)"] += time.perf_counter() - t
+
+        def timed_wait(self_):
+            t = time.perf_counter()
+            try:
+                return wait_(self_)
+            finally:
+                w.t["main: waits for store commit"] += time.perf_counter() - t
+
+        F._threaded, F.iter_batches, F._decode_encoded = timed_threaded, timed_batches, timed_decode
+        E.PendingFeatures.result, S.ShardWriter._wait = timed_result, timed_wait
+
+    def report(self):
+        out = {k: round(v, 3) for k, v in sorted(self.t.items())}
+        self.t.clear()
+        return out
+
+
+def disk_write_speed(folder, mb=32, n=10):
+    data = np.random.default_rng(0).integers(0, 255, mb << 20, dtype=np.uint8).tobytes()
+    path = os.path.join(folder, "disk-speed.bin")
+    t = time.perf_counter()
+    for _ in range(n):
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    dt = time.perf_counter() - t
+    os.unlink(path)
+    return mb * n / dt
+
+
 # --------------------------------------------------------------------------- k-means
 
 
@@ -307,7 +391,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true", help="small sizes (a plumbing check)")
     ap.add_argument("--budget", type=float, default=420, help="seconds; later sections are skipped past it")
-    ap.add_argument("--sections", default="env,jpegs,model,decode,e2e,kmeans,tests,compile")
+    ap.add_argument("--sections", default="env,jpegs,model,plain,decode,e2e,kmeans,tests,compile",
+                    help="also: hybrid (CPU/GPU decode shares, eager and compiled, with waits), disk")
     ap.add_argument("--workdir", default=None, help="where the JPEGs go (default a temp dir)")
     args = ap.parse_args(argv)
     sections = set(args.sections.split(","))
@@ -366,7 +451,7 @@ def main(argv=None) -> int:
 
     def model():
         nonlocal eng
-        out, eng = model_only(backbone, device, batch, secs)
+        out, eng = model_only(backbone, device, batch, secs, plain="plain" in sections)
         for k, v in out.items():
             result(f"model_only_{k}", v, "img/s", f"(ResNet-50, batch {batch})")
 
@@ -400,6 +485,44 @@ def main(argv=None) -> int:
         result("model_only_engine_after", after["engine"], "img/s")
 
     guarded("e2e", 60, end_to_end)
+
+    def hybrid():
+        """End to end with a share of each batch decoded by the CPU workers (PIL) while the GPU
+        decodes the rest, eager and compiled; where each thread waits."""
+        import visclust.features as F
+        from visclust.engines import TorchEngine
+
+        waits = Waits()
+        waits.install()
+        engines = [("eager", eng or TorchEngine(backbone, device))]
+        t = time.perf_counter()
+        ce = TorchEngine(backbone, device, compile=True)
+        ce.forward_nchw(torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8, device=device))
+        sync(device)
+        result("compile_seconds", time.perf_counter() - t, "s")
+        n, dt = time_loop(lambda: ce.forward_nchw(torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8,
+                                                                  device=device)), device, secs)
+        result("model_only_engine_compiled", n * batch / dt, "img/s")
+        engines.append(("compiled", ce))
+        torch._logging.set_logs(recompiles=True)
+        runs = [("eager", 0.0, False)] + [(name, share, True) for name in ("eager", "compiled")
+                                          for share in (0.0, 0.25, 0.4)]
+        for name, share, store in runs:
+            if left(args.budget) < 25:
+                say(f"  skipped {name} share={share}: out of time")
+                continue
+            F._CPU_DECODE_SHARE = share
+            e = dict(engines)[name]
+            rate, n, dt = e2e(backbone, e, paths, batch, procs, "torch", store)
+            key = f"e2e_{name}_share{share:g}" + ("" if store else "_no_store")
+            result(key, rate, "img/s", f"({n} images in {dt:.1f} s; ratio to eager model-only "
+                   f"{rate / RESULTS.get('model_only_engine', float('nan')):.3f})")
+            RESULTS[key + "_waits"] = waits.report()
+            say(f"  waits: {RESULTS[key + '_waits']}")
+        F._CPU_DECODE_SHARE = 0.0
+
+    guarded("hybrid", 60, hybrid)
+    guarded("disk", 10, lambda: result("disk_write_fsync", disk_write_speed(work), "MB/s", "(32 MB files, fsync each)"))
 
     def kmeans():
         n, d, k, m = (20_000, 64, 50, 4) if args.quick else (1_000_000, 768, 1000, 21)
