@@ -393,6 +393,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=420, help="seconds; later sections are skipped past it")
     ap.add_argument("--sections", default="env,jpegs,model,plain,decode,e2e,kmeans,tests,compile",
                     help="also: hybrid (CPU/GPU decode shares, eager and compiled, with waits), disk")
+    ap.add_argument("--e2e", default="torch,torch-nostore,torch-512,pil", help="end-to-end variants, in order")
     ap.add_argument("--workdir", default=None, help="where the JPEGs go (default a temp dir)")
     args = ap.parse_args(argv)
     sections = set(args.sections.split(","))
@@ -400,7 +401,7 @@ def main(argv=None) -> int:
 
     device = torch.device(args.device)
     procs = os.cpu_count() or 1
-    n_img = 512 if args.quick else args.images
+    n_img = min(512, args.images) if args.quick else args.images
     batch = 32 if args.quick else args.batch
     secs = 1.0 if args.quick else 4.0
     work = args.workdir or tempfile.mkdtemp(prefix="visclust-gpu-")
@@ -471,13 +472,15 @@ def main(argv=None) -> int:
 
         e = eng or TorchEngine(backbone, device)
         ceiling = RESULTS.get("model_only_engine")
-        for decode, store, workers, bs in (("torch", True, procs, batch), ("torch", False, procs, batch),
-                                           ("torch", True, procs, 2 * batch), ("pil", True, procs, batch)):
+        variants = {"torch": ("torch", True, procs, batch), "torch-nostore": ("torch", False, procs, batch),
+                    "torch-512": ("torch", True, procs, 2 * batch), "pil": ("pil", True, procs, batch)}
+        for decode, store, workers, bs in (variants[v] for v in args.e2e.split(",")):
             if left(args.budget) < 30:
                 say(f"  skipped decode={decode} store={store}: out of time")
                 continue
             rate, n, dt = e2e(backbone, e, paths, bs, workers, decode, store)
             key = f"e2e_{decode}_decode" + ("" if store else "_no_store") + ("" if bs == batch else f"_batch{bs}")
+            key += f"_run{sum(k.startswith(key) and not k.endswith('ratio') for k in RESULTS) + 1}"
             result(key, rate, "img/s", f"({n} images in {dt:.1f} s, {workers} workers, batch {bs})")
             if ceiling:
                 result(f"{key}_ratio", rate / ceiling, "", "(/ engine model-only)")

@@ -133,7 +133,7 @@ class TorchEngine:
             torch.backends.cudnn.benchmark = True
         self.module = torch.compile(module) if compile else module
         self.compiled = bool(compile)
-        self._batch = None  # compiled: pad to the first batch size so the graph is reused
+        self._batch = None  # compiled or CUDA: pad to the first batch size (one shape, no re-tuning)
         mean, inv_std = _normalizer(backbone.preprocess)
         self.mean, self.inv_std = mean.to(self.device), inv_std.to(self.device)
 
@@ -167,7 +167,11 @@ class TorchEngine:
         n = len(x)
         with torch.inference_mode():
             x = (x.float() - self.mean) * self.inv_std
-            if self.compiled:
+            if self.compiled or self.device.type == "cuda":
+                # A short batch (the last one) padded to the first batch's size: a new shape
+                # costs a recompilation (compiled) or cuDNN's autotuning (cudnn.benchmark),
+                # seconds each, against one batch's compute. Measured on an H200: the first
+                # extraction ran at 5,236 img/s against 7,117 for the next, unpadded.
                 if self._batch is None:
                     self._batch = n
                 if n < self._batch:
