@@ -392,7 +392,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes (a plumbing check)")
     ap.add_argument("--budget", type=float, default=420, help="seconds; later sections are skipped past it")
     ap.add_argument("--sections", default="env,jpegs,model,plain,decode,e2e,kmeans,tests,compile",
-                    help="also: hybrid (CPU/GPU decode shares, eager and compiled, with waits), disk")
+                    help="also: pipeline (end to end eager and compiled, with each thread's waits), disk")
     ap.add_argument("--e2e", default="torch,torch-nostore,torch-512,pil", help="end-to-end variants, in order")
     ap.add_argument("--workdir", default=None, help="where the JPEGs go (default a temp dir)")
     args = ap.parse_args(argv)
@@ -489,42 +489,35 @@ def main(argv=None) -> int:
 
     guarded("e2e", 60, end_to_end)
 
-    def hybrid():
-        """End to end with a share of each batch decoded by the CPU workers (PIL) while the GPU
-        decodes the rest, eager and compiled; where each thread waits."""
-        import visclust.features as F
+    def pipeline():
+        """End to end, eager and compiled, with where each thread waits."""
         from visclust.engines import TorchEngine
 
         waits = Waits()
         waits.install()
-        engines = [("eager", eng or TorchEngine(backbone, device))]
+        engines = {"eager": eng or TorchEngine(backbone, device)}
         t = time.perf_counter()
         ce = TorchEngine(backbone, device, compile=True)
-        ce.forward_nchw(torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8, device=device))
+        x8 = torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8, device=device)
+        ce.forward_nchw(x8)
         sync(device)
         result("compile_seconds", time.perf_counter() - t, "s")
-        n, dt = time_loop(lambda: ce.forward_nchw(torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8,
-                                                                  device=device)), device, secs)
+        n, dt = time_loop(lambda: ce.forward_nchw(x8), device, secs)
         result("model_only_engine_compiled", n * batch / dt, "img/s")
-        engines.append(("compiled", ce))
+        engines["compiled"] = ce
         torch._logging.set_logs(recompiles=True)
-        runs = [("eager", 0.0, False)] + [(name, share, True) for name in ("eager", "compiled")
-                                          for share in (0.0, 0.25, 0.4)]
-        for name, share, store in runs:
+        for name, store in (("eager", False), ("eager", True), ("compiled", True)):
             if left(args.budget) < 25:
-                say(f"  skipped {name} share={share}: out of time")
+                say(f"  skipped {name} store={store}: out of time")
                 continue
-            F._CPU_DECODE_SHARE = share
-            e = dict(engines)[name]
-            rate, n, dt = e2e(backbone, e, paths, batch, procs, "torch", store)
-            key = f"e2e_{name}_share{share:g}" + ("" if store else "_no_store")
+            rate, n, dt = e2e(backbone, engines[name], paths, batch, procs, "torch", store)
+            key = f"e2e_{name}" + ("" if store else "_no_store")
             result(key, rate, "img/s", f"({n} images in {dt:.1f} s; ratio to eager model-only "
                    f"{rate / RESULTS.get('model_only_engine', float('nan')):.3f})")
             RESULTS[key + "_waits"] = waits.report()
             say(f"  waits: {RESULTS[key + '_waits']}")
-        F._CPU_DECODE_SHARE = 0.0
 
-    guarded("hybrid", 60, hybrid)
+    guarded("pipeline", 60, pipeline)
     guarded("disk", 10, lambda: result("disk_write_fsync", disk_write_speed(work), "MB/s", "(32 MB files, fsync each)"))
 
     def kmeans():

@@ -39,9 +39,6 @@ from .exceptions import ImageReadError, InputError
 from .io import JPEG_HEADER_BYTES, jpeg_header_size, load_image
 
 DECODERS = ("auto", "pil", "torch")
-#: decode='torch' with worker processes: the fraction of each batch the workers decode with
-#: PIL while the GPU decodes the rest (an experiment; benchmarks/gpu_check.py sets it).
-_CPU_DECODE_SHARE = 0.0
 
 
 @dataclass
@@ -275,12 +272,11 @@ class BatchDataset:
         ``'torch'``: JPEGs that the GPU decoder handles are returned as raw bytes.
     """
 
-    def __init__(self, paths: Sequence[str], batches, pre: Preprocess, decode: str = "pil", cpu_share: float = 0.0):
+    def __init__(self, paths: Sequence[str], batches, pre: Preprocess, decode: str = "pil"):
         self.paths = paths
         self.batches = batches
         self.pre = pre
         self.decode = decode
-        self.cpu_share = cpu_share  # decode='torch': this fraction of each batch is decoded here anyway
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -293,11 +289,10 @@ class BatchDataset:
         out = np.empty((len(idx), s, s, 3), dtype=np.uint8)
         ok, stats, failed = [], [], []
         enc, enc_idx, enc_stats = [], [], []
-        on_cpu = round(self.cpu_share * len(idx))
-        for j, i in enumerate(idx):
+        for i in idx:
             path = self.paths[i]
             try:
-                if self.decode == "torch" and j >= on_cpu:
+                if self.decode == "torch":
                     raw = _read_gpu_jpeg(path)
                     if raw is not None:
                         enc.append(raw[1])
@@ -367,7 +362,7 @@ def default_num_workers(device=None) -> int:
 
 def iter_batches(paths: Sequence[str], pre: Preprocess, batch_size: int = 64, num_workers: int | None = None,
                  indices: Sequence[int] | None = None, decode: str = "pil", pin_memory: bool = False,
-                 prefetch: int = 2, cpu_share: float = 0.0):
+                 prefetch: int = 2):
     """Yield a :class:`Batch` per ``batch_size`` images of ``paths[indices]``, in order."""
     import torch
 
@@ -375,7 +370,7 @@ def iter_batches(paths: Sequence[str], pre: Preprocess, batch_size: int = 64, nu
         raise InputError(f"batch size must be at least 1, got {batch_size}")
     idx = np.arange(len(paths)) if indices is None else np.asarray(indices, dtype=np.int64)
     batches = [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
-    ds = BatchDataset(paths, batches, pre, decode, cpu_share)
+    ds = BatchDataset(paths, batches, pre, decode)
     nw = default_num_workers() if num_workers is None else int(num_workers)
     if nw < 0:
         raise InputError(f"workers must be 0 or more, got {num_workers}")
@@ -573,8 +568,7 @@ def _run(backbone: Backbone, paths, indices, engine, batch_size, num_workers, de
     cuda = dev is not None and dev.type == "cuda"
     decode = _resolve_decode(decode, engine)
     nw = default_num_workers(dev) if num_workers is None else num_workers
-    batches = iter_batches(paths, backbone.preprocess, batch_size, nw, indices=indices, decode=decode, pin_memory=cuda,
-                           cpu_share=_CPU_DECODE_SHARE if nw else 0.0)
+    batches = iter_batches(paths, backbone.preprocess, batch_size, nw, indices=indices, decode=decode, pin_memory=cuda)
     if decode == "torch":
         work = _gpu_decoded(batches, paths, backbone.preprocess, dev)
     else:
