@@ -11,8 +11,11 @@ The hot path is built for throughput:
 * The engine (:mod:`visclust.engines`) normalises the batch and runs the network: ONNX
   Runtime on CPU, PyTorch (bf16, channels_last) on CUDA.
 * On CUDA, JPEGs can instead be decoded on the GPU (``decode='torch'``): workers only read
-  the files, ``torchvision.io.decode_jpeg(device='cuda')`` decodes the whole batch and the
-  resize runs on the GPU; other formats and unusual JPEGs still decode with PIL.
+  the files (one buffer per batch), ``torchvision.io.decode_jpeg(device='cuda')`` decodes the
+  whole batch in a thread one batch ahead of the network, on its own CUDA stream, and the
+  resize + crop is two matrix products with PIL's coefficients; other formats and unusual
+  JPEGs still decode with PIL. Batch k + 1 starts on the GPU before batch k's features are
+  stored.
 * With a :class:`~visclust.store.FeatureStore`, only files without a current row are
   computed, and rows are committed in atomic shards as they are made: memory stays bounded
   by a few batches plus one shard whatever the number of images.
