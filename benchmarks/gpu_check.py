@@ -21,6 +21,11 @@ the time budget left is too short:
             the same initial centers), objectives
   tests     pytest -m gpu (the CUDA tests of the suite)
   compile   TorchEngine(compile=True): compile time, model-only, and end to end
+  pipeline  (not by default) end to end eager and compiled, with the seconds each thread
+            waits (for files, for nvJPEG, for decoded batches, for features, for the store)
+  disk      (not by default) write + fsync speed of the folder the store goes to
+
+In ``model``, ``plain`` (a section name) adds the plain-module fp32 / bf16 figures.
 
 Usage::
 
@@ -289,26 +294,18 @@ class Waits:
         def timed_batches(*a, **k):
             return w._timed_iter(batches(*a, **k), "decode thread: waits for workers' files")
 
-        def timed_decode(*a, **k):
-            t = time.perf_counter()
-            try:
-                return dec(*a, **k)
-            finally:
-                w.t["decode thread: in _decode_encoded"] += time.perf_counter() - t
+        def timed(fn, key):
+            def call(*a, **k):
+                t = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    w.t[key] += time.perf_counter() - t
+            return call
 
-        def timed_result(self_):
-            t = time.perf_counter()
-            try:
-                return result_(self_)
-            finally:
-                w.t["main: waits for features (GPU)"] += time.perf_counter() - t
-
-        def timed_wait(self_):
-            t = time.perf_counter()
-            try:
-                return wait_(self_)
-            finally:
-                w.t["main: waits for store commit"] += time.perf_counter() - t
+        timed_decode = timed(dec, "decode thread: in _decode_encoded")
+        timed_result = timed(result_, "main: waits for features (GPU)")
+        timed_wait = timed(wait_, "main: waits for store commit")
 
         F._threaded, F.iter_batches, F._decode_encoded = timed_threaded, timed_batches, timed_decode
         E.PendingFeatures.result, S.ShardWriter._wait = timed_result, timed_wait

@@ -115,6 +115,15 @@ def _resample(pre: Preprocess):
             "lanczos": Image.LANCZOS}.get(pre.interpolation, Image.BILINEAR)
 
 
+def _crop_geometry(w: int, h: int, pre: Preprocess) -> tuple[int, int, int, int]:
+    """``(new_w, new_h, left, top)``: the shorter side resized to ``pre.resize_size`` (never
+    below ``pre.input_size``), and where the centred ``input_size`` crop starts in it."""
+    s = pre.input_size
+    scale = pre.resize_size / min(w, h)
+    nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
+    return nw, nh, (nw - s) // 2, (nh - s) // 2
+
+
 def resize_crop(img, pre: Preprocess):
     """Resize the shorter side to ``pre.resize_size`` and centre-crop ``pre.input_size``,
     as one PIL call: returns an ``input_size`` x ``input_size`` image.
@@ -124,15 +133,13 @@ def resize_crop(img, pre: Preprocess):
     """
     w, h = img.size
     s = pre.input_size
-    scale = pre.resize_size / min(w, h)
-    nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
-    left, top = (nw - s) // 2, (nh - s) // 2
+    nw, nh, left, top = _crop_geometry(w, h, pre)
     if (nw, nh) == (w, h):
         return img.crop((left, top, left + s, top + s))
     sx, sy = w / nw, h / nh
     box = (left * sx, top * sy, (left + s) * sx, (top + s) * sy)
     # reducing_gap: a cheap box reduction first for big downscales, then the real filter.
-    return img.resize((s, s), _resample(pre), box=box, reducing_gap=3.0 if scale < 0.5 else None)
+    return img.resize((s, s), _resample(pre), box=box, reducing_gap=3.0 if pre.resize_size < 0.5 * min(w, h) else None)
 
 
 def _filter(interpolation: str):
@@ -192,9 +199,7 @@ def resize_crop_tensor(x, pre: Preprocess):
 
     n, c, h, w = x.shape
     s = pre.input_size
-    scale = pre.resize_size / min(w, h)
-    nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
-    left, top = (nw - s) // 2, (nh - s) // 2
+    nw, nh, left, top = _crop_geometry(w, h, pre)
     dt = torch.float16 if x.device.type == "cuda" else torch.float32
     rows = torch.from_numpy(resample_matrix(h, nh, top, s, pre.interpolation)).to(x.device, dt)
     cols = torch.from_numpy(resample_matrix(w, nw, left, s, pre.interpolation)).to(x.device, dt)
@@ -588,18 +593,13 @@ def _run(backbone: Backbone, paths, indices, engine, batch_size, num_workers, de
 
     pending = None
     for b, idx, stats, x in work:
-        if x is None:
-            Y = None
-        elif lag:
-            Y = engine.forward_nchw_async(x if decode == "torch" else engine.to_nchw(x))
-        else:
-            Y = engine.forward_nchw(x) if decode == "torch" else engine(x)
+        if not lag:
+            finish((b, idx, stats, None if x is None else engine.forward_nchw(x) if decode == "torch" else engine(x)))
+            continue
+        Y = None if x is None else engine.forward_nchw_async(x if decode == "torch" else engine.to_nchw(x))
         if pending is not None:
             finish(pending)
         pending = (b, idx, stats, Y)
-        if not lag:
-            finish(pending)
-            pending = None
     if pending is not None:
         finish(pending)
 

@@ -42,7 +42,6 @@ Layout and why
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import secrets
