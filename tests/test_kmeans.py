@@ -262,7 +262,7 @@ def test_hamerly_bounds_stay_exact_with_chunks_threads_and_empty_clusters(monkey
 def test_algorithm_parameter_is_checked():
     with pytest.raises(InputError, match="algorithm='elkan'"):
         KMeans(2, algorithm="elkan").fit(np.zeros((10, 2)))
-    assert KMeans(2).get_params()["algorithm"] == "hamerly"
+    assert KMeans(2).get_params()["algorithm"] == "auto"  # Hamerly on the CPU, Lloyd on CUDA
 
 
 def test_hamerly_on_a_float64_memmap_matches_lloyd_on_the_array(tmp_path, monkeypatch):
@@ -275,3 +275,18 @@ def test_hamerly_on_a_float64_memmap_matches_lloyd_on_the_array(tmp_path, monkey
     b = KMeans(5, init=init, batch_size=300, device="cpu").fit(mm)
     np.testing.assert_array_equal(b.labels_, a.labels_)
     assert b.inertia_ == pytest.approx(a.inertia_, rel=1e-6) and b.n_recomputed_[1:].min() < len(X)
+
+
+def test_auto_algorithm_is_hamerly_on_cpu_and_lloyd_on_cuda():
+    """'auto' (the default): Hamerly's bounds on the CPU, plain Lloyd on CUDA (faster there:
+    measured on an H200, docs/scaling.md (d)). Resolving needs no GPU."""
+    X = np.random.default_rng(0).standard_normal((3000, 8)).astype(np.float32)
+    km = KMeans(5, random_state=0, device="cpu")
+    assert km.algorithm == "auto"
+    assert km._algorithm(torch.device("cpu")) == "hamerly" and km._algorithm(torch.device("cuda")) == "lloyd"
+    assert KMeans(5, algorithm="hamerly")._algorithm(torch.device("cuda")) == "hamerly"
+    auto = km.fit(X)
+    ham = KMeans(5, random_state=0, device="cpu", algorithm="hamerly").fit(X)
+    assert np.array_equal(auto.labels_, ham.labels_) and auto.inertia_ == ham.inertia_
+    with pytest.raises(InputError, match="'auto', 'hamerly' or 'lloyd'"):
+        KMeans(5, algorithm="elkan").fit(X)

@@ -71,7 +71,7 @@ _PARAMS = {  # name: (check, what is expected) -- run at the top of fit
              "'k-means++', 'random' or an array of shape (n_clusters, n_features)"),
     "batch_size": (lambda v: v is None or _is_int(v, 1), "None (automatic) or an integer >= 1"),
     "mini_batch": (lambda v: isinstance(v, (bool, np.bool_)), "True or False"),
-    "algorithm": (lambda v: isinstance(v, str) and v in ("hamerly", "lloyd"), "'hamerly' or 'lloyd'"),
+    "algorithm": (lambda v: isinstance(v, str) and v in ("auto", "hamerly", "lloyd"), "'auto', 'hamerly' or 'lloyd'"),
     "device": (lambda v: v is None or isinstance(v, (str, torch.device)), "None, 'cpu' or 'cuda'"),
     "dtype": (lambda v: v in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
     "random_state": (lambda v: v is None or _is_int(v, 0) or isinstance(v, np.random.RandomState),
@@ -207,12 +207,16 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         (and mini-batches at most 65,536 rows).
     mini_batch : bool, default False
         Use streaming mini-batch K-means (approximate, one chunk in memory at a time).
-    algorithm : {'hamerly', 'lloyd'}, default 'hamerly'
+    algorithm : {'auto', 'hamerly', 'lloyd'}, default 'auto'
         Full-batch iterations: ``'hamerly'`` keeps two float32 bounds and the squared norm
         per row (16 bytes) and recomputes the distances of only the rows they do not settle,
         with conservative rounding slack so that the assignments are Lloyd's (up to float
         ties), and the distances of the few centers that moved most for every row; ``'lloyd'``
-        recomputes every row every iteration. Ignored in mini-batch mode.
+        recomputes every row every iteration. ``'auto'``: Hamerly on the CPU (up to 6x fewer
+        seconds per iteration on clustered data, docs/scaling.md), Lloyd on CUDA, where the
+        matrix product is cheap next to the bounds' bookkeeping (measured on an H200 at
+        1,000,000 x 768, k = 1,000, on clustered data: 45.2 against 50.2 ms per iteration in
+        float32, 19.2 against 27.2 in bf16). Ignored in mini-batch mode.
     device : {'cpu', 'cuda'} or None, default None
         Where to compute; ``None`` means CUDA when available, else CPU.
     dtype : {'float32', 'bfloat16'}, default 'float32'
@@ -255,7 +259,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, n_clusters=8, *, n_init=3, max_iter=100, tol=1e-4, init="k-means++", batch_size=None,
-                 mini_batch=False, algorithm="hamerly", device=None, dtype="float32", random_state=None):
+                 mini_batch=False, algorithm="auto", device=None, dtype="float32", random_state=None):
         self.n_clusters = n_clusters
         self.n_init = n_init
         self.max_iter = max_iter
@@ -286,6 +290,12 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             raise InputError("dtype='bfloat16' needs CUDA or a CPU with bf16 matrix units (AMX or AVX512-BF16; "
                              "elsewhere it is slower, not faster); use dtype='float32' or device='cuda'")
         return dev
+
+    def _algorithm(self, dev) -> str:
+        """The full-batch algorithm run on ``dev`` (``'auto'`` resolved)."""
+        if self.algorithm != "auto":
+            return self.algorithm
+        return "lloyd" if dev.type == "cuda" else "hamerly"
 
     def _rows(self, n, d):
         if self.batch_size is not None:
@@ -801,7 +811,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             Xd = X
             if dev.type == "cuda" and X.nbytes < 0.5 * torch.cuda.mem_get_info(dev)[0]:
                 Xd = _to_tensor(X, dev)  # copied to the GPU once instead of every iteration
-            run = self._hamerly if self.algorithm == "hamerly" else self._lloyd
+            run = self._hamerly if self._algorithm(dev) == "hamerly" else self._lloyd
             best = min((run(Xd, self._init_centers(sample, rng, dev), tolerance, rows, dev, self.max_iter)
                         for _ in range(n_init)), key=lambda r: r[2])
             centers, labels, inertia, n_iter, recomputed, moved_centers = best
