@@ -310,3 +310,27 @@ def test_gpu_reader_takes_colour_and_grey_jpegs_only_and_never_opens_a_fifo(tmp_
     st, data = _read_gpu_jpeg(paths[0])
     info = os.stat(paths[0])
     assert data.tobytes() == open(paths[0], "rb").read() and st == (info.st_size, info.st_mtime_ns)
+
+
+@pytest.mark.slow
+def test_extract_compile_gives_the_eager_features_and_refuses_onnx_and_ray(tmp_path, shape_images, cli):
+    """`visclust extract --compile` (torch.compile, ~25 s on 2 CPU cores) stores the features
+    eager PyTorch stores; with the onnx engine or Ray it is a one-line error."""
+    from visclust.backbones import create_backbone
+    from visclust.store import FeatureStore
+
+    common = ["--backbone", "torchvision/mobilenet_v2", "--random-weights", "--workers", "0", "--device", "cpu",
+              "--batch-size", "8", "--quiet"]
+    r = cli("extract", shape_images, "--store", tmp_path / "compiled", "--compile", *common)
+    assert r.returncode == 0, r.stderr
+    r = cli("extract", shape_images, "--store", tmp_path / "eager", "--engine", "torch", *common)
+    assert r.returncode == 0, r.stderr
+    cfg = create_backbone("torchvision/mobilenet_v2", pretrained=False).config
+    rows = [{p: x for ps, X in FeatureStore(tmp_path / name, cfg).iter_rows(mmap=False) for p, x in zip(ps, X)}
+            for name in ("compiled", "eager")]
+    assert sorted(rows[0]) == sorted(rows[1]) and len(rows[0]) > 0
+    a, b = (np.stack([r[p] for p in sorted(rows[0])]) for r in rows)
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
+    for extra, msg in ((["--engine", "onnx"], "applies to the torch engine"), (["--executor", "ray"], "not available with --executor ray")):
+        r = cli("extract", shape_images, "--store", tmp_path / "x", "--compile", *extra, *common)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -670,11 +670,13 @@ def extract_features(backbone: Backbone, paths: Sequence[str], *, batch_size: in
 def compute_features(backbone: Backbone, paths: Sequence[str], store, *, batch_size: int = 64,
                      num_workers: int | None = None, device: str | None = None, progress: bool | None = None,
                      engine="auto", dtype: str = "float32", decode: str = "auto", shard_rows: int = 4096,
-                     flush_seconds: float = 30.0) -> ExtractStats:
+                     flush_seconds: float = 30.0, compile: bool = False) -> ExtractStats:
     """Compute into ``store`` the features of the ``paths`` it has no current row for.
 
     Nothing is kept in memory beyond a few batches and one shard; a crash or ``kill -9``
     loses at most the rows not yet committed (``shard_rows`` rows or ``flush_seconds``).
+    Other parameters as in :func:`extract_features`; ``compile=True`` compiles the network
+    (:func:`visclust.engines.create_engine`).
 
     Returns
     -------
@@ -693,7 +695,7 @@ def compute_features(backbone: Backbone, paths: Sequence[str], store, *, batch_s
     todo = store.missing(paths)
     n_cached = len(paths) - len(todo)
     if todo and eng is None:
-        eng = _make_engine(backbone, engine, device)
+        eng = _make_engine(backbone, engine, device, compile)
     skipped: list[tuple[str, str]] = []
     bar = _progress_bar(len(todo), progress) if todo else None
     try:
@@ -731,11 +733,14 @@ def open_store(store, backbone: Backbone, decoder: str = "pil"):
     return FeatureStore(store, backbone.config, decoder=decoder)
 
 
-def _make_engine(backbone, engine, device):
+def _make_engine(backbone, engine, device, compile: bool = False):
     from .engines import create_engine
 
     if isinstance(engine, str):
-        return create_engine(backbone, engine, device)
+        return create_engine(backbone, engine, device, compile=compile)
+    if compile:
+        raise InputError("compile=True applies to an engine visclust makes; pass "
+                         "TorchEngine(backbone, device, compile=True) as the engine instead")
     return engine
 
 

@@ -32,6 +32,9 @@ def register(sub) -> None:
                    help="shared memory for a local Ray instance's object store (default: Ray's, 30%% of RAM)")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                    help="how features are stored (default %(default)s; float16 halves the size)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the network (the torch engine; on an H200, ResNet-50 after ~20 s of "
+                   "compiling: 1.4-1.5x model only, 1.16x end to end; not with --executor ray)")
     p.add_argument("--shard-size", type=int, default=4096, metavar="N",
                    help="rows per committed shard; a kill loses at most this many rows or 30 s of work "
                    "(default %(default)s)")
@@ -55,6 +58,8 @@ def run(args) -> int:
     use_ray = args.executor == "ray" or args.engine == "ray" or args.ray_address is not None
     if args.ray_object_store is not None and not use_ray:
         raise InputError("--ray-object-store needs --executor ray")
+    if args.compile and use_ray:
+        raise InputError("--compile is not available with --executor ray; leave it out")
     runs, paths = [], None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EngineFallbackWarning)
@@ -66,7 +71,8 @@ def run(args) -> int:
             backbone = create_backbone(name, weights=weights, pretrained=not args.random_weights)
             runs.append(compute_features(backbone, paths, args.store, batch_size=args.batch_size,
                                          num_workers=args.workers, device=args.device, progress=progress_flag(args),
-                                         engine=args.engine, dtype=args.dtype, shard_rows=args.shard_size))
+                                         engine=args.engine, dtype=args.dtype, shard_rows=args.shard_size,
+                                         compile=args.compile))
     for w in caught:  # the engine fallback and unreadable shards: one line each, no traceback
         if issubclass(w.category, UserWarning):
             print(f"visclust extract: warning: {w.message}", file=sys.stderr)
