@@ -6,21 +6,29 @@ the time budget left is too short:
   env       torch / torchvision / GPU name / driver
   jpegs     N photo-like 500x375 JPEGs (random crops of the photos in --photos, quality 90),
             written by one process per core
+  probe     (not by default) benchmarks/nvimgcodec_probe.py in a subprocess: per-step times of
+            nvImageCodec decoding as visclust runs it
   model     model-only ResNet-50 (random weights) at batch B on GPU-resident random input:
             plain module fp32, bf16 autocast + channels_last, and visclust's TorchEngine
             (normalisation + bf16 + channels_last + copy of the features to the host): the
             engine's figure is the ceiling the end-to-end ratio is taken against
   decode    decode + resize to 224 only: PIL (visclust.io.load_image + resize_crop) on one
             process per core, and nvJPEG (torchvision.io.decode_jpeg(device='cuda') in
-            batches of B + visclust's GPU resize) from bytes already in memory
+            batches of B + visclust's GPU resize) from bytes already in memory; NVIDIA
+            nvImageCodec when installed (pixels against torchvision's, decode only with a
+            share of 1 / 0 / 0.7 of each batch offered to the hardware JPEG decoder, and
+            decode + resize through visclust)
   e2e       visclust.features.compute_features from the JPEG files into a fresh feature
             store: decode='torch' (GPU decoding) and decode='pil' (CPU workers); plus
-            decode='torch' without a store (extract_features) to see the store's share
+            decode='torch' without a store (extract_features) to see the store's share;
+            decode='nvimgcodec' (--e2e names the variants: torch, torch-nostore, torch-512,
+            pil, nvimgcodec, nvimgcodec-nostore, nvimgcodec-512, nvimgcodec-hwX)
   kmeans    visclust.kmeans.KMeans on CUDA, 1,000,000 x 768, k=1000: seconds per Lloyd /
             Hamerly iteration in float32 and bfloat16 ((t[m] - t[1]) / (m - 1), tol=0, from
             the same initial centers), objectives
   tests     pytest -m gpu (the CUDA tests of the suite)
-  compile   TorchEngine(compile=True): compile time, model-only, and end to end
+  compile   TorchEngine(compile=True): compile time, model-only, and end to end with each
+            of --compile-decoders
   pipeline  (not by default) end to end eager and compiled, with the seconds each thread
             waits (for files, for nvJPEG, for decoded batches, for features, for the store)
   disk      (not by default) write + fsync speed of the folder the store goes to
@@ -234,6 +242,57 @@ def decode_gpu(paths, device, batch):
     return out
 
 
+def decode_nvimgcodec(paths, device, batch, hw_loads=(1.0, 0.0, 0.7)):
+    """nvImageCodec: a check against torchvision's pixels, then decode only (per share of the
+    hardware decoder) and decode + resize through visclust (``_decode_encoded``)."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from visclust import features as F
+    from visclust.backbones import Preprocess
+
+    pre = Preprocess(input_size=224, resize_size=256)
+    blobs = [np.fromfile(p, dtype=np.uint8) for p in paths]
+    out = {}
+    idx = device.index or 0
+    ref = decode_jpeg([torch.from_numpy(b) for b in blobs[:8]], mode=ImageReadMode.RGB, device=device)
+    got = F._nvimgcodec_decode([torch.from_numpy(b) for b in blobs[:8]], device)
+    diffs = [(a.int() - b.int()).abs() for a, b in zip(ref, got)]
+    out["nvimgcodec_vs_torchvision_max_abs"] = max(int(d.max()) for d in diffs)
+    out["nvimgcodec_vs_torchvision_mean_abs"] = float(np.mean([float(d.float().mean()) for d in diffs]))
+    say(f"  pixels vs torchvision: max {out['nvimgcodec_vs_torchvision_max_abs']}, "
+        f"mean {out['nvimgcodec_vs_torchvision_mean_abs']:.3f}; shapes {[tuple(g.shape) for g in got[:2]]}")
+    from nvidia import nvimgcodec
+
+    params = nvimgcodec.DecodeParams(apply_exif_orientation=True, color_spec=nvimgcodec.ColorSpec.RGB)
+    stream = torch.cuda.current_stream(device)
+    for load in hw_loads:
+        dec = F.nvimgcodec_decoder(idx, load)
+        dec.decode(blobs[:batch], params=params, cuda_stream=stream.cuda_stream)  # warm
+        sync(device)
+        t, n = time.perf_counter(), 0
+        for s in range(0, len(blobs), batch):
+            n += sum(im is not None for im in dec.decode(blobs[s:s + batch], params=params,
+                                                          cuda_stream=stream.cuda_stream))
+        sync(device)
+        out[f"nvimgcodec_decode_only_hw{load:g}"] = n / (time.perf_counter() - t)
+        say(f"  decode only, hardware share {load:g}: {out[f'nvimgcodec_decode_only_hw{load:g}']:.0f} img/s")
+    batches = []
+    for s in range(0, len(blobs), batch):
+        part = blobs[s:s + batch]
+        off = np.zeros(len(part) + 1, np.int64)
+        np.cumsum([len(b) for b in part], out=off[1:])
+        batches.append(F.Batch(np.zeros(0, np.int64), torch.zeros((0, 224, 224, 3), dtype=torch.uint8), [], [],
+                               torch.from_numpy(np.concatenate(part)), off, np.arange(s, s + len(part)),
+                               [None] * len(part)))
+    t, n = time.perf_counter(), 0
+    for b in batches:
+        n += len(F._decode_encoded(b, paths, pre, device, "nvimgcodec")[2])
+    sync(device)
+    out["nvimgcodec_decode_resize"] = n / (time.perf_counter() - t)
+    return out
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -391,6 +450,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sections", default="env,jpegs,model,plain,decode,e2e,kmeans,tests,compile",
                     help="also: pipeline (end to end eager and compiled, with each thread's waits), disk")
     ap.add_argument("--e2e", default="torch,torch-nostore,torch-512,pil", help="end-to-end variants, in order")
+    ap.add_argument("--compile-decoders", default="torch,nvimgcodec", help="decoders of the compiled end-to-end runs")
     ap.add_argument("--workdir", default=None, help="where the JPEGs go (default a temp dir)")
     args = ap.parse_args(argv)
     sections = set(args.sections.split(","))
@@ -442,6 +502,21 @@ def main(argv=None) -> int:
     guarded("env", 0, env)
     photos = sorted(p for p in glob.glob(os.path.join(args.photos, "*")) if p.lower().endswith((".jpg", ".png")))
     paths = guarded("jpegs", 30, lambda: make_jpegs(photos, os.path.join(work, "jpegs"), n_img, procs)) or []
+
+    def probe():
+        """benchmarks/nvimgcodec_probe.py in its own process."""
+        from visclust import features as F
+
+        if device.type != "cuda" or not F.nvimgcodec_available():
+            say("  needs CUDA and nvImageCodec")
+            return
+        r = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                         "nvimgcodec_probe.py"), os.path.dirname(paths[0]),
+                            "--batch", str(batch)], capture_output=True, text=True, timeout=120)
+        say(r.stdout[-3000:] + r.stderr[-3000:])
+        RESULTS["nvimgcodec_probe"] = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+
+    guarded("probe", 30, probe)
     from visclust.backbones import create_backbone
 
     backbone = create_backbone("torchvision/resnet50", pretrained=False)
@@ -461,6 +536,13 @@ def main(argv=None) -> int:
         if device.type == "cuda":
             for k, v in decode_gpu(paths[: min(len(paths), 20000)], device, batch).items():
                 result(k, v, "img/s", f"(batches of {batch})")
+            from visclust.features import nvimgcodec_available
+
+            if not nvimgcodec_available():
+                say("  nvImageCodec: not installed")
+                return
+            for k, v in decode_nvimgcodec(paths[: min(len(paths), 20000)], device, batch).items():
+                result(k, v, "img/s" if "abs" not in k else "", f"(batches of {batch})")
 
     guarded("decode", 40, decode)
 
@@ -469,14 +551,29 @@ def main(argv=None) -> int:
 
         e = eng or TorchEngine(backbone, device)
         ceiling = RESULTS.get("model_only_engine")
+        from visclust import features as F
+
         variants = {"torch": ("torch", True, procs, batch), "torch-nostore": ("torch", False, procs, batch),
-                    "torch-512": ("torch", True, procs, 2 * batch), "pil": ("pil", True, procs, batch)}
-        for decode, store, workers, bs in (variants[v] for v in args.e2e.split(",")):
+                    "torch-512": ("torch", True, procs, 2 * batch), "pil": ("pil", True, procs, batch),
+                    "nvimgcodec": ("nvimgcodec", True, procs, batch),
+                    "nvimgcodec-nostore": ("nvimgcodec", False, procs, batch),
+                    "nvimgcodec-512": ("nvimgcodec", True, procs, 2 * batch)}
+        for v in args.e2e.split(","):
+            hw = None
+            if v.startswith("nvimgcodec-hw"):  # nvimgcodec-hw0.7: that share to the hardware decoder
+                hw, v = float(v[len("nvimgcodec-hw"):]), "nvimgcodec"
+            decode, store, workers, bs = variants[v]
             if left(args.budget) < 30:
                 say(f"  skipped decode={decode} store={store}: out of time")
                 continue
+            if decode == "nvimgcodec" and not F.nvimgcodec_available():
+                say("  skipped decode=nvimgcodec: not installed")
+                continue
+            F.NVIMGCODEC_HW_LOAD = 1.0 if hw is None else hw
             rate, n, dt = e2e(backbone, e, paths, bs, workers, decode, store)
-            key = f"e2e_{decode}_decode" + ("" if store else "_no_store") + ("" if bs == batch else f"_batch{bs}")
+            F.NVIMGCODEC_HW_LOAD = 1.0
+            key = f"e2e_{decode}_decode" + ("" if hw is None else f"_hw{hw:g}") + ("" if store else "_no_store") \
+                + ("" if bs == batch else f"_batch{bs}")
             key += f"_run{sum(k.startswith(key) and not k.endswith('ratio') for k in RESULTS) + 1}"
             result(key, rate, "img/s", f"({n} images in {dt:.1f} s, {workers} workers, batch {bs})")
             if ceiling:
@@ -534,7 +631,8 @@ def main(argv=None) -> int:
 
     def tests():
         root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-        env_ = dict(os.environ, PYTHONPATH=os.path.join(root, "src"))
+        env_ = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (os.path.join(root, "src"), os.environ.get("PYTHONPATH")) if p))
         r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
                             "tests/test_engines.py", "tests/test_kmeans.py", "tests/test_features.py"],
                            cwd=root, env=env_, capture_output=True, text=True, timeout=max(30, left(args.budget) - 5))
@@ -547,13 +645,19 @@ def main(argv=None) -> int:
     def compiled():
         ce = compiled_engine()
         torch._logging.set_logs(recompiles=True)  # a recompilation inside the timed run would show here
-        for run in (1, 2):
-            if left(args.budget) < 20:
-                break
-            rate, n, dt = e2e(backbone, ce, paths, batch, procs, "torch", True)
-            result(f"e2e_torch_decode_compiled_run{run}", rate, "img/s", f"({n} images in {dt:.1f} s)")
-            if RESULTS.get("model_only_engine"):
-                result(f"e2e_torch_decode_compiled_run{run}_ratio_to_eager", rate / RESULTS["model_only_engine"], "")
+        from visclust.features import nvimgcodec_available
+
+        for decode in args.compile_decoders.split(","):
+            if decode == "nvimgcodec" and not nvimgcodec_available():
+                continue
+            for run in (1, 2):
+                if left(args.budget) < 20:
+                    break
+                rate, n, dt = e2e(backbone, ce, paths, batch, procs, decode, True)
+                key = f"e2e_{decode}_decode_compiled_run{run}"
+                result(key, rate, "img/s", f"({n} images in {dt:.1f} s)")
+                if RESULTS.get("model_only_engine"):
+                    result(f"{key}_ratio_to_eager", rate / RESULTS["model_only_engine"], "")
 
     guarded("compile", 90, compiled)
     RESULTS["total_seconds"] = time.perf_counter() - T_START

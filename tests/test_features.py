@@ -126,13 +126,19 @@ def test_tensor_resize_crop_gives_pils_pixels_within_rounding(size, interp):
 
 
 @pytest.mark.gpu
-def test_cuda_pipeline_matches_the_cpu_one_row_for_row(tmp_path, mobilenet):
-    """On CUDA: nvJPEG decoding in a thread on its own stream, bf16 network, batch k + 1
-    started before batch k's rows are handed over; every row must still belong to its file."""
+@pytest.mark.parametrize("decoder", ["torch", "nvimgcodec"])
+def test_cuda_pipeline_matches_the_cpu_one_row_for_row(tmp_path, mobilenet, decoder):
+    """On CUDA: GPU decoding (nvJPEG through torchvision, or nvImageCodec's hardware decoder)
+    in a thread on its own stream, batch k + 1 started before batch k's rows are handed
+    over; every row must still belong to its file."""
     import torch
+
+    from visclust.features import nvimgcodec_available
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
+    if decoder == "nvimgcodec" and not nvimgcodec_available():
+        pytest.skip("needs NVIDIA nvImageCodec (pip install 'nvidia-nvimgcodec-cu13[nvjpeg]')")
     root = tmp_path / "imgs"
     root.mkdir()
     paths = []
@@ -147,14 +153,14 @@ def test_cuda_pipeline_matches_the_cpu_one_row_for_row(tmp_path, mobilenet):
     cpu = extract_features(mobilenet, paths, engine="torch", device="cpu", num_workers=0, batch_size=16, decode="pil")
     # float32 on the GPU: this compares decoding and resizing (bf16 has its own test in test_engines)
     eng = TorchEngine(mobilenet, "cuda", amp=False)
-    gpu = extract_features(mobilenet, paths, engine=eng, num_workers=2, batch_size=16, decode="torch")
+    gpu = extract_features(mobilenet, paths, engine=eng, num_workers=2, batch_size=16, decode=decoder)
     assert gpu.paths == cpu.paths and [p for p, _ in gpu.skipped] == [p for p, _ in cpu.skipped]
     mean = cpu.features.mean(0)
     a, b = cpu.features - mean, gpu.features - mean  # what tells the images apart
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     sims = (b / np.linalg.norm(b, axis=1, keepdims=True)) @ (a / np.linalg.norm(a, axis=1, keepdims=True)).T
     assert (sims.argmax(1) == np.arange(len(a))).all(), "a row was handed to another file"
-    print(f"centred cosine GPU vs CPU pipeline: min {cos.min():.4f}, median {np.median(cos):.4f}")
+    print(f"centred cosine GPU ({decoder}) vs CPU pipeline: min {cos.min():.4f}, median {np.median(cos):.4f}")
     # Measured on an H200 (2026-12-04): min 0.844, median 0.984, in bf16 and in float32 alike:
     # nvJPEG's pixels differ from libjpeg's (decode='torch' on the CPU, with libjpeg, gives
     # 0.999), and random weights magnify small pixel differences. The row-for-row check above
@@ -168,6 +174,11 @@ def test_bad_arguments_are_clear_errors(tmp_path, mobilenet):
         extract_features(mobilenet, paths, engine="torch", batch_size=0)
     with pytest.raises(InputError, match="decoder"):
         extract_features(mobilenet, paths, engine="torch", decode="nvjpeg")
+    with pytest.raises(InputError, match="CUDA GPU; on the CPU use decode='pil'"):
+        extract_features(mobilenet, paths, engine="torch", device="cpu", decode="nvimgcodec")
+    with pytest.raises(InputError, match="CUDA GPU"):  # refused before the store is made
+        extract_features(mobilenet, paths, engine="onnx", device="cpu", decode="nvimgcodec", store=tmp_path / "s")
+    assert not (tmp_path / "s").exists()
     with pytest.raises(InputError, match="workers"):
         extract_features(mobilenet, paths, engine="torch", num_workers=-1)
     with pytest.raises(InputError, match="device"):

@@ -141,6 +141,15 @@ def test_another_config_never_reuses_rows(tmp_path, pixels):
     assert len({Path(d).name for d in (sa.store_path, sb.store_path)}) == 2
 
 
+def test_each_decoder_keeps_its_own_rows(tmp_path, pixels):
+    """GPU decoders give other pixels than PIL: their rows never mix (and a typo is refused)."""
+    stores = {d: FeatureStore(tmp_path / "store", pixels.config, decoder=d) for d in ("pil", "torch", "nvimgcodec")}
+    assert len({s.path for s in stores.values()}) == 3
+    assert Path(stores["nvimgcodec"].path).name == pixels.config.cache_key() + "-nvimgcodec"
+    with pytest.raises(InputError, match="decoder must be"):
+        FeatureStore(tmp_path / "store", pixels.config, decoder="nvjpeg")
+
+
 def test_a_config_json_that_disagrees_is_refused(tmp_path, pixels):
     store = FeatureStore(tmp_path / "store", pixels.config)
     cfg = Path(store.path) / "config.json"

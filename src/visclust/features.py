@@ -10,9 +10,10 @@ The hot path is built for throughput:
   computing only the pixels that survive the crop.
 * The engine (:mod:`visclust.engines`) normalises the batch and runs the network: ONNX
   Runtime on CPU, PyTorch (bf16, channels_last) on CUDA.
-* On CUDA, JPEGs can instead be decoded on the GPU (``decode='torch'``): workers only read
-  the files (one buffer per batch), ``torchvision.io.decode_jpeg(device='cuda')`` decodes the
-  whole batch in a thread one batch ahead of the network, on its own CUDA stream, and the
+* On CUDA, JPEGs can instead be decoded on the GPU (``decode='torch'`` or ``'nvimgcodec'``):
+  workers only read the files (one buffer per batch), ``torchvision.io.decode_jpeg(device=
+  'cuda')`` or NVIDIA nvImageCodec (the GPU's hardware JPEG decoder) decodes the whole batch
+  in a thread one batch ahead of the network, on its own CUDA stream, and the
   resize + crop is two matrix products with PIL's coefficients; other formats and unusual
   JPEGs still decode with PIL. Batch k + 1 starts on the GPU before batch k's features are
   stored.
@@ -41,7 +42,8 @@ from .backbones import Backbone, Preprocess
 from .exceptions import ImageReadError, InputError
 from .io import JPEG_HEADER_BYTES, jpeg_header_size, load_image
 
-DECODERS = ("auto", "pil", "torch")
+DECODERS = ("auto", "pil", "torch", "nvimgcodec")
+GPU_DECODERS = ("torch", "nvimgcodec")  # workers only read the files; decoding happens on the engine's device
 
 
 @dataclass
@@ -276,8 +278,9 @@ class BatchDataset:
     paths : sequence of str
     batches : sequence of index arrays
     pre : Preprocess
-    decode : {'pil', 'torch'}
-        ``'torch'``: JPEGs that the GPU decoder handles are returned as raw bytes.
+    decode : {'pil', 'torch', 'nvimgcodec'}
+        ``'torch'`` and ``'nvimgcodec'``: JPEGs that the GPU decoder handles are returned as
+        raw bytes.
     """
 
     def __init__(self, paths: Sequence[str], batches, pre: Preprocess, decode: str = "pil"):
@@ -300,7 +303,7 @@ class BatchDataset:
         for i in idx:
             path = self.paths[i]
             try:
-                if self.decode == "torch":
+                if self.decode in GPU_DECODERS:
                     raw = _read_gpu_jpeg(path)
                     if raw is not None:
                         enc.append(raw[1])
@@ -458,22 +461,99 @@ def _threaded(items, prefetch: int, low_priority: bool = True):
 # --------------------------------------------------------------------------- GPU decoding
 
 
-def _decode_encoded(batch: Batch, paths, pre: Preprocess, device):
-    """Decode the raw JPEGs of ``batch`` on ``device``; return (indices, stats, float NCHW 0..255
-    of every image of the batch), moving failures to ``batch.failed``."""
-    import torch
+def _torchvision_decode(files: list, device) -> list:
+    """``(3, h, w)`` uint8 tensors on ``device`` (None where a file could not be decoded):
+    nvJPEG through ``torchvision.io.decode_jpeg``, which runs on the CUDA cores."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    files = batch.encoded_files()
-    imgs: list = [None] * len(files)
     try:
-        imgs = decode_jpeg(files, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+        return decode_jpeg(files, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
     except Exception:  # one bad file fails the whole call: find it one by one
+        imgs: list = [None] * len(files)
         for j, data in enumerate(files):
             try:
                 imgs[j] = decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
             except Exception:
                 imgs[j] = None
+        return imgs
+
+
+NVIMGCODEC_INSTALL = ("pip install 'nvidia-nvimgcodec-cu13[nvjpeg]' (nvidia-nvimgcodec-cu12[nvjpeg] for CUDA 12), "
+                      "or use decode='torch'")
+
+
+def nvimgcodec_available() -> bool:
+    """Whether NVIDIA nvImageCodec can be imported (``decode='nvimgcodec'``)."""
+    try:
+        from nvidia import nvimgcodec  # noqa: F401
+    except Exception:  # noqa: BLE001 - ImportError, or a broken install failing to load its libraries
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def nvimgcodec_decoder(device_index: int, hw_load: float = 1.0):
+    """One nvImageCodec decoder per GPU: the hardware JPEG decoder (the NVJPG engines of
+    A100 / H100 / H200 class GPUs, which leave the CUDA cores to the network) takes a share
+    ``hw_load`` of each batch; the rest, and what the hardware cannot decode, falls to
+    nvJPEG on the CUDA cores, then to the CPU."""
+    try:
+        from nvidia import nvimgcodec
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"decode='nvimgcodec' needs NVIDIA nvImageCodec ({e}): {NVIMGCODEC_INSTALL}") from None
+    kinds = nvimgcodec.BackendKind
+    backends = [nvimgcodec.Backend(kinds.GPU_ONLY), nvimgcodec.Backend(kinds.CPU_ONLY)]
+    if hw_load > 0:
+        backends.insert(0, nvimgcodec.Backend(kinds.HW_GPU_ONLY, load_hint=hw_load))
+    return nvimgcodec.Decoder(device_id=device_index, backends=backends)
+
+
+NVIMGCODEC_HW_LOAD = 1.0  # share of each batch offered to the hardware JPEG decoder
+
+
+def _nvimgcodec_decode(files: list, device) -> list:
+    """:func:`_torchvision_decode` with NVIDIA nvImageCodec (hardware JPEG decoder first)."""
+    import torch
+    from nvidia import nvimgcodec
+
+    dec = nvimgcodec_decoder(device.index if device.index is not None else torch.cuda.current_device(),
+                             NVIMGCODEC_HW_LOAD)
+    params = nvimgcodec.DecodeParams(apply_exif_orientation=True, color_spec=nvimgcodec.ColorSpec.RGB)
+    stream = torch.cuda.current_stream(device)
+    data = [f.numpy() if hasattr(f, "numpy") else f for f in files]
+    try:
+        out = dec.decode(data, params=params, cuda_stream=stream.cuda_stream)
+    except Exception:  # noqa: BLE001 - one bad file can fail the whole call: find it one by one
+        out = []
+        for d in data:
+            try:
+                out.append(dec.decode(d, params=params, cuda_stream=stream.cuda_stream))
+            except Exception:  # noqa: BLE001
+                out.append(None)
+    return [None if im is None else _nvimgcodec_view(im, device) for im in out]
+
+
+def _nvimgcodec_view(im, device):
+    """A CHW uint8 tensor on the memory of the HWC ``nvimgcodec.Image`` ``im``.
+
+    Through ``__cuda_array_interface__`` the tensor holds a reference to ``im``, which owns
+    the memory. Measured on an H200 (docs/benchmarks.md): ``torch.from_dlpack`` views did
+    not keep it (an illegal memory access in the first run) and, kept alive by hand, cost
+    27.7 instead of 13.6 us per image, and made the resize after them slower too.
+    """
+    import torch
+
+    return torch.as_tensor(im, device=device).permute(2, 0, 1)
+
+
+def _decode_encoded(batch: Batch, paths, pre: Preprocess, device, decoder: str = "torch"):
+    """Decode the raw JPEGs of ``batch`` on ``device`` with ``decoder`` (one of
+    :data:`GPU_DECODERS`); return (indices, stats, float NCHW 0..255 of every image of the
+    batch), moving failures to ``batch.failed``."""
+    import torch
+
+    files = batch.encoded_files()
+    imgs = (_nvimgcodec_decode if decoder == "nvimgcodec" else _torchvision_decode)(files, device)
     s = pre.input_size
     out_idx = list(batch.indices)
     out_stats = list(batch.stats)
@@ -499,7 +579,13 @@ def _decode_encoded(batch: Batch, paths, pre: Preprocess, device):
         out_stats.extend(batch.encoded_stats[j] for j in js)
     if not parts:
         return np.zeros(0, np.int64), [], None
-    return np.asarray(out_idx, dtype=np.int64), out_stats, torch.cat(parts)
+    x = torch.cat(parts)
+    if decoder == "nvimgcodec" and device.type == "cuda":
+        # nvImageCodec frees an image's memory on its own terms once the last tensor on it
+        # is gone: let the copies out of them finish first (this is the decoding thread).
+        torch.cuda.current_stream(device).synchronize()
+    del imgs, parts
+    return np.asarray(out_idx, dtype=np.int64), out_stats, x
 
 
 # --------------------------------------------------------------------------- extraction
@@ -508,11 +594,17 @@ def _decode_encoded(batch: Batch, paths, pre: Preprocess, device):
 def _resolve_decode(decode: str, engine) -> str:
     if decode not in DECODERS:
         raise InputError(f"unknown decoder {decode!r}; choose one of {', '.join(DECODERS)}")
+    dev = getattr(engine, "device", None)
     if decode == "auto":
-        dev = getattr(engine, "device", None)
+        # torchvision's nvJPEG: nvImageCodec's hardware decoder was slower end to end on an
+        # H200 (docs/benchmarks.md), so it is used only when asked for
         return "torch" if dev is not None and dev.type == "cuda" and hasattr(engine, "forward_nchw") else "pil"
-    if decode == "torch" and not hasattr(engine, "forward_nchw"):
-        raise InputError("decode='torch' needs the torch engine (use engine='torch')")
+    if decode in GPU_DECODERS and not hasattr(engine, "forward_nchw"):
+        raise InputError(f"decode={decode!r} needs the torch engine (use engine='torch')")
+    if decode == "nvimgcodec":
+        if dev is None or dev.type != "cuda":
+            raise InputError("decode='nvimgcodec' decodes on a CUDA GPU; on the CPU use decode='pil'")
+        nvimgcodec_decoder(dev.index if dev.index is not None else 0)  # a missing install says so here, in one line
     return decode
 
 
@@ -524,16 +616,18 @@ def _decoder_for(decode: str, engine, device) -> str:
         raise InputError(f"unknown decoder {decode!r}; choose one of {', '.join(DECODERS)}")
     if decode == "auto":
         return "torch" if resolve_device(device).type == "cuda" and engine != "onnx" else "pil"
+    if decode == "nvimgcodec" and resolve_device(device).type != "cuda":
+        raise InputError("decode='nvimgcodec' decodes on a CUDA GPU; on the CPU use decode='pil'")
     return decode
 
 
-def _gpu_decoded(batches, paths, pre: Preprocess, device):
+def _gpu_decoded(batches, paths, pre: Preprocess, device, decoder: str = "torch"):
     """``(batch, indices, stats, x)`` per batch of ``batches``, ``x`` the decoded NCHW pixels
     on ``device`` (None when nothing of the batch could be read).
 
-    A background thread decodes (``decode_jpeg`` + resize) up to two batches ahead, on its own
-    CUDA stream, while the caller runs the network on the current one: the GPU's JPEG
-    decoder and the model overlap instead of taking turns.
+    A background thread decodes (``decoder``: ``'torch'`` or ``'nvimgcodec'``, then the resize)
+    up to two batches ahead, on its own CUDA stream, while the caller runs the network on the
+    current one: the GPU's JPEG decoder and the model overlap instead of taking turns.
     """
     import contextlib
 
@@ -547,7 +641,7 @@ def _gpu_decoded(batches, paths, pre: Preprocess, device):
             with (torch.cuda.device(device) if cuda else contextlib.nullcontext()), \
                     (torch.cuda.stream(stream) if cuda else contextlib.nullcontext()):
                 if b.n_encoded:
-                    idx, stats, x = _decode_encoded(b, paths, pre, device)
+                    idx, stats, x = _decode_encoded(b, paths, pre, device, decoder)
                 else:
                     idx, stats = b.indices, b.stats
                     x = b.images.to(device, non_blocking=True).permute(0, 3, 1, 2) if len(idx) else None
@@ -577,8 +671,9 @@ def _run(backbone: Backbone, paths, indices, engine, batch_size, num_workers, de
     decode = _resolve_decode(decode, engine)
     nw = default_num_workers(dev) if num_workers is None else num_workers
     batches = iter_batches(paths, backbone.preprocess, batch_size, nw, indices=indices, decode=decode, pin_memory=cuda)
-    if decode == "torch":
-        work = _gpu_decoded(batches, paths, backbone.preprocess, dev)
+    gpu = decode in GPU_DECODERS
+    if gpu:
+        work = _gpu_decoded(batches, paths, backbone.preprocess, dev, decode)
     else:
         work = ((b, b.indices, b.stats, b.images if len(b.indices) else None) for b in batches)
     lag = cuda and hasattr(engine, "forward_nchw_async")
@@ -594,9 +689,9 @@ def _run(backbone: Backbone, paths, indices, engine, batch_size, num_workers, de
     pending = None
     for b, idx, stats, x in work:
         if not lag:
-            finish((b, idx, stats, None if x is None else engine.forward_nchw(x) if decode == "torch" else engine(x)))
+            finish((b, idx, stats, None if x is None else engine.forward_nchw(x) if gpu else engine(x)))
             continue
-        Y = None if x is None else engine.forward_nchw_async(x if decode == "torch" else engine.to_nchw(x))
+        Y = None if x is None else engine.forward_nchw_async(x if gpu else engine.to_nchw(x))
         if pending is not None:
             finish(pending)
         pending = (b, idx, stats, Y)
@@ -628,9 +723,12 @@ def extract_features(backbone: Backbone, paths: Sequence[str], *, batch_size: in
         Reuse the rows already there, compute only the others and add them.
     dtype : {'float32', 'float16'}, default 'float32'
         How new rows are stored (features are returned as float32 either way).
-    decode : {'auto', 'pil', 'torch'}, default 'auto'
+    decode : {'auto', 'pil', 'torch', 'nvimgcodec'}, default 'auto'
         ``'torch'`` decodes JPEGs with ``torchvision.io.decode_jpeg`` on the engine's
-        device; ``'auto'`` does so on CUDA only.
+        device; ``'nvimgcodec'`` with NVIDIA nvImageCodec on the GPU's hardware JPEG decoder
+        where it has one (``pip install 'nvidia-nvimgcodec-cu13[nvjpeg]'``), nvJPEG on the
+        CUDA cores otherwise (same pixels as ``'torch'``; slower end to end on an H200:
+        docs/benchmarks.md); ``'auto'`` is ``'torch'`` on CUDA, ``'pil'`` elsewhere.
 
     Returns
     -------

@@ -121,10 +121,10 @@ class FeatureStore:
         What produces the features; rows from any other config are never seen.
     create : bool, default True
         Create the directories if missing (False: raise if the store does not exist).
-    decoder : {'pil', 'torch'}, default 'pil'
-        Which image decoder made the rows. JPEGs decoded by ``torchvision.io.decode_jpeg``
-        (GPU decoding) give slightly different pixels than PIL, so their rows live in a
-        directory of their own (``<cache key>-torch``).
+    decoder : {'pil', 'torch', 'nvimgcodec'}, default 'pil'
+        Which image decoder made the rows. JPEGs decoded on the GPU (``torchvision.io.
+        decode_jpeg``, NVIDIA nvImageCodec) give slightly different pixels than PIL, so their
+        rows live in a directory of their own (``<cache key>-torch``, ``-nvimgcodec``).
 
     Examples
     --------
@@ -135,8 +135,8 @@ class FeatureStore:
     """
 
     def __init__(self, root: str | os.PathLike, config: BackboneConfig, *, create: bool = True, decoder: str = "pil"):
-        if decoder not in ("pil", "torch"):
-            raise InputError(f"decoder must be 'pil' or 'torch', got {decoder!r}")
+        if decoder not in ("pil", "torch", "nvimgcodec"):
+            raise InputError(f"decoder must be 'pil', 'torch' or 'nvimgcodec', got {decoder!r}")
         self.root = os.path.abspath(os.fspath(root))
         self.config = config
         self.decoder = decoder
