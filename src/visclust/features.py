@@ -478,7 +478,7 @@ def _torchvision_decode(files: list, device) -> list:
         return imgs
 
 
-NVIMGCODEC_INSTALL = ("pip install 'nvidia-nvimgcodec-cu13[nvjpeg]' (nvidia-nvimgcodec-cu12[nvjpeg] for CUDA 12), "
+NVIMGCODEC_INSTALL = ("pip install 'visclust[nvimgcodec]' (nvidia-nvimgcodec-cu12[nvjpeg] for CUDA 12), "
                       "or use decode='torch'")
 
 
