@@ -21,8 +21,9 @@ the time budget left is too short:
   e2e       visclust.features.compute_features from the JPEG files into a fresh feature
             store: decode='torch' (GPU decoding) and decode='pil' (CPU workers); plus
             decode='torch' without a store (extract_features) to see the store's share;
-            decode='nvimgcodec' (--e2e names the variants: torch, torch-nostore, torch-512,
-            pil, nvimgcodec, nvimgcodec-nostore, nvimgcodec-512, nvimgcodec-hwX)
+            decode='nvimgcodec' (--e2e names the variants: DECODER[-nostore][-512][-hwX][-tN],
+            e.g. torch, torch-nostore, pil, nvimgcodec-hw0.7-t2: no store, batch 2 x B, share X
+            to the hardware JPEG decoder, N decoding threads)
   kmeans    visclust.kmeans.KMeans on CUDA, 1,000,000 x 768, k=1000: seconds per Lloyd /
             Hamerly iteration in float32 and bfloat16 ((t[m] - t[1]) / (m - 1), tol=0, from
             the same initial centers), objectives
@@ -553,29 +554,29 @@ def main(argv=None) -> int:
         ceiling = RESULTS.get("model_only_engine")
         from visclust import features as F
 
-        variants = {"torch": ("torch", True, procs, batch), "torch-nostore": ("torch", False, procs, batch),
-                    "torch-512": ("torch", True, procs, 2 * batch), "pil": ("pil", True, procs, batch),
-                    "nvimgcodec": ("nvimgcodec", True, procs, batch),
-                    "nvimgcodec-nostore": ("nvimgcodec", False, procs, batch),
-                    "nvimgcodec-512": ("nvimgcodec", True, procs, 2 * batch)}
         for v in args.e2e.split(","):
-            hw = None
-            if v.startswith("nvimgcodec-hw"):  # nvimgcodec-hw0.7: that share to the hardware decoder
-                hw, v = float(v[len("nvimgcodec-hw"):]), "nvimgcodec"
-            decode, store, workers, bs = variants[v]
+            # DECODER[-nostore][-512][-hwX][-tN]: no store, batch 2 x B, share X of each batch
+            # to the hardware JPEG decoder (nvimgcodec), N decoding threads
+            decode, *opts = v.split("-")
+            store, bs, hw, threads = "nostore" not in opts, (2 * batch if "512" in opts else batch), None, 1
+            for o in opts:
+                hw = float(o[2:]) if o.startswith("hw") else hw
+                threads = int(o[1:]) if o.startswith("t") and o[1:].isdigit() else threads
             if left(args.budget) < 30:
-                say(f"  skipped decode={decode} store={store}: out of time")
+                say(f"  skipped {v}: out of time")
                 continue
             if decode == "nvimgcodec" and not F.nvimgcodec_available():
                 say("  skipped decode=nvimgcodec: not installed")
                 continue
-            F.NVIMGCODEC_HW_LOAD = 1.0 if hw is None else hw
-            rate, n, dt = e2e(backbone, e, paths, bs, workers, decode, store)
-            F.NVIMGCODEC_HW_LOAD = 1.0
-            key = f"e2e_{decode}_decode" + ("" if hw is None else f"_hw{hw:g}") + ("" if store else "_no_store") \
-                + ("" if bs == batch else f"_batch{bs}")
+            F.NVIMGCODEC_HW_LOAD, F.GPU_DECODE_THREADS = (1.0 if hw is None else hw), threads
+            try:
+                rate, n, dt = e2e(backbone, e, paths, bs, procs, decode, store)
+            finally:
+                F.NVIMGCODEC_HW_LOAD, F.GPU_DECODE_THREADS = 1.0, 1
+            key = f"e2e_{decode}_decode" + ("" if hw is None else f"_hw{hw:g}") + ("" if threads == 1 else f"_t{threads}") \
+                + ("" if store else "_no_store") + ("" if bs == batch else f"_batch{bs}")
             key += f"_run{sum(k.startswith(key) and not k.endswith('ratio') for k in RESULTS) + 1}"
-            result(key, rate, "img/s", f"({n} images in {dt:.1f} s, {workers} workers, batch {bs})")
+            result(key, rate, "img/s", f"({n} images in {dt:.1f} s, {procs} workers, batch {bs})")
             if ceiling:
                 result(f"{key}_ratio", rate / ceiling, "", "(/ engine model-only)")
         after, _ = model_only(backbone, device, batch, secs)

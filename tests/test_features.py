@@ -105,6 +105,23 @@ def test_torch_decoding_is_close_to_pil_and_falls_back_for_other_files(tmp_path,
     assert cos.min() > 0.95
 
 
+def test_several_decoding_threads_keep_every_row_with_its_file(tmp_path, mobilenet, monkeypatch):
+    """GPU_DECODE_THREADS > 1: batches decoded at once by a pool each come back once, every row
+    with its file."""
+    from visclust import features as F
+
+    paths = write_mixed(tmp_path / "mixed")
+    for i in range(23):  # batches of 4 of different images, so a swap would show
+        p = tmp_path / f"{i:02d}.jpg"
+        photo((60 + 7 * i, 50 + 3 * i), seed=i).save(p, quality=90)
+        paths.append(str(p))
+    one = extract_features(mobilenet, paths, engine="torch", num_workers=1, batch_size=4, decode="torch")
+    monkeypatch.setattr(F, "GPU_DECODE_THREADS", 3)
+    three = extract_features(mobilenet, paths, engine="torch", num_workers=1, batch_size=4, decode="torch")
+    assert three.paths == one.paths and three.skipped == one.skipped
+    assert np.array_equal(three.features, one.features)
+
+
 @pytest.mark.parametrize("size", [(500, 375), (375, 500), (1000, 700), (224, 224), (300, 200)])
 @pytest.mark.parametrize("interp", ["bilinear", "bicubic", "lanczos"])
 def test_tensor_resize_crop_gives_pils_pixels_within_rounding(size, interp):

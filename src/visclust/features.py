@@ -491,12 +491,18 @@ def nvimgcodec_available() -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=None)
+_THREAD = threading.local()
+
+
 def nvimgcodec_decoder(device_index: int, hw_load: float = 1.0):
-    """One nvImageCodec decoder per GPU: the hardware JPEG decoder (the NVJPG engines of
+    """This thread's nvImageCodec decoder for a GPU (made once per thread, GPU and share: a
+    decoder is not shared between threads). The hardware JPEG decoder (the NVJPG engines of
     A100 / H100 / H200 class GPUs, which leave the CUDA cores to the network) takes a share
     ``hw_load`` of each batch; the rest, and what the hardware cannot decode, falls to
     nvJPEG on the CUDA cores, then to the CPU."""
+    decoders = _THREAD.__dict__.setdefault("nvimgcodec", {})
+    if (device_index, hw_load) in decoders:
+        return decoders[device_index, hw_load]
     try:
         from nvidia import nvimgcodec
     except Exception as e:  # noqa: BLE001
@@ -505,7 +511,8 @@ def nvimgcodec_decoder(device_index: int, hw_load: float = 1.0):
     backends = [nvimgcodec.Backend(kinds.GPU_ONLY), nvimgcodec.Backend(kinds.CPU_ONLY)]
     if hw_load > 0:
         backends.insert(0, nvimgcodec.Backend(kinds.HW_GPU_ONLY, load_hint=hw_load))
-    return nvimgcodec.Decoder(device_id=device_index, backends=backends)
+    dec = decoders[device_index, hw_load] = nvimgcodec.Decoder(device_id=device_index, backends=backends)
+    return dec
 
 
 NVIMGCODEC_HW_LOAD = 1.0  # share of each batch offered to the hardware JPEG decoder
@@ -604,7 +611,8 @@ def _resolve_decode(decode: str, engine) -> str:
     if decode == "nvimgcodec":
         if dev is None or dev.type != "cuda":
             raise InputError("decode='nvimgcodec' decodes on a CUDA GPU; on the CPU use decode='pil'")
-        nvimgcodec_decoder(dev.index if dev.index is not None else 0)  # a missing install says so here, in one line
+        if not nvimgcodec_available():
+            raise InputError(f"decode='nvimgcodec' needs NVIDIA nvImageCodec: {NVIMGCODEC_INSTALL}")
     return decode
 
 
@@ -621,35 +629,64 @@ def _decoder_for(decode: str, engine, device) -> str:
     return decode
 
 
-def _gpu_decoded(batches, paths, pre: Preprocess, device, decoder: str = "torch"):
-    """``(batch, indices, stats, x)`` per batch of ``batches``, ``x`` the decoded NCHW pixels
-    on ``device`` (None when nothing of the batch could be read).
+GPU_DECODE_THREADS = 1  # threads decoding batches at once on the GPU (each with its own CUDA stream)
+
+
+def _gpu_decoded(batches, paths, pre: Preprocess, device, decoder: str = "torch", threads: int | None = None):
+    """``(batch, indices, stats, x)`` per batch of ``batches``, in order, ``x`` the decoded NCHW
+    pixels on ``device`` (None when nothing of the batch could be read).
 
     A background thread decodes (``decoder``: ``'torch'`` or ``'nvimgcodec'``, then the resize)
     up to two batches ahead, on its own CUDA stream, while the caller runs the network on the
-    current one: the GPU's JPEG decoder and the model overlap instead of taking turns.
+    current one: the GPU's JPEG decoder and the model overlap instead of taking turns. With
+    ``threads`` > 1 (default :data:`GPU_DECODE_THREADS`) that many threads decode successive
+    batches at once, each on a stream of its own (for decoders whose one call cannot keep
+    the hardware busy; not yet measured on a GPU).
     """
+    import collections
     import contextlib
+    from concurrent.futures import ThreadPoolExecutor
 
     import torch
 
     cuda = device is not None and device.type == "cuda"
-    stream = torch.cuda.Stream(device) if cuda else None
+    local = threading.local()
+
+    def decode(b):
+        stream = getattr(local, "stream", None)
+        if cuda and stream is None:
+            stream = local.stream = torch.cuda.Stream(device)
+        with (torch.cuda.device(device) if cuda else contextlib.nullcontext()), \
+                (torch.cuda.stream(stream) if cuda else contextlib.nullcontext()):
+            if b.n_encoded:
+                idx, stats, x = _decode_encoded(b, paths, pre, device, decoder)
+            else:
+                idx, stats = b.indices, b.stats
+                x = b.images.to(device, non_blocking=True).permute(0, 3, 1, 2) if len(idx) else None
+            ready = None
+            if cuda and x is not None:
+                ready = torch.cuda.Event()
+                ready.record(stream)
+        return b, idx, stats, x, ready
+
+    threads = GPU_DECODE_THREADS if threads is None else threads
 
     def produce():
-        for b in batches:
-            with (torch.cuda.device(device) if cuda else contextlib.nullcontext()), \
-                    (torch.cuda.stream(stream) if cuda else contextlib.nullcontext()):
-                if b.n_encoded:
-                    idx, stats, x = _decode_encoded(b, paths, pre, device, decoder)
-                else:
-                    idx, stats = b.indices, b.stats
-                    x = b.images.to(device, non_blocking=True).permute(0, 3, 1, 2) if len(idx) else None
-                ready = None
-                if cuda and x is not None:
-                    ready = torch.cuda.Event()
-                    ready.record(stream)
-            yield b, idx, stats, x, ready
+        if threads <= 1:
+            yield from map(decode, batches)
+            return
+        with ThreadPoolExecutor(threads, thread_name_prefix="visclust-gpu-decode") as pool:
+            pending: collections.deque = collections.deque()
+            try:
+                for b in batches:
+                    pending.append(pool.submit(decode, b))
+                    if len(pending) > threads:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+            finally:
+                for f in pending:
+                    f.cancel()
 
     for b, idx, stats, x, ready in _threaded(produce(), 2, low_priority=False):
         if ready is not None:
