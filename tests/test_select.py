@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
 
+from visclust.cluster import select_n_clusters
 from visclust.evaluate import hungarian_accuracy
 from visclust.exceptions import InputError
-from visclust.select import (Candidate, agreement, align_to, medoid_run, select_pipeline, stability,
+from visclust.select import (Candidate, agreement, align_to, choose_n_clusters, medoid_run, select_pipeline, stability,
                              subsample_run)
 
 
@@ -79,3 +80,34 @@ def test_select_pipeline_argument_errors(blobs):
         select_pipeline(X, 4, ["pca+kmeans"], n_runs=1)
     with pytest.raises(InputError, match="no candidate"):
         select_pipeline(X, 4, [])
+
+
+@pytest.mark.parametrize("true_k", [2, 3, 5])
+def test_choose_n_clusters_finds_the_number_of_blobs(true_k):
+    X, _ = make_blobs(400, centers=true_k, n_features=6, cluster_std=0.6, center_box=(-12, 12), random_state=3)
+    k, scores = choose_n_clusters([X], (2, 8))
+    assert k == true_k
+    assert set(scores) == set(range(2, 9)) and max(scores, key=scores.get) == k
+
+
+def test_choose_n_clusters_is_not_fooled_by_a_dominant_coarse_split():
+    # Two far-apart families of 4 groups each: the silhouette prefers the 2 families, the
+    # stability against a structureless reference finds the 8 groups.
+    rng = np.random.default_rng(0)
+    sub = rng.normal(0, 5, (4, 6))
+    shift = np.array([40, 0, 0, 0, 0, 0])
+    centers = np.concatenate([sub + shift, sub * [1, -1, 1, -1, 1, -1] - shift])
+    X, _ = make_blobs(800, centers=centers, cluster_std=1.0, random_state=0)
+    assert select_n_clusters(X, (2, 12), metric="euclidean")[0] == 2
+    assert choose_n_clusters([X], (2, 12))[0] == 8
+
+
+def test_choose_n_clusters_uses_every_embedding_and_checks_its_input():
+    X, _ = make_blobs(300, centers=3, n_features=4, cluster_std=0.5, random_state=1)
+    assert choose_n_clusters([X, X[:, ::-1].copy()], (2, 6), n_runs=4)[0] == 3
+    with pytest.raises(InputError, match="same rows"):
+        choose_n_clusters([X, X[:10]], (2, 6))
+    with pytest.raises(InputError, match="2 <= min <= max"):
+        choose_n_clusters([X], (1, 6))
+    with pytest.raises(InputError, match="too few"):
+        choose_n_clusters([X[:6]], (4, 6))

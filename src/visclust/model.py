@@ -17,11 +17,11 @@ from sklearn.utils.validation import check_is_fitted as _sk_check_is_fitted
 from sklearn.exceptions import NotFittedError as _SkNotFittedError
 
 from .classify import PseudoLabelClassifier, centroid_margin
-from .cluster import METHODS, _compact, check_method, cluster_features, cluster_means, select_n_clusters
+from .cluster import METHODS, _compact, check_method, cluster_features, cluster_means
 from .exceptions import InputError, NotFittedError, WeightsUnavailableError
 from .io import Assignments, collect_inputs
 from .reduce import Reducer, umap_embedding
-from .select import SPACES, Candidate, agreement, embed, select_pipeline
+from .select import SPACES, Candidate, agreement, choose_n_clusters, embed, select_pipeline
 
 #: Algorithms ``method='auto'`` chooses among (HDBSCAN and spectral are available by name:
 #: HDBSCAN decides the number of groups itself, spectral is slow beyond a few thousand rows).
@@ -63,8 +63,10 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     Parameters
     ----------
     n_clusters : int or 'auto', default 8
-        Number of groups; ``'auto'`` chooses it in ``k_range`` by the silhouette in the
-        clustering space (the first UMAP embedding when UMAP is among the candidates).
+        Number of groups; ``'auto'`` chooses it in ``k_range`` by the stability of the
+        clustering against a structureless reference, in the clustering space (the UMAP
+        embeddings when UMAP is among the candidates): see
+        :func:`visclust.select.choose_n_clusters`.
     method : {'auto', 'kmeans', 'gmm', 'agglomerative', 'hdbscan', 'spectral'}, default 'auto'
         Clustering algorithm, or ``'auto'`` to choose among K-means, Gaussian mixture and Ward.
     space : {'auto', 'pca', 'umap', 'autoencoder'}, default 'auto'
@@ -125,7 +127,8 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         The selection's details (every run of every candidate); only after a fit that chose
         among several candidates, and not saved in the model file.
     k_scores_ : dict
-        Silhouette per candidate k when ``n_clusters='auto'``.
+        Score of each candidate k when ``n_clusters='auto'`` (the reference's disagreement
+        between runs divided by the data's; the largest wins).
 
     Examples
     --------
@@ -242,24 +245,21 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         spaces = {}
         self.k_scores_ = {}
         if k is None:
-            # The number of groups is scored in the first non-linear space when there is one:
-            # UMAP packs groups tightly, so the silhouette peaks clearly there.
+            # The number of groups is scored in the first non-linear space when there is one
+            # (UMAP packs groups tightly), on all n_runs embeddings the selection uses anyway,
+            # by stability against a structureless reference (select.choose_n_clusters).
             ks = next((c.space for c in cands if c.space != "pca"), "pca")
-            spaces[ks] = [embed(Z, ks, seed, umap_components=umap_dims)]
+            spaces[ks] = [embed(Z, ks, seed + 1000 * r, umap_components=umap_dims) if ks != "pca" else Z
+                          for r in range(self.n_runs)]
             k_method = next((c.method for c in cands if c.space == ks and c.method in ("kmeans", "gmm", "agglomerative")),
                             "kmeans")
-            k, self.k_scores_ = select_n_clusters(spaces[ks][0], self.k_range, k_method, random_state=self.random_state,
-                                                  metric="cosine" if ks == "pca" else "euclidean")
+            k, self.k_scores_ = choose_n_clusters(spaces[ks], self.k_range, k_method, random_state=seed)
         if len(cands) == 1:
             c = cands[0]
             E = spaces[c.space][0] if c.space in spaces else embed(Z, c.space, seed, umap_components=umap_dims)
             self.cluster_labels_ = cluster_features(E, k, c.method, random_state=self.random_state, n_init=self.n_init)
             self.pipeline_, self.pipeline_scores_, space, runs = c.name, {}, E, []
         else:
-            if spaces:  # the first run of the selection reuses the embedding computed for k
-                ks = next(iter(spaces))
-                rest = [embed(Z, ks, seed + 1000 * r, umap_components=umap_dims) for r in range(1, self.n_runs)]
-                spaces[ks] = spaces[ks] + rest
             sel = select_pipeline(Z, k, cands, n_runs=self.n_runs, random_state=seed, umap_components=umap_dims,
                                   spaces=spaces)
             self.cluster_labels_ = sel.labels
