@@ -204,28 +204,34 @@ def decode_pil(paths, procs):
         return n / (time.perf_counter() - t)
 
 
-def decode_gpu(paths, device, batch):
+def encoded_batches(blobs, batch):
+    """visclust Batches of raw JPEGs only (as the GPU readers hand them over), ``batch`` files each."""
     import torch
 
-    from visclust.backbones import Preprocess
-    from visclust.features import Batch, _decode_encoded
+    from visclust.features import Batch
 
-    pre = Preprocess(input_size=224, resize_size=256)
-    blobs = [np.fromfile(p, dtype=np.uint8) for p in paths]
-    batches = []
+    out = []
     for s in range(0, len(blobs), batch):
         part = blobs[s:s + batch]
         off = np.zeros(len(part) + 1, np.int64)
         np.cumsum([len(b) for b in part], out=off[1:])
-        batches.append((torch.from_numpy(np.concatenate(part)), off, np.arange(s, s + len(part))))
+        out.append(Batch(np.zeros(0, np.int64), torch.zeros((0, 224, 224, 3), dtype=torch.uint8), [], [],
+                         torch.from_numpy(np.concatenate(part)), off, np.arange(s, s + len(part)), [None] * len(part)))
+    return out
+
+
+def decode_gpu(paths, device, batch):
+    from visclust.backbones import Preprocess
+    from visclust.features import _decode_encoded
+
+    pre = Preprocess(input_size=224, resize_size=256)
+    batches = encoded_batches([np.fromfile(p, dtype=np.uint8) for p in paths], batch)
 
     def run(resize):
         from torchvision.io import ImageReadMode, decode_jpeg
 
         n = 0
-        for enc, off, idx in batches:
-            b = Batch(np.zeros(0, np.int64), torch.zeros((0, 224, 224, 3), dtype=torch.uint8), [], [], enc, off, idx,
-                      [None] * len(idx))
+        for b in batches:
             if resize:
                 _, _, x = _decode_encoded(b, paths, pre, device)
                 n += len(x)
@@ -278,16 +284,8 @@ def decode_nvimgcodec(paths, device, batch, hw_loads=(1.0, 0.0, 0.7)):
         sync(device)
         out[f"nvimgcodec_decode_only_hw{load:g}"] = n / (time.perf_counter() - t)
         say(f"  decode only, hardware share {load:g}: {out[f'nvimgcodec_decode_only_hw{load:g}']:.0f} img/s")
-    batches = []
-    for s in range(0, len(blobs), batch):
-        part = blobs[s:s + batch]
-        off = np.zeros(len(part) + 1, np.int64)
-        np.cumsum([len(b) for b in part], out=off[1:])
-        batches.append(F.Batch(np.zeros(0, np.int64), torch.zeros((0, 224, 224, 3), dtype=torch.uint8), [], [],
-                               torch.from_numpy(np.concatenate(part)), off, np.arange(s, s + len(part)),
-                               [None] * len(part)))
     t, n = time.perf_counter(), 0
-    for b in batches:
+    for b in encoded_batches(blobs, batch):
         n += len(F._decode_encoded(b, paths, pre, device, "nvimgcodec")[2])
     sync(device)
     out["nvimgcodec_decode_resize"] = n / (time.perf_counter() - t)

@@ -591,7 +591,6 @@ def _decode_encoded(batch: Batch, paths, pre: Preprocess, device, decoder: str =
         # nvImageCodec frees an image's memory on its own terms once the last tensor on it
         # is gone: let the copies out of them finish first (this is the decoding thread).
         torch.cuda.current_stream(device).synchronize()
-    del imgs, parts
     return np.asarray(out_idx, dtype=np.int64), out_stats, x
 
 
@@ -609,8 +608,7 @@ def _resolve_decode(decode: str, engine) -> str:
     if decode in GPU_DECODERS and not hasattr(engine, "forward_nchw"):
         raise InputError(f"decode={decode!r} needs the torch engine (use engine='torch')")
     if decode == "nvimgcodec":
-        if dev is None or dev.type != "cuda":
-            raise InputError("decode='nvimgcodec' decodes on a CUDA GPU; on the CPU use decode='pil'")
+        _check_nvimgcodec_device(dev)
         if not nvimgcodec_available():
             raise InputError(f"decode='nvimgcodec' needs NVIDIA nvImageCodec: {NVIMGCODEC_INSTALL}")
     return decode
@@ -624,9 +622,14 @@ def _decoder_for(decode: str, engine, device) -> str:
         raise InputError(f"unknown decoder {decode!r}; choose one of {', '.join(DECODERS)}")
     if decode == "auto":
         return "torch" if resolve_device(device).type == "cuda" and engine != "onnx" else "pil"
-    if decode == "nvimgcodec" and resolve_device(device).type != "cuda":
-        raise InputError("decode='nvimgcodec' decodes on a CUDA GPU; on the CPU use decode='pil'")
+    if decode == "nvimgcodec":
+        _check_nvimgcodec_device(resolve_device(device))
     return decode
+
+
+def _check_nvimgcodec_device(dev) -> None:
+    if dev is None or dev.type != "cuda":
+        raise InputError("decode='nvimgcodec' decodes on a CUDA GPU; on the CPU use decode='pil'")
 
 
 GPU_DECODE_THREADS = 1  # threads decoding batches at once on the GPU (each with its own CUDA stream)
