@@ -289,7 +289,7 @@ def choose_n_clusters(embeddings, k_range=(2, 30), method: str = "kmeans", *, n_
     >>> choose_n_clusters([X], (2, 8))[0]
     5
     """
-    embeddings = [np.asarray(E, np.float32) for E in embeddings]
+    embeddings = [np.asarray(E) for E in embeddings]  # float32 after subsampling: no full-size copies
     if not embeddings:
         raise InputError("choose_n_clusters needs at least one embedding of the rows")
     n = len(embeddings[0])
@@ -303,7 +303,7 @@ def choose_n_clusters(embeddings, k_range=(2, 30), method: str = "kmeans", *, n_
     seed0 = 0 if random_state is None else int(random_state)
     rng = np.random.default_rng(seed0)
     idx = np.sort(rng.choice(n, sample_size, replace=False)) if n > sample_size else np.arange(n)
-    Es = [E[idx] for E in embeddings]
+    Es = [np.asarray(E[idx], np.float32) for E in embeddings]
     hi = min(hi, int(subsample * len(idx)) // 2)
     if hi < lo:
         raise InputError(f"{n} samples are too few to choose among {k_range[0]}..{k_range[1]} clusters")
