@@ -9,7 +9,7 @@ import pytest
 
 from visclust.exceptions import InputError
 from visclust.features import FeatureResult, concat_features
-from visclust.model import ImageClusterer, pixels_view_wins
+from visclust.model import ImageClusterer, view_wins
 
 TWO = ["baseline/pixels", "torchvision/mobilenet_v2"]
 
@@ -74,18 +74,19 @@ def test_concatenated_model_round_trips_through_its_file(tmp_path, shape_images)
     (1.0, 1.0, False),      # a tie keeps the smaller model
 ])
 def test_pixels_view_must_remove_a_quarter_of_the_disagreement(backbone, pixels, wins):
-    assert pixels_view_wins(backbone, pixels) is wins
+    assert view_wins(backbone, pixels) is wins
+    assert view_wins(backbone, pixels, gain=0.0) is (pixels > backbone)  # a view that costs nothing more
 
 
 @pytest.mark.parametrize("pixels", ["auto", True, False])
 def test_pixels_view_is_kept_only_as_chosen_and_predict_computes_it(tmp_path, shape_images, pixels):
     m = ImageClusterer(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters=3, engine="torch",
-                       num_workers=0, pixels=pixels).fit([shape_images])
+                       num_workers=0, pixels=pixels, input_size="backbone").fit([shape_images])
     names = [c.name for c in m.backbone_configs_]
     if pixels == "auto":
         s = m.view_scores_
         assert set(s) == {"backbone", "backbone+pixels"} and all(0.0 <= v <= 1.0 for v in s.values())
-        with_pixels = pixels_view_wins(s["backbone"], s["backbone+pixels"])
+        with_pixels = view_wins(s["backbone"], s["backbone+pixels"])
         assert m.feature_clusterer_.pipeline_scores_[m.feature_clusterer_.pipeline_] == \
             s["backbone+pixels" if with_pixels else "backbone"]
     else:

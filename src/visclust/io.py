@@ -199,6 +199,22 @@ def load_image(path: str | os.PathLike, draft_size: int | None = None):
     return _load_with_pil(p, size, draft_size)
 
 
+def image_short_side(path: str | os.PathLike) -> int | None:
+    """The shorter side in pixels, from the file's header only (nothing is decoded); None
+    for anything that is not a readable image (the caller only samples sizes)."""
+    from PIL import Image
+
+    p = os.fspath(path)
+    try:
+        _check_regular_file(p)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(p) as img:
+                return int(min(img.size)) or None
+    except Exception:  # noqa: BLE001 - an unreadable file only drops out of the sample
+        return None
+
+
 def _load_with_pil(p: str, size: int, draft_size: int | None):
     """:func:`load_image` through Pillow alone (every format, every JPEG)."""
     from PIL import Image, ImageOps, UnidentifiedImageError

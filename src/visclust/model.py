@@ -358,21 +358,23 @@ def backbone_specs(backbone, weights) -> list[tuple[str, str | None]]:
     return [(n, None if f in (None, "", "-") else os.fspath(f)) for n, f in zip(names, files)]
 
 
-#: The pixels view is kept only if it removes at least this share of the backbone view's
-#: disagreement between runs (1 - stability).
-PIXELS_GAIN = 0.25
+#: A view that makes the model bigger (the raw pixels added) is kept only if it removes at least
+#: this share of the first view's disagreement between runs (1 - stability).
+VIEW_GAIN = 0.25
 
 
-def pixels_view_wins(backbone_score: float, pixels_score: float) -> bool:
-    """Whether the backbone+pixels view's stability beats the backbone's by enough.
+def view_wins(base_score: float, other_score: float, gain: float = VIEW_GAIN) -> bool:
+    """Whether another view's stability beats the base view's by enough.
 
     Stabilities are mean ARIs between runs; what matters is the disagreement ``1 - score``:
-    0.984 -> 0.992 halves it (a clear gain), 0.50 -> 0.51 removes 2% of it (noise). So the
-    pixels must remove at least :data:`PIXELS_GAIN` of the backbone's disagreement; otherwise
-    the backbone alone stays (the smaller model, one extraction less at predict time).
+    0.984 -> 0.992 halves it (a clear gain), 0.50 -> 0.51 removes 2% of it (noise). So a view
+    that costs more (the pixels: a second extraction at predict time, a bigger model) must
+    remove at least ``gain`` of the base view's disagreement; otherwise the base view stays.
+    A view that costs nothing more (a smaller input size: the same network, a third of the
+    work) is compared with ``gain=0``: the more stable one wins, a tie keeps the base view.
     """
-    enough = (1.0 - pixels_score) <= (1.0 - PIXELS_GAIN) * (1.0 - backbone_score) + 1e-12
-    return enough and pixels_score > backbone_score
+    enough = (1.0 - other_score) <= (1.0 - gain) * (1.0 - base_score) + 1e-12
+    return enough and other_score > base_score
 
 
 def _chosen_score(fc) -> float:
@@ -419,12 +421,28 @@ class ImageClusterer(BaseEstimator):
         concatenated with the backbone's features). ``'auto'``: fit the clustering both
         without and with them and keep the one whose chosen pipeline is the more
         reproducible (its stability, the label-free score of the selection; the pixels must
-        remove at least a quarter of the disagreement between runs, :func:`pixels_view_wins`).
+        remove at least a quarter of the disagreement between runs, :func:`view_wins`).
         Pixels help where appearance is the grouping (digits, symbols, icons) and hurt on
         natural photos, and the score tells which on the user's own images. Applies only
         when the selection compares candidates (``method`` or ``space`` 'auto'), K is given, ``baseline/pixels`` is not already a backbone and ``fit`` is
         not given precomputed ``features``; it doubles the clustering time. True: always
         concatenate; False: never.
+    input_size : {'auto', 'backbone'} or int, default 'auto'
+        Size of the network's input. ``'backbone'``: the backbone's own preprocessing (e.g.
+        resize to 256, centre-crop 224). An int N: every image resized to N x N, no crop (for
+        CNN backbones; refused with a clear error when the network does not run at that
+        size). ``'auto'``: for collections of small images, which the backbone's
+        preprocessing enlarges 4 times or more (CIFAR's 32 x 32, MNIST's 28 x 28), fit the
+        clustering on the features at the backbone's size and at 4 times the images' size
+        (:func:`visclust.features.small_image_preprocess`, e.g. 128 for 32 x 32 images) and
+        keep the more reproducible one (the stability of each view's chosen pipeline, as for
+        ``pixels``, but with no margin: the smaller input costs less, not more;
+        :func:`view_wins`); other collections, or a backbone that does not run at the
+        smaller size, use the backbone's size. Applies when the selection compares
+        candidates (as for ``pixels='auto'``), with one backbone and no precomputed
+        ``features``; it extracts the features a second time at the smaller size (a third of
+        the cost at 128 against 224) and fits the clustering once more. The chosen size is
+        saved in the model, so ``predict`` computes the same features.
 
     Attributes
     ----------
@@ -438,8 +456,11 @@ class ImageClusterer(BaseEstimator):
     backbone_config_ : BackboneConfig
         The first of them (the only one unless features are concatenated).
     view_scores_ : dict {str: float}
-        With ``pixels='auto'``: the stability of the chosen pipeline without (``'backbone'``)
-        and with (``'backbone+pixels'``) the pixels; empty when the comparison did not run.
+        The stability of the chosen pipeline in each view compared: ``'backbone'`` (the
+        backbone's own input size), ``'backbone@128px'`` (``input_size='auto'`` on small
+        images: the smaller input size), and with ``pixels='auto'`` the winner of those with
+        the pixels added (``'backbone+pixels'`` or ``'backbone@128px+pixels'``); empty when no
+        comparison ran.
     n_clusters_ : int
 
     Examples
@@ -451,7 +472,7 @@ class ImageClusterer(BaseEstimator):
     def __init__(self, backbone: str = "torchvision/mobilenet_v2", weights: str | None = None, pretrained: bool = True,
                  n_clusters=8, clusterer: FeatureClusterer | None = None, batch_size: int = 64,
                  num_workers: int | None = None, device: str | None = None, progress: bool | None = None,
-                 store: str | None = None, engine: str = "auto", pixels="auto"):
+                 store: str | None = None, engine: str = "auto", pixels="auto", input_size="auto"):
         self.backbone = backbone
         self.weights = weights
         self.pretrained = pretrained
@@ -464,6 +485,7 @@ class ImageClusterer(BaseEstimator):
         self.store = store
         self.engine = engine
         self.pixels = pixels
+        self.input_size = input_size
 
     # -- backbone -----------------------------------------------------------------------
     def backbone_specs(self) -> list[tuple[str, str | None]]:
@@ -503,6 +525,30 @@ class ImageClusterer(BaseEstimator):
             raise InputError(f"this model concatenates {len(bbs)} backbones; use get_backbones()")
         return bbs[0]
 
+    def _check_input_size(self):
+        v = self.input_size
+        if v in ("auto", "backbone"):
+            return v
+        if isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 32 <= v <= 4096:
+            return int(v)
+        raise InputError(f"input_size must be 'auto', 'backbone' or a number of pixels from 32 to 4096, got {v!r}")
+
+    def _sized(self, backbones) -> list:
+        """The backbones at ``input_size`` when it is a number (``baseline/*`` keep theirs)."""
+        from .features import backbone_at_size
+
+        size = self._check_input_size()
+        return [backbone_at_size(bb, size) for bb in backbones] if isinstance(size, int) else list(backbones)
+
+    def _small_image_view(self, backbones, paths) -> list | None:
+        """``[backbone at the smaller input size]`` for ``input_size='auto'`` on small images, else None."""
+        from .features import small_image_backbone
+
+        if self._check_input_size() != "auto" or len(backbones) != 1:
+            return None
+        bb = small_image_backbone(backbones[0], paths)
+        return None if bb is None else [bb]
+
     def _extract_each(self, backbones, paths) -> list:
         from .features import extract_features
 
@@ -541,17 +587,29 @@ class ImageClusterer(BaseEstimator):
             self.__dict__.pop(attr, None)
         bbs = list(self.get_backbones())
         names = [bb.name for bb in bbs]
+        compares = self.n_clusters != "auto" and "auto" in (fc.method, fc.space)  # the selection gives a score
         use_pixels = self.pixels is not False and features is None and "baseline/pixels" not in names
-        if use_pixels and self.pixels == "auto":  # only where the selection gives a score to compare
-            use_pixels = self.n_clusters != "auto" and "auto" in (fc.method, fc.space)
+        if use_pixels and self.pixels == "auto":
+            use_pixels = compares
         if features is not None:
             parts, res = None, features
         else:
+            bbs = self._sized(bbs)
             parts = self._extract_each(bbs, collect_inputs(X))
             res = parts[0] if len(parts) == 1 else concat_features(parts)
         if len(res.paths) == 0:
             raise NoImagesError(f"none of the {len(res.skipped)} images could be read (first: {res.skipped[0][1] if res.skipped else '-'})")
-        self.view_scores_, fitted = {}, False
+        self.view_scores_, fitted, base = {}, False, "backbone"
+        alt = self._small_image_view(bbs, res.paths) if features is None and compares else None
+        if alt is not None:  # the backbone at a smaller input size: kept if clearly more stable
+            alt_parts = self._extract_each(alt, list(res.paths))
+            fc_alt = clone(fc).fit(alt_parts[0].features)
+            fc.fit(res.features)
+            fitted = True
+            name = f"backbone@{alt[0].preprocess.input_size}px"
+            self.view_scores_ = {"backbone": _chosen_score(fc), name: _chosen_score(fc_alt)}
+            if view_wins(self.view_scores_["backbone"], self.view_scores_[name], gain=0.0):  # no dearer
+                fc, bbs, parts, res, base = fc_alt, alt, alt_parts, alt_parts[0], name
         if use_pixels:
             from .backbones import create_backbone
 
@@ -561,10 +619,12 @@ class ImageClusterer(BaseEstimator):
                 bbs, res = bbs + [px], both
             else:  # both views, each with its own label-free selection; the more stable one stays
                 with_px = clone(fc).fit(both.features)
-                fc.fit(res.features)
-                fitted = True
-                self.view_scores_ = {"backbone": _chosen_score(fc), "backbone+pixels": _chosen_score(with_px)}
-                if pixels_view_wins(self.view_scores_["backbone"], self.view_scores_["backbone+pixels"]):
+                if not fitted:
+                    fc.fit(res.features)
+                    fitted = True
+                self.view_scores_[base] = _chosen_score(fc)
+                self.view_scores_[base + "+pixels"] = _chosen_score(with_px)
+                if view_wins(self.view_scores_[base], self.view_scores_[base + "+pixels"]):
                     fc, bbs, res = with_px, bbs + [px], both
         if not fitted:
             fc.fit(res.features)

@@ -23,12 +23,29 @@ def add_backbone_options(p, default: str | None = DEFAULT_BACKBONE) -> None:
     if default is not None:
         g.add_argument("--random-weights", action="store_true",
                        help="keep the network's random weights (testing plumbing only: the groups mean nothing)")
+        g.add_argument("--input-size", default="auto", metavar="auto|backbone|N",
+                       help="the network's input size: 'backbone' (its own preprocessing), N (images resized to "
+                            "N x N, no crop), or 'auto': for small images (enlarged 4x or more, e.g. 32 x 32) "
+                            "also try 4x their size and keep the more reproducible clustering (default %(default)s)")
 
 
 def backbone_arg(args, default: str = DEFAULT_BACKBONE):
     """``--backbone`` as ImageClusterer takes it: a name, or a list of names."""
     names = args.backbone or [default]
     return names[0] if len(names) == 1 else names
+
+
+def input_size_arg(args):
+    """``--input-size`` as ImageClusterer takes it: 'auto', 'backbone' or an int."""
+    from ..exceptions import InputError
+
+    v = args.input_size
+    if v in ("auto", "backbone"):
+        return v
+    try:
+        return int(v)
+    except ValueError:
+        raise InputError(f"--input-size must be auto, backbone or a number of pixels, got '{v}'") from None
 
 
 def weights_arg(args):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import sys
 
-from ._common import (add_backbone_options, add_runtime_options, add_store_options, backbone_arg, progress_flag,
-                      weights_arg)
+from ._common import (add_backbone_options, add_runtime_options, add_store_options, backbone_arg, input_size_arg,
+                      progress_flag, weights_arg)
 
 
 def register(sub) -> None:
@@ -47,7 +47,7 @@ def run(args) -> int:
     from ..backbones import create_backbone
     from ..engines import EngineFallbackWarning
     from ..exceptions import InputError
-    from ..features import compute_features
+    from ..features import backbone_at_size, compute_features, small_image_backbone
     from ..io import collect_inputs
     from ..model import backbone_specs
     from . import EXIT_OK, EXIT_PARTIAL
@@ -60,29 +60,40 @@ def run(args) -> int:
         raise InputError("--ray-object-store needs --executor ray")
     if args.compile and use_ray:
         raise InputError("--compile is not available with --executor ray; leave it out")
-    runs, paths = [], None
+    runs, labels, paths = [], [], None
+    size = input_size_arg(args)
+    if use_ray and size != "auto":
+        raise InputError("--input-size is not available with --executor ray yet (it extracts at the backbone's size)")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EngineFallbackWarning)
         for name, weights in specs:  # several backbones: each one's rows in its own part of the store
             if use_ray:  # lists the inputs on the cluster too
                 runs.append(_extract_ray(args, name, weights))
+                labels.append((name, False))
                 continue
             paths = collect_inputs(args.inputs) if paths is None else paths
             backbone = create_backbone(name, weights=weights, pretrained=not args.random_weights)
-            runs.append(compute_features(backbone, paths, args.store, batch_size=args.batch_size,
-                                         num_workers=args.workers, device=args.device, progress=progress_flag(args),
-                                         engine=args.engine, dtype=args.dtype, shard_rows=args.shard_size,
-                                         compile=args.compile))
+            todo = [backbone_at_size(backbone, size)] if isinstance(size, int) else [backbone]
+            if size == "auto" and len(specs) == 1:  # what `fit` compares on small images: both sizes
+                todo += [bb for bb in [small_image_backbone(backbone, paths)] if bb is not None]
+            for i, bb in enumerate(todo):  # the second size reads the same files: its skips are not counted twice
+                labels.append((name if bb is backbone else f"{name}@{bb.preprocess.input_size}px", i > 0))
+                runs.append(compute_features(bb, paths, args.store, batch_size=args.batch_size,
+                                             num_workers=args.workers, device=args.device, progress=progress_flag(args),
+                                             engine=args.engine, dtype=args.dtype, shard_rows=args.shard_size,
+                                             compile=args.compile))
     for w in caught:  # the engine fallback and unreadable shards: one line each, no traceback
         if issubclass(w.category, UserWarning):
             print(f"visclust extract: warning: {w.message}", file=sys.stderr)
     skipped = 0
-    for (name, _), stats in zip(specs, runs):
+    for (name, again), stats in zip(labels, runs):
         if not args.quiet:
             rate = f" at {stats.images_per_second:.1f} img/s ({stats.engine})" if stats.n_computed else ""
-            head = f"{name}: " if len(specs) > 1 else ""
+            head = f"{name}: " if len(runs) > 1 else ""
             print(f"{head}{stats.n_inputs} images: {stats.n_computed} computed{rate}, {stats.n_cached} already in "
                   f"the store, {len(stats.skipped)} skipped; store {stats.store_path}", file=sys.stderr)
+        if again:
+            continue
         skipped += len(stats.skipped)
         if stats.skipped and not args.quiet:
             print(f"skipped {len(stats.skipped)} unreadable image(s); list in {stats.store_path}/skipped.csv:",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ._common import (add_backbone_options, add_runtime_options, add_store_options, backbone_arg, cluster_summary,
-                      progress_flag, report_skipped, weights_arg)
+                      input_size_arg, progress_flag, report_skipped, weights_arg)
 
 
 def register(sub) -> None:
@@ -67,7 +67,8 @@ def run(args) -> int:
                            n_clusters=args.clusters, clusterer=clusterer, batch_size=args.batch_size,
                            num_workers=args.workers, device=args.device, progress=progress_flag(args),
                            store=args.store, engine=args.engine,
-                           pixels={"auto": "auto", "on": True, "off": False}[args.pixels])
+                           pixels={"auto": "auto", "on": True, "off": False}[args.pixels],
+                           input_size=input_size_arg(args))
     model.fit(args.inputs)
     model.save(args.output)
     a = model.training_assignments()

@@ -1,0 +1,131 @@
+"""Input size for small images: the candidate rule, the header sampling, the choice in
+ImageClusterer (kept in the model for predict) and the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from visclust.backbones import Preprocess, create_backbone
+from visclust.exceptions import InputError
+from visclust.features import (accepts_input_size, backbone_at_size, small_image_backbone, small_image_preprocess,
+                               typical_short_side, with_preprocess)
+from visclust.model import ImageClusterer
+
+IMAGENET = Preprocess(input_size=224, resize_size=256)
+
+
+@pytest.mark.parametrize("side, size", [
+    (32, 128),    # CIFAR-10: 7x at 224, 4x at 128
+    (28, 128),    # MNIST: 4 x 28 = 112, rounded up to a multiple of 32
+    (48, 192),
+    (8, 96),      # never below SMALL_IMAGE_MIN_INPUT
+    (56, None),   # 4 x 56 = 224: the backbone's own size already
+    (100, None),
+    (500, None),
+    (None, None),
+])
+def test_small_images_get_a_candidate_at_four_times_their_size_without_crop(side, size):
+    pre = small_image_preprocess(IMAGENET, side)
+    if size is None:
+        assert pre is None
+    else:
+        assert (pre.input_size, pre.resize_size) == (size, size)
+        assert (pre.mean, pre.std, pre.interpolation) == (IMAGENET.mean, IMAGENET.std, IMAGENET.interpolation)
+
+
+def test_typical_short_side_reads_headers_and_skips_unreadable_files(tmp_path):
+    paths = []
+    for i, (w, h) in enumerate([(40, 30), (30, 50), (64, 28), (100, 200), (32, 32)]):
+        p = tmp_path / f"{i}.png"
+        Image.new("RGB", (w, h)).save(p)
+        paths.append(str(p))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    assert typical_short_side(paths + [str(bad)]) == 30  # median of 30, 30, 28, 100, 32
+    assert typical_short_side([str(bad), str(tmp_path / "missing.png")]) is None
+    assert typical_short_side([]) is None
+    # an evenly spaced sample of a long list still sees both ends
+    assert typical_short_side([paths[0]] * 50 + [paths[3]] * 50, sample=4) in (30, 65, 100)
+
+
+class _FixedSizeNet(torch.nn.Module):
+    """Refuses any input but 224 x 224, as a ViT with fixed position embeddings does."""
+
+    def forward(self, x):
+        if x.shape[-1] != 224:
+            raise AssertionError(f"input size {x.shape[-1]} != 224")
+        return x.mean((2, 3)).repeat(1, 427)[:, :1280]
+
+
+def test_networks_that_refuse_a_size_keep_their_own(tmp_path):
+    bb = create_backbone("torchvision/mobilenet_v2", pretrained=False)
+    assert accepts_input_size(bb, 96) and accepts_input_size(bb, 224)
+    fixed = with_preprocess(bb, bb.preprocess)
+    fixed.module = _FixedSizeNet()
+    assert accepts_input_size(fixed, 224) and not accepts_input_size(fixed, 128)
+    with pytest.raises(InputError, match="does not run on 128 x 128 inputs"):
+        backbone_at_size(fixed, 128)
+    small = tmp_path / "small.png"
+    Image.new("RGB", (32, 32)).save(small)
+    assert small_image_backbone(fixed, [str(small)]) is None
+    alt = small_image_backbone(bb, [str(small)])
+    assert alt.preprocess.input_size == 128 and alt.config.cache_key() != bb.config.cache_key()
+    assert backbone_at_size(create_backbone("baseline/pixels"), 128).preprocess.input_size == 32  # keeps its own
+
+
+def test_auto_compares_the_two_sizes_on_small_images_and_predict_uses_the_chosen_one(tmp_path, shape_images):
+    m = ImageClusterer(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters=3, engine="torch",
+                       num_workers=0, pixels=False).fit([shape_images])  # 48 x 48 images: 192 is the candidate
+    s = m.view_scores_
+    assert set(s) == {"backbone", "backbone@192px"} and all(0.0 <= v <= 1.0 for v in s.values())
+    smaller = s["backbone@192px"] > s["backbone"]  # no margin: the smaller input costs less
+    assert m.backbone_config_.preprocess.input_size == (192 if smaller else 224)
+    fc = m.feature_clusterer_
+    assert fc.pipeline_scores_[fc.pipeline_] == s["backbone@192px" if smaller else "backbone"]
+    m.save(tmp_path / "m.vcm")
+    back = ImageClusterer.load(tmp_path / "m.vcm")
+    assert back.backbone_config_.to_dict() == m.backbone_config_.to_dict()
+    a = back.assign([shape_images])
+    np.testing.assert_array_equal(a.clusters, m.labels_)
+    np.testing.assert_allclose(a.confidence, m.confidence_, rtol=1e-5, atol=1e-6)
+
+
+def test_large_images_and_fixed_choices_compare_nothing(tmp_path, shape_images):
+    big = tmp_path / "big"
+    for i in range(12):
+        d = big / str(i % 3)
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (240, 320, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    kw = dict(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters=3, engine="torch", num_workers=0,
+              pixels=False)
+    m = ImageClusterer(**kw).fit([big])
+    assert m.view_scores_ == {} and m.backbone_config_.preprocess.input_size == 224
+    m = ImageClusterer(**kw, input_size="backbone").fit([shape_images])
+    assert m.view_scores_ == {} and m.backbone_config_.preprocess.input_size == 224
+    m = ImageClusterer(**kw, input_size=96).fit([shape_images])
+    assert m.view_scores_ == {}
+    assert (m.backbone_config_.preprocess.input_size, m.backbone_config_.preprocess.resize_size) == (96, 96)
+    m.save(tmp_path / "m.vcm")
+    np.testing.assert_array_equal(ImageClusterer.load(tmp_path / "m.vcm").predict([shape_images]), m.labels_)
+    for bad in ("big", 8, 1.5, True):
+        with pytest.raises(InputError, match="input_size must be"):
+            ImageClusterer(**kw, input_size=bad).fit([shape_images])
+
+
+def test_cli_extract_stores_both_sizes_so_fit_computes_nothing(tmp_path, shape_images, cli):
+    store = tmp_path / "store"
+    common = ["--random-weights", "--workers", "0", "--store", store, "--engine", "torch"]
+    r = cli("extract", shape_images, *common)
+    assert r.returncode == 0, r.stderr
+    assert "torchvision/mobilenet_v2: 36 images: 36 computed" in r.stderr, r.stderr
+    assert "torchvision/mobilenet_v2@192px: 36 images: 36 computed" in r.stderr, r.stderr
+    shards = sorted(store.glob("*/shards/*.json"))
+    r = cli("fit", shape_images, "-k", "3", "-o", tmp_path / "m.vcm", "--pixels", "off", *common)
+    assert r.returncode == 0, r.stderr
+    assert sorted(store.glob("*/shards/*.json")) == shards  # both sizes came from the store
+    r = cli("fit", shape_images, "-k", "3", "-o", tmp_path / "m.vcm", "--input-size", "huge", *common)
+    assert r.returncode != 0 and "--input-size must be auto, backbone or a number" in r.stderr
+    assert "Traceback" not in r.stderr
