@@ -56,6 +56,22 @@ def cifar_folder(cache: Path) -> Path:
     return root / "test"
 
 
+def digits_folder(cache: Path) -> Path:
+    """scikit-learn's digits as ``cache/digits8/<digit>/<index>.png``, 8 x 8 grey (written once)."""
+    root = cache / "digits8"
+    if (root / ".done").exists():
+        return root
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    for i, (img, lab) in enumerate(zip(d.images, d.target)):
+        (root / str(int(lab))).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((img * 255 / 16).round().astype(np.uint8)).save(root / str(int(lab)) / f"{i:04d}.png")
+    (root / ".done").touch()
+    return root
+
+
 def folder_labels(paths) -> np.ndarray:
     names = [os.path.basename(os.path.dirname(p)) for p in paths]
     classes = sorted(set(names))
@@ -63,7 +79,8 @@ def folder_labels(paths) -> np.ndarray:
 
 
 def image_features(folder: Path, cache: Path, backbone: str = "torchvision/mobilenet_v2",
-                   weights: Path | None = MOBILENET, num_workers: int = 1) -> tuple[np.ndarray, np.ndarray, float]:
+                   weights: Path | None = MOBILENET, num_workers: int = 1,
+                   input_size: int | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Backbone features of every image under ``folder`` and labels from subfolder names.
 
     Returns ``(features, labels, seconds)``; seconds is the extraction time when it was
@@ -72,7 +89,8 @@ def image_features(folder: Path, cache: Path, backbone: str = "torchvision/mobil
     from visclust.io import collect_inputs
 
     paths = collect_inputs([str(folder)])
-    key = hashlib.sha256("\n".join([backbone, str(weights)] + paths).encode()).hexdigest()[:16]
+    tag = [] if input_size is None else [f"@{input_size}px"]  # the old key when the backbone's own size
+    key = hashlib.sha256("\n".join([backbone, str(weights)] + tag + paths).encode()).hexdigest()[:16]
     out = cache / f"features-{Path(folder).name}-{backbone.replace('/', '_')}-{key}.npz"
     if out.exists():
         z = np.load(out)
@@ -81,6 +99,10 @@ def image_features(folder: Path, cache: Path, backbone: str = "torchvision/mobil
     from visclust.features import extract_features
 
     bb = create_backbone(backbone, weights=weights)
+    if input_size is not None:
+        from visclust.features import backbone_at_size
+
+        bb = backbone_at_size(bb, input_size)
     t0 = time.perf_counter()
     res = extract_features(bb, paths, batch_size=64, num_workers=num_workers, device="cpu", progress=False)
     secs = time.perf_counter() - t0

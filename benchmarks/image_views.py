@@ -1,9 +1,13 @@
-"""The label-free choice of the raw-pixels view (``ImageClusterer(pixels='auto')``) on
-labelled image folders: which view it keeps, the two stabilities, and the ACC of each.
+"""The label-free choices of ``ImageClusterer`` between views of the images on labelled
+folders: the input size (``input_size='auto'``: the backbone's own, or 4x the images' size
+for small images) and the raw pixels (``pixels='auto'``). Prints the stability of every view
+compared, the one kept, and its ACC.
 
-    VISCLUST_SHARED=../shared python benchmarks/pixels_view.py --seeds 3 [--datasets mnist cifar10 folder:PATH]
+    VISCLUST_SHARED=../shared python benchmarks/image_views.py --seeds 3 [--datasets mnist cifar10 digits8 folder:PATH]
+    python benchmarks/image_views.py --input-size backbone   # the choice before input_size existed
 
-Features go through a feature store under ``--cache``/store, so only the first run extracts.
+``digits8`` is scikit-learn's digits written as 8 x 8 PNG files. Features go through a
+feature store under ``--cache``/store, so only the first run extracts.
 """
 
 from __future__ import annotations
@@ -16,40 +20,44 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_data import MOBILENET, cifar_folder, folder_labels, mnist_folder  # noqa: E402
+from _bench_data import MOBILENET, cifar_folder, digits_folder, folder_labels, mnist_folder  # noqa: E402
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--datasets", nargs="+", default=["mnist", "cifar10"])
+    p.add_argument("--datasets", nargs="+", default=["mnist", "cifar10", "digits8"])
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--input-size", default="auto", help="auto, backbone or a number (default %(default)s)")
+    p.add_argument("--pixels", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--cache", type=Path, default=Path("/tmp/visclust-bench"))
     args = p.parse_args(argv)
     from visclust.evaluate import external_scores
     from visclust.model import FeatureClusterer, ImageClusterer
 
-    print(f"<!-- python benchmarks/pixels_view.py --seeds {args.seeds} --datasets {' '.join(args.datasets)}; "
+    size = args.input_size if args.input_size in ("auto", "backbone") else int(args.input_size)
+    print(f"<!-- python benchmarks/image_views.py --seeds {args.seeds} --first-seed {args.first_seed} --input-size "
+          f"{args.input_size} --pixels {args.pixels} --datasets {' '.join(args.datasets)}; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} -->")
-    print("| dataset | seed | stability without / with pixels | kept | ACC kept | time (s) |")
+    print("| dataset | seed | stability of each view | kept | ACC kept | time (s) |")
     print("|---|---|---|---|---|---|")
+    folders = {"mnist": mnist_folder, "cifar10": cifar_folder, "digits8": digits_folder}
     for name in args.datasets:
-        folder = {"mnist": mnist_folder, "cifar10": cifar_folder}[name](args.cache) if name in ("mnist", "cifar10") \
-            else Path(name[7:])
+        folder = folders[name](args.cache) if name in folders else Path(name[7:])
         accs = []
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             m = ImageClusterer(backbone="torchvision/mobilenet_v2", weights=str(MOBILENET), n_clusters=10,
                                clusterer=FeatureClusterer(random_state=seed), store=str(args.cache / "store"),
-                               progress=False, pixels="auto")
+                               progress=False, pixels={"auto": "auto", "on": True, "off": False}[args.pixels],
+                               input_size=size)
             t = time.perf_counter()
             m.fit([str(folder)])
             secs = time.perf_counter() - t
-            y = folder_labels(m.paths_)
-            acc = external_scores(y, m.labels_)["acc"]
+            acc = external_scores(folder_labels(m.paths_), m.labels_)["acc"]
             accs.append(acc)
-            s = m.view_scores_
-            kept = "+".join(c.name.split("/")[-1] for c in m.backbone_configs_)
-            print(f"| {name} | {seed} | {s['backbone']:.3f} / {s['backbone+pixels']:.3f} | {kept} | {acc:.3f} | "
-                  f"{secs:.0f} |", flush=True)
+            views = ", ".join(f"{k} {v:.3f}" for k, v in m.view_scores_.items()) or "-"
+            kept = " + ".join(f"{c.name.split('/')[-1]}@{c.preprocess.input_size}px" for c in m.backbone_configs_)
+            print(f"| {name} | {seed} | {views} | {kept} | {acc:.3f} | {secs:.0f} |", flush=True)
         print(f"| {name} | mean | | | **{np.mean(accs):.3f} ± {np.std(accs):.3f}** | |", flush=True)
 
 

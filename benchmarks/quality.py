@@ -7,6 +7,7 @@ original design's K-means, on labelled collections (labels are used only to scor
     python benchmarks/quality.py --datasets mnist+pixels cifar10+pixels   # two backbones, concatenated
     python benchmarks/quality.py --auto-k              # also --clusters auto: chosen K vs true K
     python benchmarks/quality.py --auto-k-only --seeds 3  # only --clusters auto, per seed
+    python benchmarks/quality.py --datasets cifar10@128   # features at another input size (no crop)
 
 Features come from a cache under ``--cache`` (computed once through visclust's image
 pipeline), so reruns cost only the clustering. Prints one markdown table per dataset:
@@ -46,6 +47,11 @@ def load_dataset(name: str, cache: Path):
         assert len(X1) == len(X2) == len(paths) and np.array_equal(y, y2)
         X = concat_features([FeatureResult(X1, paths), FeatureResult(X2, paths)]).features
         return X, y, f"{folder.name}: MobileNetV2 features + raw 32x32 pixels, concatenated ({X.shape[1]}-d)"
+    if "@" in name and name.split("@")[0] in ("mnist", "cifar10"):  # e.g. cifar10@128: at that input size
+        base, size = name.split("@")
+        X, y, _ = image_features({"mnist": mnist_folder, "cifar10": cifar_folder}[base](cache), cache,
+                                 input_size=int(size))
+        return X, y, f"{'MNIST' if base == 'mnist' else 'CIFAR-10'} test, MobileNetV2 features at {size} x {size} px (1280-d)"
     if name == "mnist":
         X, y, _ = image_features(mnist_folder(cache), cache)
         return X, y, "MNIST test, MobileNetV2 features (1280-d)"
@@ -64,7 +70,7 @@ def load_dataset(name: str, cache: Path):
         folder = Path(name[7:])
         X, y, _ = image_features(folder, cache)
         return X, y, f"{folder} (labels = subfolders), MobileNetV2 features"
-    raise SystemExit(f"unknown dataset '{name}': use mnist, cifar10, digits, blobs or folder:PATH "
+    raise SystemExit(f"unknown dataset '{name}': use mnist, cifar10, mnist@N, cifar10@N (input size N), digits, blobs or folder:PATH "
                      "(mnist, cifar10 and folder:PATH with +pixels: also raw pixels, concatenated)")
 
 
