@@ -127,5 +127,7 @@ def test_cli_extract_stores_both_sizes_so_fit_computes_nothing(tmp_path, shape_i
     assert r.returncode == 0, r.stderr
     assert sorted(store.glob("*/shards/*.json")) == shards  # both sizes came from the store
     r = cli("fit", shape_images, "-k", "3", "-o", tmp_path / "m.vcm", "--input-size", "huge", *common)
-    assert r.returncode != 0 and "--input-size must be auto, backbone or a number" in r.stderr
+    assert r.returncode == 2 and "--input-size must be 'auto', 'backbone' or a number" in r.stderr
     assert "Traceback" not in r.stderr
+    r = cli("extract", shape_images, "--input-size", "5", *common)  # too small: refused before any work
+    assert r.returncode == 2 and "from 32 to 4096, got 5" in r.stderr and "Traceback" not in r.stderr

@@ -226,6 +226,15 @@ SMALL_IMAGE_UPSCALE = 4
 SMALL_IMAGE_MIN_INPUT = 96
 
 
+def check_input_size(value, what: str = "input_size"):
+    """``'auto'``, ``'backbone'`` or an int from 32 to 4096 (the input size the user asked for)."""
+    if value in ("auto", "backbone"):
+        return value
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 32 <= value <= 4096:
+        return int(value)
+    raise InputError(f"{what} must be 'auto', 'backbone' or a number of pixels from 32 to 4096, got {value!r}")
+
+
 def typical_short_side(paths: Sequence[str], sample: int = 64) -> int | None:
     """Median shorter side of up to ``sample`` evenly spaced ``paths``, read from the files'
     headers (nothing decoded); None when none of them can be read."""

@@ -525,26 +525,18 @@ class ImageClusterer(BaseEstimator):
             raise InputError(f"this model concatenates {len(bbs)} backbones; use get_backbones()")
         return bbs[0]
 
-    def _check_input_size(self):
-        v = self.input_size
-        if v in ("auto", "backbone"):
-            return v
-        if isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 32 <= v <= 4096:
-            return int(v)
-        raise InputError(f"input_size must be 'auto', 'backbone' or a number of pixels from 32 to 4096, got {v!r}")
-
     def _sized(self, backbones) -> list:
         """The backbones at ``input_size`` when it is a number (``baseline/*`` keep theirs)."""
-        from .features import backbone_at_size
+        from .features import backbone_at_size, check_input_size
 
-        size = self._check_input_size()
+        size = check_input_size(self.input_size)
         return [backbone_at_size(bb, size) for bb in backbones] if isinstance(size, int) else list(backbones)
 
     def _small_image_view(self, backbones, paths) -> list | None:
         """``[backbone at the smaller input size]`` for ``input_size='auto'`` on small images, else None."""
-        from .features import small_image_backbone
+        from .features import check_input_size, small_image_backbone
 
-        if self._check_input_size() != "auto" or len(backbones) != 1:
+        if check_input_size(self.input_size) != "auto" or len(backbones) != 1:
             return None
         bb = small_image_backbone(backbones[0], paths)
         return None if bb is None else [bb]

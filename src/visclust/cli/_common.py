@@ -37,15 +37,10 @@ def backbone_arg(args, default: str = DEFAULT_BACKBONE):
 
 def input_size_arg(args):
     """``--input-size`` as ImageClusterer takes it: 'auto', 'backbone' or an int."""
-    from ..exceptions import InputError
+    from ..features import check_input_size
 
     v = args.input_size
-    if v in ("auto", "backbone"):
-        return v
-    try:
-        return int(v)
-    except ValueError:
-        raise InputError(f"--input-size must be auto, backbone or a number of pixels, got '{v}'") from None
+    return check_input_size(int(v) if v.strip().isdigit() else v, what="--input-size")
 
 
 def weights_arg(args):
