@@ -525,20 +525,12 @@ class ImageClusterer(BaseEstimator):
             raise InputError(f"this model concatenates {len(bbs)} backbones; use get_backbones()")
         return bbs[0]
 
-    def _sized(self, backbones) -> list:
-        """The backbones at ``input_size`` when it is a number (``baseline/*`` keep theirs)."""
-        from .features import backbone_at_size, check_input_size
+    @staticmethod
+    def _small_image_view(backbones, paths) -> list | None:
+        """``[backbone at the smaller input size]`` on small images (one backbone), else None."""
+        from .features import small_image_backbone
 
-        size = check_input_size(self.input_size)
-        return [backbone_at_size(bb, size) for bb in backbones] if isinstance(size, int) else list(backbones)
-
-    def _small_image_view(self, backbones, paths) -> list | None:
-        """``[backbone at the smaller input size]`` for ``input_size='auto'`` on small images, else None."""
-        from .features import check_input_size, small_image_backbone
-
-        if check_input_size(self.input_size) != "auto" or len(backbones) != 1:
-            return None
-        bb = small_image_backbone(backbones[0], paths)
+        bb = small_image_backbone(backbones[0], paths) if len(backbones) == 1 else None
         return None if bb is None else [bb]
 
     def _extract_each(self, backbones, paths) -> list:
@@ -567,7 +559,7 @@ class ImageClusterer(BaseEstimator):
         template = self.clusterer if self.clusterer is not None else FeatureClusterer()
         if not isinstance(template, FeatureClusterer):
             raise InputError("clusterer must be a visclust.FeatureClusterer")
-        from .features import concat_features
+        from .features import backbone_at_size, check_input_size, concat_features
 
         fc = clone(template).set_params(n_clusters=self.n_clusters)
         fc._validate_params()
@@ -579,6 +571,7 @@ class ImageClusterer(BaseEstimator):
             self.__dict__.pop(attr, None)
         bbs = list(self.get_backbones())
         names = [bb.name for bb in bbs]
+        size = check_input_size(self.input_size)
         compares = self.n_clusters != "auto" and "auto" in (fc.method, fc.space)  # the selection gives a score
         use_pixels = self.pixels is not False and features is None and "baseline/pixels" not in names
         if use_pixels and self.pixels == "auto":
@@ -586,14 +579,15 @@ class ImageClusterer(BaseEstimator):
         if features is not None:
             parts, res = None, features
         else:
-            bbs = self._sized(bbs)
+            if isinstance(size, int):  # every backbone at that size (baseline/* keep theirs)
+                bbs = [backbone_at_size(bb, size) for bb in bbs]
             parts = self._extract_each(bbs, collect_inputs(X))
             res = parts[0] if len(parts) == 1 else concat_features(parts)
         if len(res.paths) == 0:
             raise NoImagesError(f"none of the {len(res.skipped)} images could be read (first: {res.skipped[0][1] if res.skipped else '-'})")
         self.view_scores_, fitted, base = {}, False, "backbone"
-        alt = self._small_image_view(bbs, res.paths) if features is None and compares else None
-        if alt is not None:  # the backbone at a smaller input size: kept if clearly more stable
+        alt = self._small_image_view(bbs, res.paths) if size == "auto" and features is None and compares else None
+        if alt is not None:  # the backbone at a smaller input size: kept if more stable
             alt_parts = self._extract_each(alt, list(res.paths))
             fc_alt = clone(fc).fit(alt_parts[0].features)
             fc.fit(res.features)
