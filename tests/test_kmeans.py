@@ -180,6 +180,20 @@ def test_bfloat16_on_cpu_finds_the_groups_with_float32s_objective(algorithm):
     assert b16.cluster_centers_.dtype == np.float32
 
 
+@pytest.mark.skipif(not kmeans_module.cpu_has_bf16_units(), reason="this CPU has no bf16 matrix units (AMX/AVX512-BF16)")
+@pytest.mark.parametrize("algorithm", ["lloyd", "hamerly"])
+def test_bfloat16_rows_rounded_once_give_what_rounding_every_pass_gives(algorithm, monkeypatch):
+    # the bf16 copy of X is indexed by slices (full passes) and by gathered rows (Hamerly's
+    # failing rows): any row mixed up there changes labels or centers
+    X = _random_and_blobs()["random"]
+    once = KMeans(30, random_state=0, device="cpu", algorithm=algorithm, dtype="bfloat16").fit(X)
+    monkeypatch.setattr(KMeans, "_bf16_rows", lambda self, X, dev: None)
+    each = KMeans(30, random_state=0, device="cpu", algorithm=algorithm, dtype="bfloat16").fit(X)
+    assert once.n_iter_ > 2 and (algorithm == "lloyd" or (once.n_recomputed_[1:] < len(X)).any())
+    np.testing.assert_array_equal(once.labels_, each.labels_)
+    np.testing.assert_array_equal(once.cluster_centers_, each.cluster_centers_)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

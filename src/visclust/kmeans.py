@@ -373,9 +373,10 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         w = (centers * -2).T.contiguous()
         return (centers * centers).sum(1), (w.to(torch.bfloat16) if self.dtype == "bfloat16" and not exact else w)
 
-    def _nearest(self, x, terms, start=0, second=False):
+    def _nearest(self, x, terms, start=0, second=False, xb=None):
         """Index of the closest center and ``min_j ||c_j||^2 - 2 x.c_j`` for each row of ``x``
-        (and, with ``second``, the same minimum over the other centers)."""
+        (and, with ``second``, the same minimum over the other centers). ``xb``: the same rows
+        already rounded to bf16 (CPU), used for the bf16 product instead of rounding ``x`` again."""
         c_sq, w = terms
         if w.dtype == torch.bfloat16 and x.device.type == "cuda":
             try:  # fp32 output: only the inputs are rounded to bf16
@@ -383,7 +384,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             except (TypeError, RuntimeError, NotImplementedError):
                 d = (x.to(w.dtype) @ w).float()
         elif w.dtype == torch.bfloat16:  # CPU (oneDNN): bf16 output, within _gamma's bf16 term
-            d = (x.to(w.dtype) @ w).float()
+            d = ((x.to(w.dtype) if xb is None else xb) @ w).float()
         else:
             d = x @ w
         mins, labels = d.add_(c_sq).min(dim=1)  # (mm then add_ is faster than addmm on CPU)
@@ -396,13 +397,14 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             return mins, labels, d.scatter_(1, labels[:, None], float("inf")).min(dim=1).values
         return mins, labels
 
-    def _assign(self, X, centers, rows, dev, accumulate=False):
-        """One pass: labels, and either per-cluster (sums, counts) or the exact inertia."""
+    def _assign(self, X, centers, rows, dev, accumulate=False, xb=None):
+        """One pass: labels, and either per-cluster (sums, counts) or the exact inertia.
+        ``xb``: ``X`` rounded to bf16 once (see :meth:`_bf16_rows`), or None."""
         n, (k, d), terms = X.shape[0], centers.shape, self._terms(centers)
         labels = np.empty(n, dtype=np.int32)
 
         def work(start, x):
-            lab = self._nearest(x, terms, start)[1]
+            lab = self._nearest(x, terms, start, xb=None if xb is None else xb[start:start + len(x)])[1]
             labels[start:start + len(x)] = lab.cpu().numpy()
             if accumulate:  # float32 sums per chunk, float64 across chunks
                 sums = torch.zeros((k, d), dtype=x.dtype, device=dev).index_add_(0, lab, x)
@@ -461,10 +463,10 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         return x[chosen].clone()
 
     # ----------------------------------------------------------------- the two algorithms
-    def _lloyd(self, X, centers, tolerance, rows, dev, max_iter):
+    def _lloyd(self, X, centers, tolerance, rows, dev, max_iter, xb=None):
         labels_old, it = None, 0
         for it in range(1, max_iter + 1):
-            labels, sums, counts, _ = self._assign(X, centers, rows, dev, accumulate=True)
+            labels, sums, counts, _ = self._assign(X, centers, rows, dev, accumulate=True, xb=xb)
             if bool((counts == 0).any()):
                 self._relocate_empty(X, centers, labels, sums, counts, rows, dev)
             new = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centers.double()).float()
@@ -475,7 +477,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             labels_old = labels
             if shift <= tolerance:
                 break
-        labels, _, _, inertia = self._assign(X, centers, rows, dev)
+        labels, _, _, inertia = self._assign(X, centers, rows, dev, xb=xb)
         return centers, labels, inertia, it, np.full(it, X.shape[0], dtype=np.int64), np.zeros(it, dtype=np.int64)
 
     def _gamma(self, d):
@@ -485,7 +487,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         rounding (2^-9 each)."""
         return 2 * (d + 4) * _U + (2.0**-7 if self.dtype == "bfloat16" else 0.0)
 
-    def _hamerly(self, X, centers, tolerance, rows, dev, max_iter):
+    def _hamerly(self, X, centers, tolerance, rows, dev, max_iter, xb=None):
         """Exact Lloyd iterations with Hamerly's bounds (Hamerly 2010).
 
         Per row: ``upper`` >= distance to its center, ``lower`` <= distance to every other
@@ -508,9 +510,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         """
         workers = torch.get_num_threads()  # for the passes; the O(n) bookkeeping runs on one thread,
         with _num_threads(1):  # where OpenMP's fork/join would cost more than the arithmetic
-            return self._hamerly_run(X, centers, tolerance, rows, dev, max_iter, workers)
+            return self._hamerly_run(X, centers, tolerance, rows, dev, max_iter, workers, xb)
 
-    def _hamerly_run(self, X, centers, tolerance, rows, dev, max_iter, workers):
+    def _hamerly_run(self, X, centers, tolerance, rows, dev, max_iter, workers, xb=None):
         n, d = X.shape
         k = centers.shape[0]
         Xt = X  # rows are gathered from a tensor view where that costs no copy (float32 input)
@@ -556,9 +558,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 + _SPARSE_ROW * fails.double() / len(u)
             return cands[int(cost.argmin())], order
 
-        def bounds(x, x_sq, a_old, write):
+        def bounds(x, x_sq, a_old, write, x_bf16=None):
             """Recompute the rows ``x``: new labels, bounds written by ``write``; row-change deltas."""
-            mins, a, second = self._nearest(x, state["terms"], second=True)
+            mins, a, second = self._nearest(x, state["terms"], second=True, xb=x_bf16)
             err = (x_sq.sqrt() + state["cmax"]).pow_(2).mul_(gamma)
             write(a, (mins + x_sq + err).clamp_min_(0).sqrt_().mul_(up),
                   (second + x_sq - err).clamp_min_(0).sqrt_().mul_(down))
@@ -581,7 +583,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             if state["first"]:  # squared row norms, kept for every later pass (rows do not change)
                 x_sq[sl] = torch.linalg.vector_norm(x, dim=1).square_()
             a_old = None if state["first"] else labels[sl].clone()  # a copy: `write` overwrites the slice
-            return bounds(x, x_sq[sl], a_old, write) + (0, 0)
+            return bounds(x, x_sq[sl], a_old, write, None if xb is None else xb[sl]) + (0, 0)
 
         def sparse(idx, x):
             """Gathered rows whose bounds failed: tighten ``upper`` to the exact distance to the
@@ -605,7 +607,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
             def write(a, u, lo):
                 labels[rows_f], upper[rows_f], lower[rows_f] = a, u, lo
-            return bounds(x, x_sq[rows_f], a_old, write) + (len(ip), n_settled)
+            return bounds(x, x_sq[rows_f], a_old, write, None if xb is None else xb.index_select(0, rows_f)) \
+                + (len(ip), n_settled)
 
         def partial(start, x):  # every row against the centers that moved most: exact bounds
             sl = slice(start, start + len(x))
@@ -702,6 +705,14 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         inertia = float(self._map_chunks(X, rows, dev, sq_err, workers=workers)[0])
         return (centers, lab.astype(np.int32, copy=False), inertia, it, np.asarray(recomputed, dtype=np.int64),
                 np.asarray(moved_centers, dtype=np.int64))
+
+    def _bf16_rows(self, X, dev):
+        """With ``dtype='bfloat16'`` on the CPU, ``X`` rounded to bf16 once for every pass (half
+        of X's memory more): rounding the rows on each pass cost more than the bf16 product
+        itself (docs/scaling.md (h5), (h7)). None elsewhere: on CUDA the rounding is cheap."""
+        if self.dtype != "bfloat16" or dev.type != "cpu" or isinstance(X, np.memmap):
+            return None
+        return _to_tensor(X, dev).to(torch.bfloat16)
 
     def _relocate_empty(self, X, centers, labels, sums, counts, rows, dev):
         """Move the points farthest from their centers into the empty clusters (in place)."""
@@ -812,8 +823,10 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             if dev.type == "cuda" and X.nbytes < 0.5 * torch.cuda.mem_get_info(dev)[0]:
                 Xd = _to_tensor(X, dev)  # copied to the GPU once instead of every iteration
             run = self._hamerly if self._algorithm(dev) == "hamerly" else self._lloyd
-            best = min((run(Xd, self._init_centers(sample, rng, dev), tolerance, rows, dev, self.max_iter)
+            xb = self._bf16_rows(X, dev)
+            best = min((run(Xd, self._init_centers(sample, rng, dev), tolerance, rows, dev, self.max_iter, xb=xb)
                         for _ in range(n_init)), key=lambda r: r[2])
+            del xb
             centers, labels, inertia, n_iter, recomputed, moved_centers = best
         found = int(np.count_nonzero(np.bincount(labels, minlength=self.n_clusters)))
         if found < self.n_clusters:
