@@ -144,10 +144,12 @@ def select_n_clusters(X: np.ndarray, k_range=(2, 30), method: str = "kmeans", *,
 
     Each candidate ``k`` is clustered with ``method`` on a random subsample of at most
     ``sample_size`` points and scored by its silhouette (``metric``: cosine in the L2-normalised
-    PCA space, euclidean in a UMAP embedding); the best ``k`` wins. In a UMAP embedding
-    (``min_dist=0`` packs each group tightly) the silhouette peaks much more clearly at the
-    real number of groups than in the PCA space; :class:`visclust.FeatureClusterer` therefore
-    scores ``k`` there when its pipeline uses UMAP.
+    PCA space, euclidean in a UMAP embedding); the best ``k`` wins.
+
+    This is the simple rule, kept for users who want it and as the comparison in
+    docs/quality.md; ``--clusters auto`` (:class:`visclust.FeatureClusterer`) does not use it
+    but :func:`visclust.select.choose_n_clusters` (stability against a structureless
+    reference), because the silhouette favours a dominant coarse split (CIFAR-10: K = 2).
 
     Returns
     -------
