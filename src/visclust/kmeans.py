@@ -223,7 +223,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         Precision of the distance matrix product; ``'bfloat16'`` needs CUDA or a CPU with
         bf16 matrix units (:func:`cpu_has_bf16_units`: Intel AMX or AVX512-BF16), and gives
         nearly Lloyd's labels (ties within bf16's rounding may go either way; the objective
-        stays within 0.1%). Centers are always updated in float32.
+        stays within 0.1%). Centers are always updated in float32. On the CPU, an in-memory
+        ``X`` is rounded to bf16 once per ``fit``, which takes half of X's memory more.
     random_state : int, RandomState or None, default None
         Seed for initialisation and mini-batch order; an int makes ``fit`` deterministic.
 
@@ -709,7 +710,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def _bf16_rows(self, X, dev):
         """With ``dtype='bfloat16'`` on the CPU, ``X`` rounded to bf16 once for every pass (half
         of X's memory more): rounding the rows on each pass cost more than the bf16 product
-        itself (docs/scaling.md (h5), (h7)). None elsewhere: on CUDA the rounding is cheap."""
+        itself with AMX (docs/scaling.md (h5)) and 40% of it with AVX512-BF16 ((h7)). None
+        elsewhere: on CUDA the rounding is cheap, and a memmap is not copied into memory."""
         if self.dtype != "bfloat16" or dev.type != "cpu" or isinstance(X, np.memmap):
             return None
         return _to_tensor(X, dev).to(torch.bfloat16)
