@@ -147,7 +147,8 @@ def emoji_folder(cache: Path, vendor: str = "google") -> Path:
                 continue
             d = root / e["category"].lower().replace(" & ", "-").replace(" ", "-")
             d.mkdir(parents=True, exist_ok=True)
-            (d / e["image"]).write_bytes(_tar_member(tar, f"package/img/{vendor}/64/{e['image']}"))
+            name = Path(e["image"]).name  # a file name from the package's index: never a path out of d
+            (d / name).write_bytes(_tar_member(tar, f"package/img/{vendor}/64/{name}"))
     (root / ".done").touch()
     return root
 
