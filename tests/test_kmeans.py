@@ -304,3 +304,27 @@ def test_auto_algorithm_is_hamerly_on_cpu_and_lloyd_on_cuda():
     assert np.array_equal(auto.labels_, ham.labels_) and auto.inertia_ == ham.inertia_
     with pytest.raises(InputError, match="'auto', 'hamerly' or 'lloyd'"):
         KMeans(5, algorithm="elkan").fit(X)
+
+
+@pytest.mark.parametrize("algorithm", ["lloyd", "hamerly"])
+def test_cache_sized_blocks_give_what_one_block_gives(algorithm, monkeypatch):
+    # on the CPU each thread's piece is computed in blocks of _SUB_BYTES; blocks of 64 rows
+    # (the floor), with a remainder in every piece, must give the one-block result exactly
+    X = _random_and_blobs()["blobs"][:5000]
+    init = X[np.random.RandomState(2).choice(len(X), 30, replace=False)]
+
+    def fit(sub_bytes):
+        monkeypatch.setattr(kmeans_module, "_SUB_BYTES", sub_bytes)
+        km = KMeans(30, init=init, max_iter=40, tol=0, batch_size=1000, algorithm=algorithm, device="cpu").fit(X)
+        return km, km.predict(X[:777]), km.transform(X[:777]), km._sub_rows(X.shape[1])
+
+    (one, p1, t1, s1), (many, p2, t2, s2) = fit(2**40), fit(1)
+    assert s1 >= len(X) and s2 == 64
+    assert many.n_iter_ == one.n_iter_ > 5
+    np.testing.assert_array_equal(many.labels_, one.labels_)
+    np.testing.assert_allclose(many.cluster_centers_, one.cluster_centers_, rtol=1e-6, atol=1e-6)
+    assert many.inertia_ == pytest.approx(one.inertia_, rel=1e-6)
+    np.testing.assert_array_equal(p2, p1)
+    np.testing.assert_allclose(t2, t1, rtol=1e-5, atol=1e-4)
+    d2 = ((X[:, None, :].astype(np.float64) - many.cluster_centers_[None].astype(np.float64)) ** 2).sum(-1)
+    assert (d2[np.arange(len(X)), many.labels_] <= d2.min(1) * (1 + 1e-5)).all()

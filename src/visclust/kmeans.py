@@ -27,6 +27,7 @@ from .exceptions import InputError, NotFittedError
 
 _BLOCK_BYTES = 256 * 2**20  # bound on one distance block / one chunk of rows
 _PIECE_BYTES = 16 * 2**20  # on CPU, chunks are cut to this size per thread
+_SUB_BYTES = 2**20  # on CPU, a thread's piece is computed in blocks of about this size (measured: docs/scaling.md (h8))
 _SAMPLE_ROWS = 50_000  # the init sample has at most max(10 * n_clusters, this) rows
 _RAM_FRACTION = 0.25  # a memmap bigger than this share of available RAM is streamed
 _SMALL_WORK = 2**25  # n * d * k below this: one thread (fork/join costs more than it saves)
@@ -374,10 +375,30 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         w = (centers * -2).T.contiguous()
         return (centers * centers).sum(1), (w.to(torch.bfloat16) if self.dtype == "bfloat16" and not exact else w)
 
-    def _nearest(self, x, terms, start=0, second=False, xb=None):
+    def _sub_rows(self, d):
+        """CPU: rows per cache-sized block inside a thread's piece (see ``_SUB_BYTES``)."""
+        return max(64, _SUB_BYTES // (4 * max(d, self.n_clusters)))
+
+    def _nearest(self, x, terms, start=0, second=False, xb=None, blocked=True):
         """Index of the closest center and ``min_j ||c_j||^2 - 2 x.c_j`` for each row of ``x``
         (and, with ``second``, the same minimum over the other centers). ``xb``: the same rows
-        already rounded to bf16 (CPU), used for the bf16 product instead of rounding ``x`` again."""
+        already rounded to bf16 (CPU), used for the bf16 product instead of rounding ``x`` again.
+        On the CPU and with ``blocked``, computed in blocks of :meth:`_sub_rows` rows, whose
+        distances stay in cache (Hamerly's gathered rows are not: measured slower there, (h8))."""
+        n, sub = len(x), self._sub_rows(x.shape[1])
+        if x.device.type != "cpu" or n <= sub or not blocked:
+            return self._nearest_block(x, terms, start, second, xb)
+        out = [torch.empty(n, dtype=torch.float32), torch.empty(n, dtype=torch.int64)]
+        if second:
+            out.append(torch.empty(n, dtype=torch.float32))
+        for o in range(0, n, sub):
+            part = self._nearest_block(x[o:o + sub], terms, start + o, second, None if xb is None else xb[o:o + sub])
+            for a, b in zip(out, part):
+                a[o:o + sub] = b
+        return tuple(out)
+
+    def _nearest_block(self, x, terms, start=0, second=False, xb=None):
+        """:meth:`_nearest` on one block."""
         c_sq, w = terms
         if w.dtype == torch.bfloat16 and x.device.type == "cuda":
             try:  # fp32 output: only the inputs are rounded to bf16
@@ -404,14 +425,22 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         n, (k, d), terms = X.shape[0], centers.shape, self._terms(centers)
         labels = np.empty(n, dtype=np.int32)
 
-        def work(start, x):
-            lab = self._nearest(x, terms, start, xb=None if xb is None else xb[start:start + len(x)])[1]
-            labels[start:start + len(x)] = lab.cpu().numpy()
-            if accumulate:  # float32 sums per chunk, float64 across chunks
-                sums = torch.zeros((k, d), dtype=x.dtype, device=dev).index_add_(0, lab, x)
-                return sums.double(), torch.bincount(lab, minlength=k)
-            diff = torch.index_select(centers, 0, lab).sub_(x)  # exact, one temporary
-            return (diff.pow_(2).sum().double(),)
+        sub = self._sub_rows(d) if dev.type == "cpu" else max(1, X.shape[0])
+
+        def work(start, x):  # per block of `sub` rows on CPU: its distances and sums stay in cache
+            sums = torch.zeros((k, d), dtype=x.dtype, device=dev) if accumulate else None
+            counts, err = 0, 0.0
+            for o in range(0, len(x), sub):
+                xs, at = x[o:o + sub], start + o
+                lab = self._nearest_block(xs, terms, at, xb=None if xb is None else xb[at:at + len(xs)])[1]
+                labels[at:at + len(xs)] = lab.cpu().numpy()
+                if accumulate:  # float32 sums per chunk, float64 across chunks
+                    sums.index_add_(0, lab, xs)
+                    counts = counts + torch.bincount(lab, minlength=k)
+                else:
+                    diff = torch.index_select(centers, 0, lab).sub_(xs)  # exact, one temporary
+                    err += diff.pow_(2).sum().double()
+            return (sums.double(), counts) if accumulate else (err,)
 
         out = self._map_chunks(X, rows, dev, work)
         if accumulate:
@@ -559,9 +588,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 + _SPARSE_ROW * fails.double() / len(u)
             return cands[int(cost.argmin())], order
 
-        def bounds(x, x_sq, a_old, write, x_bf16=None):
+        def bounds(x, x_sq, a_old, write, x_bf16=None, blocked=True):
             """Recompute the rows ``x``: new labels, bounds written by ``write``; row-change deltas."""
-            mins, a, second = self._nearest(x, state["terms"], second=True, xb=x_bf16)
+            mins, a, second = self._nearest(x, state["terms"], second=True, xb=x_bf16, blocked=blocked)
             err = (x_sq.sqrt() + state["cmax"]).pow_(2).mul_(gamma)
             write(a, (mins + x_sq + err).clamp_min_(0).sqrt_().mul_(up),
                   (second + x_sq - err).clamp_min_(0).sqrt_().mul_(down))
@@ -608,7 +637,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
             def write(a, u, lo):
                 labels[rows_f], upper[rows_f], lower[rows_f] = a, u, lo
-            return bounds(x, x_sq[rows_f], a_old, write, None if xb is None else xb.index_select(0, rows_f)) \
+            return bounds(x, x_sq[rows_f], a_old, write, None if xb is None else xb.index_select(0, rows_f),
+                          blocked=False) \
                 + (len(ip), n_settled)
 
         def partial(start, x):  # every row against the centers that moved most: exact bounds
