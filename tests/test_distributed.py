@@ -19,9 +19,9 @@ import pytest
 
 from conftest import make_shape_images
 from visclust.backbones import create_backbone
-from visclust.distributed import CRASH_ONCE_ENV, BackboneSpec, compute_features_ray, list_inputs_ray
+from visclust.distributed import CRASH_ONCE_ENV, BackboneSpec, compute_features_ray, extract_ray, list_inputs_ray
 from visclust.exceptions import InputError, MissingDependencyError, NoImagesError
-from visclust.features import compute_features, extract_features
+from visclust.features import backbone_at_size, compute_features, extract_features, small_image_backbone
 from visclust.io import collect_inputs
 from visclust.store import FeatureStore, file_stat
 
@@ -88,6 +88,28 @@ def test_ray_store_equals_single_process_store(ray_session, images, tmp_path):
     # The single-process engine finds every readable image already done.
     again = compute_features(backbone, images, tmp_path / "ray", engine="torch", num_workers=0, progress=False)
     assert (again.n_cached, again.n_computed) == (36, 0)
+
+
+@needs_ray
+@pytest.mark.parametrize("input_size", ["auto", 96])
+def test_ray_extracts_at_the_input_sizes_the_single_process_engine_uses(ray_session, images, tmp_path, input_size):
+    # 48 x 48 images: 'auto' extracts the backbone's size and the smaller one `fit` compares
+    spec = BackboneSpec("torchvision/mobilenet_v2", pretrained=False)
+    backbone = spec.build()
+    want = [backbone, small_image_backbone(backbone, images)] if input_size == "auto" \
+        else [backbone_at_size(backbone, input_size)]
+    assert want[-1].preprocess.input_size < backbone.preprocess.input_size
+    got = extract_ray(spec, [str(Path(images[0]).parents[1])], tmp_path / "ray", num_workers=2, batch_size=8,
+                      engine="torch", progress=False, input_size=input_size)
+    assert [s.build().config for s, _ in got] == [bb.config for bb in want]
+    for bb, (_, stats) in zip(want, got):
+        assert (stats.n_inputs, stats.n_computed) == (38, 36)
+        compute_features(bb, images, tmp_path / "local", engine="torch", num_workers=0, progress=False)
+        ref = store_rows(FeatureStore(tmp_path / "local", bb.config))
+        rows = store_rows(FeatureStore(tmp_path / "ray", bb.config))
+        assert sorted(rows) == sorted(ref) and len(rows) == 36
+        a, b = (np.stack([r[p] for p in sorted(ref)]) for r in (rows, ref))
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
 
 
 @needs_ray

@@ -33,15 +33,16 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
 
-from .backbones import BackboneConfig, create_backbone
+from .backbones import BackboneConfig, Preprocess, create_backbone
 from .engines import check_engine
 from .exceptions import DistributedExtractionError, InputError, MissingDependencyError, VisclustError
-from .features import ExtractStats, _decode_one, _failure, _progress_bar, _stat, open_store
+from .features import (ExtractStats, _decode_one, _failure, _progress_bar, _stat, backbone_at_size, check_input_size,
+                       open_store, small_image_backbone, with_preprocess)
 from .io import _unseen, expand_input, no_images_error, walk_image_groups
 from .store import file_stat
 
@@ -63,16 +64,27 @@ class BackboneSpec:
     pretrained : bool, default True
         False (and no ``weights``): random weights drawn with ``seed`` (testing plumbing).
     seed : int, default 0
+    preprocess : dict, optional
+        The preprocessing to use instead of the backbone's own (``Preprocess.to_dict()``),
+        e.g. another input size: see :meth:`at`.
     """
 
     name: str
     weights: str | None = None
     pretrained: bool = True
     seed: int = 0
+    preprocess: dict | None = None
+
+    def at(self, backbone) -> "BackboneSpec":
+        """This spec with ``backbone``'s preprocessing (a :func:`~visclust.features.backbone_at_size`
+        or :func:`~visclust.features.small_image_backbone` of this spec's backbone)."""
+        return replace(self, preprocess=backbone.preprocess.to_dict())
 
     def build(self, expect: BackboneConfig | None = None):
         """The backbone; with ``expect``, check it is the one the store's rows belong to."""
         backbone = create_backbone(self.name, weights=self.weights, pretrained=self.pretrained, seed=self.seed)
+        if self.preprocess is not None:
+            backbone = with_preprocess(backbone, Preprocess.from_dict(self.preprocess))
         if expect is not None and backbone.config != expect:
             raise InputError(f"the backbone built on this Ray node ({backbone.config.name}, weights "
                              f"{backbone.config.weights_sha256[:12]}) differs from the driver's "
@@ -249,11 +261,21 @@ def list_inputs_ray(inputs: Sequence[str], cpus_per_task: float = 0.5) -> tuple[
 
 def extract_ray(spec: BackboneSpec, inputs: Sequence[str], store, *, address: str | None = None,
                 num_workers: int | None = None, cpus_per_worker: float | None = None,
-                object_store_memory: int | None = None, quiet: bool = True, **kwargs) -> ExtractStats:
+                object_store_memory: int | None = None, quiet: bool = True, input_size="backbone",
+                **kwargs) -> list[tuple[BackboneSpec, ExtractStats]]:
     """List ``inputs`` on the cluster (:func:`list_inputs_ray`), then
     :func:`compute_features_ray` the files the store has no current row for, in one Ray
-    session. Keyword arguments are :func:`compute_features_ray`'s."""
+    session. Keyword arguments are :func:`compute_features_ray`'s.
+
+    ``input_size`` as in ``visclust extract``: ``'backbone'`` (its own size), an int (that
+    size), or ``'auto'``: the backbone's size and, when the listed images are small, also the
+    smaller size that ``fit`` compares (:func:`~visclust.features.small_image_backbone`,
+    decided on the driver from a sample of the files). Returns ``(spec, stats)`` per size.
+    """
     ray = _import_ray()
+    size = check_input_size(input_size)
+    if isinstance(size, int):  # a size the network cannot run at fails before Ray starts
+        spec = spec.at(backbone_at_size(spec.build(), size))
     for p in inputs:  # a missing input fails before a Ray instance is started
         if not os.path.lexists(os.fspath(p)):
             expand_input(os.fspath(p))  # raises its InputError
@@ -267,8 +289,12 @@ def extract_ray(spec: BackboneSpec, inputs: Sequence[str], store, *, address: st
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise DistributedExtractionError(f"listing the inputs on the Ray cluster failed: {first}; every node "
                                              "must see the images at the same paths") from e
-        return compute_features_ray(spec, paths, store, stats=stats, num_workers=num_workers,
-                                    cpus_per_worker=cpus_per_worker, quiet=quiet, **kwargs)
+        specs = [spec]
+        if size == "auto":
+            small = small_image_backbone(spec.build(), paths)
+            specs += [spec.at(small)] if small is not None else []
+        return [(s, compute_features_ray(s, paths, store, stats=stats, num_workers=num_workers,
+                                         cpus_per_worker=cpus_per_worker, quiet=quiet, **kwargs)) for s in specs]
     finally:
         if started:
             ray.shutdown()

@@ -62,14 +62,14 @@ def run(args) -> int:
         raise InputError("--compile is not available with --executor ray; leave it out")
     runs, labels, paths = [], [], None
     size = input_size_arg(args)
-    if use_ray and size != "auto":
-        raise InputError("--input-size is not available with --executor ray yet (it extracts at the backbone's size)")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EngineFallbackWarning)
         for name, weights in specs:  # several backbones: each one's rows in its own part of the store
-            if use_ray:  # lists the inputs on the cluster too
-                runs.append(_extract_ray(args, name, weights))
-                labels.append((name, False))
+            if use_ray:  # lists the inputs on the cluster too; sizes as below
+                for i, (spec, stats) in enumerate(_extract_ray(args, name, weights,
+                                                               size if len(specs) == 1 or size != "auto" else "backbone")):
+                    labels.append((name if spec.preprocess is None else f"{name}@{spec.preprocess['input_size']}px", i > 0))
+                    runs.append(stats)
                 continue
             paths = collect_inputs(args.inputs) if paths is None else paths
             backbone = create_backbone(name, weights=weights, pretrained=not args.random_weights)
@@ -105,7 +105,7 @@ def run(args) -> int:
     return EXIT_PARTIAL if skipped else EXIT_OK
 
 
-def _extract_ray(args, name, weights):
+def _extract_ray(args, name, weights, size):
     from ..distributed import BackboneSpec, extract_ray
     from ..exceptions import InputError
 
@@ -115,5 +115,5 @@ def _extract_ray(args, name, weights):
     return extract_ray(
         spec, args.inputs, args.store, address=args.ray_address, num_workers=args.workers, batch_size=args.batch_size,
         engine="auto" if args.engine == "ray" else args.engine, device=args.device, dtype=args.dtype,
-        shard_rows=args.shard_size, progress=progress_flag(args),
+        shard_rows=args.shard_size, progress=progress_flag(args), input_size=size,
         object_store_memory=None if args.ray_object_store is None else args.ray_object_store * 2**20)
