@@ -131,3 +131,28 @@ def test_cli_extract_stores_both_sizes_so_fit_computes_nothing(tmp_path, shape_i
     assert "Traceback" not in r.stderr
     r = cli("extract", shape_images, "--input-size", "5", *common)  # too small: refused before any work
     assert r.returncode == 2 and "from 32 to 4096, got 5" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, runs_small", [
+    ("torchvision/mobilenet_v2", True), ("torchvision/mobilenet_v3_large", True), ("torchvision/resnet18", True),
+    ("torchvision/resnet50", True), ("torchvision/vgg16", True), ("torchvision/efficientnet_b0", True),
+    ("torchvision/convnext_tiny", True), ("torchvision/vit_b_16", False),
+])
+def test_every_registered_network_passes_or_fails_the_size_test_as_its_architecture_says(name, runs_small):
+    # CNNs (global pooling; VGG16's adaptive pool before fc7) give their usual features at
+    # 128 x 128; torchvision's ViT has fixed position embeddings and must refuse, so the
+    # small-image view is never offered for it
+    torch.manual_seed(0)
+    bb = create_backbone(name, pretrained=False)
+    assert accepts_input_size(bb, bb.preprocess.input_size)
+    assert accepts_input_size(bb, 128) is runs_small
+    if not runs_small:
+        with pytest.raises(InputError, match="does not run on 128 x 128"):
+            backbone_at_size(bb, 128)
+        return
+    small = backbone_at_size(bb, 128)
+    x = torch.rand(2, 3, 128, 128)
+    with torch.inference_mode():
+        f = small.module(x).reshape(2, -1)
+    assert f.shape == (2, bb.feature_dim) and torch.isfinite(f).all() and (f[0] != f[1]).any()
