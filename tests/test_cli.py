@@ -14,6 +14,15 @@ def rows(path):
         return list(csv.DictReader(f))
 
 
+def test_fit_auto_says_which_number_of_clusters_it_chose(tmp_path, shape_images, cli):
+    r = cli("fit", shape_images, "--clusters", "auto", "--k-range", "2:6", "--backbone", "baseline/pixels",
+            "--output", tmp_path / "m.vcm")
+    assert r.returncode == 0, r.stderr
+    assert "--clusters auto chose " in r.stderr and " of 2..6 (" in r.stderr, r.stderr
+    r = cli("fit", shape_images, "--clusters", "3", "--backbone", "baseline/pixels", "--output", tmp_path / "n.vcm")
+    assert r.returncode == 0 and "--clusters auto" not in r.stderr, r.stderr
+
+
 def test_fit_predict_evaluate_round_trip(tmp_path, shape_images, cli):
     model, fitcsv = tmp_path / "m.vcm", tmp_path / "fit.csv"
     r = cli("fit", shape_images, "--clusters", "3", "--backbone", "baseline/pixels", "--output", model,

@@ -19,6 +19,7 @@ import visclust
 from visclust.exceptions import InputError, LabelsError
 from visclust.io import Assignments
 from visclust.report import ReportOptions, map_embedding, report_model, typicality, write_report
+from visclust.select import other_levels
 
 HOSTILE = "<img src=x onerror=alert(1)>&\"'.png"
 FAST = dict(map_method="pca")
@@ -236,3 +237,17 @@ def test_report_in_a_real_browser(shapes_report, browser, tmp_path):
     browser.execute_script("window.scrollTo(0,0)")
     shot = tmp_path / "report.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+
+def test_report_names_the_next_best_levels_of_clusters_auto(tmp_path):
+    shapes = make_shape_images(tmp_path / "shapes", n_per_class=8)
+    clusterer = visclust.FeatureClusterer(method="kmeans", space="pca", k_range=(2, 6), random_state=0)
+    model = visclust.ImageClusterer(backbone="baseline/pixels", n_clusters="auto", clusterer=clusterer, progress=False)
+    model.fit([str(shapes)])
+    fc = model.feature_clusterer_
+    assert fc.k_scores_ and set(fc.k_scores_) == set(range(2, 7))
+    report_model(model, model.training_assignments(), tmp_path / "r.html", options=ReportOptions(**FAST))
+    html = (tmp_path / "r.html").read_text(encoding="utf-8")
+    nxt = other_levels(fc.k_scores_)
+    want = f"{fc.n_clusters_} (--clusters auto" + (f"; next best {', '.join(map(str, nxt))})" if nxt else ")")
+    assert want in html, re.findall(r"clusters[^<]{0,80}", html)

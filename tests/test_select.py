@@ -9,7 +9,8 @@ from sklearn.datasets import make_blobs
 from visclust.cluster import select_n_clusters
 from visclust.evaluate import hungarian_accuracy
 from visclust.exceptions import InputError
-from visclust.select import (Candidate, agreement, align_to, choose_n_clusters, medoid_run, select_pipeline, stability,
+from visclust.select import (Candidate, agreement, align_to, choose_n_clusters, describe_k_choice, medoid_run,
+                             other_levels, select_pipeline, stability,
                              subsample_run)
 
 
@@ -99,7 +100,20 @@ def test_choose_n_clusters_is_not_fooled_by_a_dominant_coarse_split():
     centers = np.concatenate([sub + shift, sub * [1, -1, 1, -1, 1, -1] - shift])
     X, _ = make_blobs(800, centers=centers, cluster_std=1.0, random_state=0)
     assert select_n_clusters(X, (2, 12), metric="euclidean")[0] == 2
-    assert choose_n_clusters([X], (2, 12))[0] == 8
+    k, scores = choose_n_clusters([X], (2, 12))
+    assert k == 8
+    # the coarse level (the two families) is still offered as a next best level
+    assert 2 in other_levels(scores) and 8 not in other_levels(scores)
+    line = describe_k_choice(scores)
+    assert line.startswith("--clusters auto chose 8 of 2..12 (reproduced exactly); next best: ") and "2 (" in line
+
+
+def test_other_levels_are_the_local_maxima_after_the_best():
+    scores = {2: 1.0, 3: 3.0, 4: 1.5, 5: 2.5, 6: 1.0, 7: 1.2, 8: 0.9}
+    assert other_levels(scores) == [5, 7] and other_levels(scores, n=1) == [5]
+    assert other_levels({4: 2.0, 2: 3.0, 3: 1.0}) == [4]  # ends count; the order of the dict does not matter
+    assert other_levels({2: 5.0}) == [] and other_levels({}) == []
+    assert describe_k_choice({2: 1.0, 3: 2.0, 4: 1.0}) == "--clusters auto chose 3 of 2..4 (score 2.00)"
 
 
 def test_choose_n_clusters_uses_every_embedding_and_checks_its_input():

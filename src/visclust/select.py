@@ -254,6 +254,46 @@ def select_pipeline(Z: np.ndarray, n_clusters: int, candidates=DEFAULT_CANDIDATE
 _EXACT = 1e-3
 
 
+def other_levels(scores: dict, n: int = 2) -> list[int]:
+    """The next best numbers of clusters after the chosen one in ``scores`` (as returned by
+    :func:`choose_n_clusters`): the local maxima of the score over ``k`` (at least as high as
+    both neighbours), best first, the overall best left out. A collection can be reproducible
+    at several levels (Fashion-MNIST: tops / trousers / footwear / bags, and its 10 articles);
+    these are the levels to try with an explicit ``--clusters`` when the chosen one is too
+    coarse or too fine.
+
+    Examples
+    --------
+    >>> other_levels({2: 1.0, 3: 3.0, 4: 1.5, 5: 2.5, 6: 1.0, 7: 1.2})
+    [5, 7]
+    """
+    ks = sorted(int(k) for k in scores)
+    if len(ks) < 2:
+        return []
+    s = {k: float(scores[k]) for k in ks}
+    best = max(ks, key=lambda k: (s[k], -k))
+    peaks = [k for i, k in enumerate(ks) if k != best
+             and (i == 0 or s[k] >= s[ks[i - 1]]) and (i == len(ks) - 1 or s[k] >= s[ks[i + 1]])]
+    return sorted(peaks, key=lambda k: (-s[k], k))[:max(0, int(n))]
+
+
+def describe_k_choice(scores: dict) -> str:
+    """One line on what ``--clusters auto`` chose from ``scores`` (:func:`choose_n_clusters`)
+    and the next best levels (:func:`other_levels`)."""
+    def score(k):
+        v = float(scores[k])
+        return "reproduced exactly" if v > 1.0 / _EXACT else f"score {v:.2f}"
+
+    ks = sorted(int(k) for k in scores)
+    best = max(ks, key=lambda k: (float(scores[k]), -k))
+    line = f"--clusters auto chose {best} of {ks[0]}..{ks[-1]} ({score(best)})"
+    nxt = other_levels(scores)
+    if nxt:
+        line += "; next best: " + ", ".join(f"{k} ({score(k)})" for k in nxt) + \
+            "; refit with --clusters N for another level"
+    return line
+
+
 def choose_n_clusters(embeddings, k_range=(2, 30), method: str = "kmeans", *, n_runs: int = 12,
                       subsample: float = 0.8, sample_size: int = 5000,
                       random_state: int | None = 0) -> tuple[int, dict[int, float]]:

@@ -76,4 +76,8 @@ def run(args) -> int:
         write_assignments(args.assignments, a)
     if not args.quiet:
         print(f"fitted {cluster_summary(a)}; model written to {args.output}", file=sys.stderr)
+        k_scores = getattr(model.feature_clusterer_, "k_scores_", None)
+        if k_scores:
+            from ..select import describe_k_choice
+            print(describe_k_choice(k_scores), file=sys.stderr)
     return report_skipped(a, args.assignments or args.output, args.quiet)

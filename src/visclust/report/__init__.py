@@ -481,6 +481,10 @@ def report_model(model, assignments: Assignments, output: str | os.PathLike, *, 
     cfgs = getattr(model, "backbone_configs_", None) or [model.backbone_config_]
     info = {"backbone": " + ".join(c.name for c in cfgs), "clusters": fc.n_clusters_,
             "method": getattr(fc, "pipeline_", None) or fc.method}
+    if getattr(fc, "k_scores_", None):
+        from ..select import other_levels
+        nxt = other_levels(fc.k_scores_)
+        info["clusters"] = f"{fc.n_clusters_} (--clusters auto" + (f"; next best {', '.join(map(str, nxt))})" if nxt else ")")
     info.update(model_info or {})
     skipped = list(assignments.skipped) + [s for s in res.skipped if s not in assignments.skipped]
     stats = write_report(output, kept, Z, centers=getattr(fc, "cluster_centers_", None), labels=y,
