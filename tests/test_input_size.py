@@ -12,6 +12,7 @@ from visclust.backbones import Preprocess, create_backbone
 from visclust.exceptions import InputError
 from visclust.features import (accepts_input_size, backbone_at_size, small_image_backbone, small_image_preprocess,
                                typical_short_side, with_preprocess)
+from visclust.cli._common import describe_choices
 from visclust.model import ImageClusterer
 
 IMAGENET = Preprocess(input_size=224, resize_size=256)
@@ -85,6 +86,9 @@ def test_auto_compares_the_two_sizes_on_small_images_and_predict_uses_the_chosen
     assert m.backbone_config_.preprocess.input_size == (192 if smaller else 224)
     fc = m.feature_clusterer_
     assert fc.pipeline_scores_[fc.pipeline_] == s["backbone@192px" if smaller else "backbone"]
+    assert m.view_ == ("backbone@192px" if smaller else "backbone")
+    other = "backbone" if smaller else "backbone@192px"
+    assert describe_choices(m)[0] == f"features: chose {m.view_} (stability {s[m.view_]:.3f}; {other} {s[other]:.3f})"
     m.save(tmp_path / "m.vcm")
     back = ImageClusterer.load(tmp_path / "m.vcm")
     assert back.backbone_config_.to_dict() == m.backbone_config_.to_dict()

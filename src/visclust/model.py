@@ -461,6 +461,9 @@ class ImageClusterer(BaseEstimator):
         images: the smaller input size), and with ``pixels='auto'`` the winner of those with
         the pixels added (``'backbone+pixels'`` or ``'backbone@128px+pixels'``); empty when no
         comparison ran.
+    view_ : str or None
+        The view kept, one of ``view_scores_``' keys (None when no comparison ran; not saved
+        in the model file).
     n_clusters_ : int
 
     Examples
@@ -611,10 +614,11 @@ class ImageClusterer(BaseEstimator):
                 self.view_scores_[base] = _chosen_score(fc)
                 self.view_scores_[base + "+pixels"] = _chosen_score(with_px)
                 if view_wins(self.view_scores_[base], self.view_scores_[base + "+pixels"]):
-                    fc, bbs, res = with_px, bbs + [px], both
+                    fc, bbs, res, base = with_px, bbs + [px], both, base + "+pixels"
         if not fitted:
             fc.fit(res.features)
         self.feature_clusterer_ = fc
+        self.view_ = base if self.view_scores_ else None
         self._backbones = bbs  # the ones the chosen features came from: predict computes these
         self.backbone_configs_ = [bb.config for bb in bbs]
         self.backbone_config_ = self.backbone_configs_[0]

@@ -112,3 +112,28 @@ def cluster_summary(assignments: Assignments) -> str:
         parts.append(f"sizes {int(sizes[sizes > 0].min())}..{int(sizes.max())}")
         parts.append(f"mean confidence {float(np.mean(assignments.confidence)):.3f}")
     return ", ".join(parts)
+
+
+def describe_choice(kind: str, chosen: str, scores: dict) -> str:
+    """One line on a label-free choice: ``kind: chose NAME (stability S; other 0.xx, ...)``."""
+    others = sorted(((v, k) for k, v in scores.items() if k != chosen), reverse=True)
+    rest = "; " + ", ".join(f"{k} {v:.3f}" for v, k in others) if others else ""
+    return f"{kind}: chose {chosen} (stability {float(scores[chosen]):.3f}{rest})"
+
+
+def describe_choices(model) -> list[str]:
+    """What a fitted ImageClusterer chose without labels, one line each: the view (input
+    size, pixels), the pipeline, the number of clusters."""
+    from ..select import describe_k_choice
+
+    lines = []
+    view, views = getattr(model, "view_", None), getattr(model, "view_scores_", None) or {}
+    if view in views and len(views) > 1:
+        lines.append(describe_choice("features", view, views))
+    fc = model.feature_clusterer_
+    scores = getattr(fc, "pipeline_scores_", None) or {}
+    if getattr(fc, "pipeline_", None) in scores and len(scores) > 1:
+        lines.append(describe_choice("pipeline", fc.pipeline_, scores))
+    if getattr(fc, "k_scores_", None):
+        lines.append(describe_k_choice(fc.k_scores_))
+    return lines

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ._common import (add_backbone_options, add_runtime_options, add_store_options, backbone_arg, cluster_summary,
-                      input_size_arg, progress_flag, report_skipped, weights_arg)
+                      describe_choices, input_size_arg, progress_flag, report_skipped, weights_arg)
 
 
 def register(sub) -> None:
@@ -76,8 +76,6 @@ def run(args) -> int:
         write_assignments(args.assignments, a)
     if not args.quiet:
         print(f"fitted {cluster_summary(a)}; model written to {args.output}", file=sys.stderr)
-        k_scores = getattr(model.feature_clusterer_, "k_scores_", None)
-        if k_scores:
-            from ..select import describe_k_choice
-            print(describe_k_choice(k_scores), file=sys.stderr)
+        for line in describe_choices(model):  # what was chosen without labels, and the runners-up
+            print(line, file=sys.stderr)
     return report_skipped(a, args.assignments or args.output, args.quiet)
