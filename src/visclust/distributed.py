@@ -274,11 +274,14 @@ def extract_ray(spec: BackboneSpec, inputs: Sequence[str], store, *, address: st
     """
     ray = _import_ray()
     size = check_input_size(input_size)
-    if isinstance(size, int):  # a size the network cannot run at fails before Ray starts
-        spec = spec.at(backbone_at_size(spec.build(), size))
     for p in inputs:  # a missing input fails before a Ray instance is started
         if not os.path.lexists(os.fspath(p)):
             expand_input(os.fspath(p))  # raises its InputError
+    base = spec.build()  # once on the driver (loading and hashing big weights takes seconds)
+    views = [(spec, base)]
+    if isinstance(size, int):  # a size the network cannot run at fails before Ray starts
+        at = backbone_at_size(base, size)
+        views = [(spec.at(at), at)]
     started = _connect(ray, address, _local_cpus(num_workers, cpus_per_worker), object_store_memory, quiet)
     try:
         try:
@@ -289,12 +292,12 @@ def extract_ray(spec: BackboneSpec, inputs: Sequence[str], store, *, address: st
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise DistributedExtractionError(f"listing the inputs on the Ray cluster failed: {first}; every node "
                                              "must see the images at the same paths") from e
-        specs = [spec]
         if size == "auto":
-            small = small_image_backbone(spec.build(), paths)
-            specs += [spec.at(small)] if small is not None else []
+            small = small_image_backbone(base, paths)
+            views += [(spec.at(small), small)] if small is not None else []
         return [(s, compute_features_ray(s, paths, store, stats=stats, num_workers=num_workers,
-                                         cpus_per_worker=cpus_per_worker, quiet=quiet, **kwargs)) for s in specs]
+                                         cpus_per_worker=cpus_per_worker, quiet=quiet, backbone=bb, **kwargs))
+                for s, bb in views]
     finally:
         if started:
             ray.shutdown()
@@ -346,7 +349,7 @@ def compute_features_ray(spec: BackboneSpec, paths: Sequence[str], store, *, add
                          engine: str = "auto", device: str | None = None, dtype: str = "float32",
                          shard_rows: int = 4096, flush_seconds: float = 30.0, progress: bool | None = None,
                          max_retries: int = 3, object_store_memory: int | None = None,
-                         quiet: bool = True, stats: Sequence | None = None) -> ExtractStats:
+                         quiet: bool = True, stats: Sequence | None = None, backbone=None) -> ExtractStats:
     """Compute into ``store`` the features of the ``paths`` it has no current row for, on Ray.
 
     Parameters
@@ -386,6 +389,9 @@ def compute_features_ray(spec: BackboneSpec, paths: Sequence[str], store, *, add
     stats : sequence, optional
         ``(size, mtime_ns)`` of each path when already known (:func:`list_inputs_ray`), so
         the driver does not stat every file again to find what is missing.
+    backbone : Backbone, optional
+        ``spec.build()`` when the caller already has it (the driver then does not load the
+        weights again); every actor still builds its own and checks it against this one.
 
     Returns
     -------
@@ -419,7 +425,7 @@ def compute_features_ray(spec: BackboneSpec, paths: Sequence[str], store, *, add
     ray = _import_ray()
     t0 = time.perf_counter()
     paths = list(paths)
-    backbone = spec.build()
+    backbone = spec.build() if backbone is None else backbone
     store = open_store(store, backbone, "pil")
     todo = store.missing(paths, stats)
     n_cached = len(paths) - len(todo)
