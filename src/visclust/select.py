@@ -254,6 +254,11 @@ def select_pipeline(Z: np.ndarray, n_clusters: int, candidates=DEFAULT_CANDIDATE
 _EXACT = 1e-3
 
 
+def best_k(scores: dict) -> int:
+    """The ``k`` with the highest score (the smallest on a tie): :func:`choose_n_clusters`' choice."""
+    return min((int(k) for k in scores), key=lambda k: (-float(scores[k]), k))
+
+
 def other_levels(scores: dict, n: int = 2) -> list[int]:
     """The next best numbers of clusters after the chosen one in ``scores`` (as returned by
     :func:`choose_n_clusters`): the local maxima of the score over ``k`` (at least as high as
@@ -271,7 +276,7 @@ def other_levels(scores: dict, n: int = 2) -> list[int]:
     if len(ks) < 2:
         return []
     s = {k: float(scores[k]) for k in ks}
-    best = max(ks, key=lambda k: (s[k], -k))
+    best = best_k(s)
     peaks = [k for i, k in enumerate(ks) if k != best
              and (i == 0 or s[k] >= s[ks[i - 1]]) and (i == len(ks) - 1 or s[k] >= s[ks[i + 1]])]
     return sorted(peaks, key=lambda k: (-s[k], k))[:max(0, int(n))]
@@ -287,7 +292,7 @@ def describe_k_choice(scores: dict) -> str:
     ks = sorted(int(k) for k in scores)
     if not ks:
         return "--clusters auto: no candidate K was scored"
-    best = max(ks, key=lambda k: (float(scores[k]), -k))
+    best = best_k(scores)
     line = f"--clusters auto chose {best} of {ks[0]}..{ks[-1]} ({score(best)})"
     nxt = other_levels(scores)
     if nxt:
@@ -361,5 +366,4 @@ def choose_n_clusters(embeddings, k_range=(2, 30), method: str = "kmeans", *, n_
         # groups are merged: the finest partition reproduced exactly ranks first.
         exact = 1.0 - data <= _EXACT
         scores[k] = float(1.0 / _EXACT + k) if exact else float((1.0 - ref) / (1.0 - data))
-    best = max(scores, key=scores.get)
-    return best, scores
+    return best_k(scores), scores
