@@ -62,19 +62,20 @@ def run(args) -> int:
         raise InputError("--compile is not available with --executor ray; leave it out")
     runs, labels, paths = [], [], None
     size = input_size_arg(args)
+    if size == "auto" and len(specs) > 1:  # both sizes (what `fit` compares) only for a single backbone
+        size = "backbone"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EngineFallbackWarning)
         for name, weights in specs:  # several backbones: each one's rows in its own part of the store
             if use_ray:  # lists the inputs on the cluster too; sizes as below
-                for i, (spec, stats) in enumerate(_extract_ray(args, name, weights,
-                                                               size if len(specs) == 1 or size != "auto" else "backbone")):
+                for i, (spec, stats) in enumerate(_extract_ray(args, name, weights, size)):
                     labels.append((name if spec.preprocess is None else f"{name}@{spec.preprocess['input_size']}px", i > 0))
                     runs.append(stats)
                 continue
             paths = collect_inputs(args.inputs) if paths is None else paths
             backbone = create_backbone(name, weights=weights, pretrained=not args.random_weights)
             todo = [backbone_at_size(backbone, size)] if isinstance(size, int) else [backbone]
-            if size == "auto" and len(specs) == 1:  # what `fit` compares on small images: both sizes
+            if size == "auto":  # what `fit` compares on small images: both sizes
                 todo += [bb for bb in [small_image_backbone(backbone, paths)] if bb is not None]
             for i, bb in enumerate(todo):  # the second size reads the same files: its skips are not counted twice
                 labels.append((name if bb is backbone else f"{name}@{bb.preprocess.input_size}px", i > 0))
