@@ -404,11 +404,14 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def _nearest_block(self, x, terms, start=0, second=False, xb=None):
         """:meth:`_nearest` on one block."""
         c_sq, w = terms
-        cpu = x.device.type == "cpu"
-        if cpu:  # (k, n): centers by rows, see _terms; bf16 (oneDNN): bf16 output, within _gamma's bf16 term
-            d = torch.mm(w, ((x.to(w.dtype) if xb is None else xb) if w.dtype == torch.bfloat16 else x).T)
+        # CPU, a cache-sized block: (k, n), centers by rows (see _terms); a bigger block (Hamerly's
+        # gathered rows) as (n, k), where reducing across k rows of n would leave the cache
+        by_rows = x.device.type == "cpu" and len(x) <= self._sub_rows(x.shape[1])
+        if x.device.type == "cpu":  # bf16 (oneDNN): bf16 output, within _gamma's bf16 term
+            xin = (x.to(w.dtype) if xb is None else xb) if w.dtype == torch.bfloat16 else x
+            d = torch.mm(w, xin.T) if by_rows else torch.mm(xin, w.T)
             d = d.float() if d.dtype != torch.float32 else d
-            d.add_(c_sq[:, None])  # (mm then add_ is faster than addmm on CPU)
+            d.add_(c_sq[:, None] if by_rows else c_sq)  # (mm then add_ is faster than addmm on CPU)
         elif w.dtype == torch.bfloat16:
             try:  # fp32 output: only the inputs are rounded to bf16
                 d = torch.mm(x.to(w.dtype), w, out_dtype=torch.float32)
@@ -417,7 +420,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             d.add_(c_sq)
         else:
             d = (x @ w).add_(c_sq)
-        axis = 0 if cpu else 1
+        axis = 0 if by_rows else 1
         mins, labels = d.min(dim=axis)
         # a NaN/inf in a row of x makes its min non-finite, and then the sum: one cheap check
         if not bool(torch.isfinite(mins.sum())) and not bool(torch.isfinite(mins).all()):
@@ -425,7 +428,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             raise InputError(f"X contains NaN or infinity (first at row {row}); remove or impute those rows, "
                              "e.g. X = X[np.isfinite(X).all(axis=1)]")
         if second:
-            own = labels[None, :] if cpu else labels[:, None]
+            own = labels[None, :] if by_rows else labels[:, None]
             return mins, labels, d.scatter_(axis, own, float("inf")).amin(dim=axis)
         return mins, labels
 
