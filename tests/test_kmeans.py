@@ -328,3 +328,32 @@ def test_cache_sized_blocks_give_what_one_block_gives(algorithm, monkeypatch):
     np.testing.assert_allclose(t2, t1, rtol=1e-5, atol=1e-4)
     d2 = ((X[:, None, :].astype(np.float64) - many.cluster_centers_[None].astype(np.float64)) ** 2).sum(-1)
     assert (d2[np.arange(len(X)), many.labels_] <= d2.min(1) * (1 + 1e-5)).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_both_layouts_of_the_distance_block_give_the_nearest_and_second_nearest(dtype):
+    # on the CPU a cache-sized block is computed as (k, n) and reduced across centers (rows),
+    # a bigger one as (n, k): both must give each row's nearest center, its value, and the
+    # minimum over the other centers
+    if dtype == "bfloat16" and not kmeans_module.cpu_has_bf16_units():
+        pytest.skip("dtype='bfloat16' needs a CPU with AMX or AVX512-BF16")
+    rng = np.random.default_rng(11)
+    d, k = 48, 37
+    km = KMeans(k, dtype=dtype)
+    sub = km._sub_rows(d)
+    C = torch.from_numpy(rng.standard_normal((k, d), dtype=np.float32))
+    terms = km._terms(C)
+    tol = 1e-4 if dtype == "float32" else 3e-2
+    for n in (sub // 3, sub, sub + 1, 3 * sub):  # centers by rows; rows first above `sub`
+        X = rng.standard_normal((n, d), dtype=np.float32)
+        mins, labels, second = km._nearest_block(torch.from_numpy(X), terms, second=True)
+        d2 = ((X[:, None, :].astype(np.float64) - C.numpy()[None].astype(np.float64)) ** 2).sum(-1)
+        x_sq = (X.astype(np.float64) ** 2).sum(1)
+        order = np.sort(d2, axis=1)
+        rows = np.arange(n)
+        assert labels.shape == (n,) and mins.shape == (n,) and second.shape == (n,)
+        assert (d2[rows, labels.numpy()] <= order[:, 0] + tol * (1 + order[:, 0])).all()
+        np.testing.assert_allclose(mins.numpy() + x_sq, d2[rows, labels.numpy()], rtol=tol, atol=tol * 10)
+        others = d2.copy()
+        others[rows, labels.numpy()] = np.inf
+        np.testing.assert_allclose(second.numpy() + x_sq, others.min(1), rtol=tol, atol=tol * 10)
