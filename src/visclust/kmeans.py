@@ -161,6 +161,14 @@ def _num_threads(n):
         torch.set_num_threads(before)
 
 
+def _between_passes():
+    """For the k x d arithmetic between two passes (distance terms, center update): the calling
+    thread alone. With torch's OpenMP threads each op's fork leaves the OpenMP worker spinning
+    (GOMP_SPINCOUNT, several ms) on a core the next pass's threads need: measured 5-10% of a
+    100,000 x 512 pass (docs/scaling.md (h10))."""
+    return _num_threads(1)
+
+
 def _too_big_for_ram(X):
     if not isinstance(X, np.memmap):
         return False
@@ -435,7 +443,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def _assign(self, X, centers, rows, dev, accumulate=False, xb=None):
         """One pass: labels, and either per-cluster (sums, counts) or the exact inertia.
         ``xb``: ``X`` rounded to bf16 once (see :meth:`_bf16_rows`), or None."""
-        n, (k, d), terms = X.shape[0], centers.shape, self._terms(centers)
+        n, (k, d) = X.shape[0], centers.shape
+        with _between_passes():
+            terms = self._terms(centers)
         labels = np.empty(n, dtype=np.int32)
 
         sub = self._sub_rows(d) if dev.type == "cpu" else max(1, X.shape[0])
@@ -512,8 +522,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             labels, sums, counts, _ = self._assign(X, centers, rows, dev, accumulate=True, xb=xb)
             if bool((counts == 0).any()):
                 self._relocate_empty(X, centers, labels, sums, counts, rows, dev)
-            new = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centers.double()).float()
-            shift = float(((new - centers) ** 2).sum())
+            with _between_passes():
+                new = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centers.double()).float()
+                shift = float(((new - centers) ** 2).sum())
             centers = new
             if labels_old is not None and np.array_equal(labels, labels_old):
                 break  # labels did not change: centers are a fixed point
@@ -795,12 +806,13 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 x = _to_tensor(np.concatenate([X[s:s + block] for s in starts[sel]]), dev)
                 _release_pages(X)
                 lab, sums, counts, _ = self._assign(x, centers, len(x), dev, accumulate=True)
-                counts = counts.double()
-                seen += counts
-                hit = counts > 0
-                rate = (counts[hit] / seen[hit])[:, None]
-                means = sums[hit] / counts[hit][:, None]
-                centers[hit] = (centers[hit] + rate * (means - centers[hit])).float()
+                with _between_passes():
+                    counts = counts.double()
+                    seen += counts
+                    hit = counts > 0
+                    rate = (counts[hit] / seen[hit])[:, None]
+                    means = sums[hit] / counts[hit][:, None]
+                    centers[hit] = (centers[hit] + rate * (means - centers[hit])).float()
             dead = torch.nonzero(seen == 0).flatten()
             if len(dead):  # never won a point: restart at the farthest points of the last batch
                 lab = torch.from_numpy(lab).to(dev).long()
