@@ -357,3 +357,27 @@ def test_both_layouts_of_the_distance_block_give_the_nearest_and_second_nearest(
         others = d2.copy()
         others[rows, labels.numpy()] = np.inf
         np.testing.assert_allclose(second.numpy() + x_sq, others.min(1), rtol=tol, atol=tol * 10)
+
+
+@pytest.mark.parametrize("algorithm", ["lloyd", "hamerly"])
+def test_arithmetic_between_passes_runs_on_one_thread(algorithm, monkeypatch):
+    # an OpenMP fork in the calling thread between passes leaves libgomp's worker spinning on
+    # a core the next pass needs (docs/scaling.md (h10)): terms and center updates run alone
+    seen = []
+    terms = KMeans._terms
+
+    def spy(self, centers, exact=False):
+        seen.append(torch.get_num_threads())
+        return terms(self, centers, exact)
+
+    monkeypatch.setattr(KMeans, "_terms", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        X, _ = blobs(n=20000, k=8, d=64, std=3.0)  # n * d * k above _SMALL_WORK: threaded passes
+        assert X.shape[0] * X.shape[1] * 32 >= kmeans_module._SMALL_WORK
+        KMeans(32, max_iter=5, tol=0, algorithm=algorithm, device="cpu", random_state=0).fit(X)
+        assert torch.get_num_threads() == 2  # restored for the caller
+    finally:
+        torch.set_num_threads(before)
+    assert len(seen) >= 5 and set(seen) == {1}
