@@ -340,7 +340,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         On CPU, chunks are cache-sized (fresh 100 MB temporaries cost more in page faults than
         in arithmetic) and spread over as many Python threads as torch has threads, each
         running single-threaded ops as scikit-learn's Lloyd does: one join per window of
-        chunks instead of one per op, which matters most on a busy machine.
+        chunks (up to ``_BLOCK_BYTES`` of rows) instead of one per op, which matters most on a
+        busy machine; chunks are equal and a multiple of the thread count per pass.
         """
         n = X.shape[0] if index is None else len(index)
         workers, total, unreleased = workers or torch.get_num_threads(), None, 0
@@ -348,7 +349,13 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             rows = min(rows, max(256, _PIECE_BYTES // (4 * max(self.n_clusters, X.shape[1]))),
                        max(256, -(-n // workers)))
         threaded = dev.type == "cpu" and workers > 1 and n > rows
-        step = rows * (workers if threaded else 1)
+        per_window = 1
+        if threaded:  # equal pieces, a multiple of the thread count: no thread idles at the end;
+            # up to _BLOCK_BYTES of rows per window: the threads pull pieces and join once per window
+            pieces = workers * -(-n // (workers * rows))
+            rows = -(-n // pieces)
+            per_window = workers * max(1, _BLOCK_BYTES // (4 * rows * max(self.n_clusters, X.shape[1]) * workers))
+        step = rows * per_window
 
         def call(item):
             key, x = item
