@@ -924,7 +924,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         """
         X, dev, centers = self._check_fitted(X)
         out = np.empty((X.shape[0], self.n_clusters), dtype=np.float32)
-        terms = self._terms(centers, exact=True)
+        with _between_passes():
+            terms = self._terms(centers, exact=True)
 
         def work(start, x):
             d = (x @ (terms[1].T if x.device.type == "cpu" else terms[1])).add_(terms[0]).add_((x * x).sum(1)[:, None])
