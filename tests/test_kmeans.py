@@ -331,20 +331,23 @@ def test_cache_sized_blocks_give_what_one_block_gives(algorithm, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_both_layouts_of_the_distance_block_give_the_nearest_and_second_nearest(dtype):
-    # on the CPU a cache-sized block is computed as (k, n) and reduced across centers (rows),
-    # a bigger one as (n, k): both must give each row's nearest center, its value, and the
-    # minimum over the other centers
+@pytest.mark.parametrize("k", [10, 37])
+def test_both_layouts_of_the_distance_block_give_the_nearest_and_second_nearest(dtype, k):
+    # on the CPU a block is computed as (k, n) and reduced across centers (rows), or as (n, k)
+    # (_centers_by_rows): both must give each row's nearest center, its value, and the minimum
+    # over the other centers
     if dtype == "bfloat16" and not kmeans_module.cpu_has_bf16_units():
         pytest.skip("dtype='bfloat16' needs a CPU with AMX or AVX512-BF16")
     rng = np.random.default_rng(11)
-    d, k = 48, 37
+    d = 48
     km = KMeans(k, dtype=dtype)
-    sub = km._sub_rows(d)
     C = torch.from_numpy(rng.standard_normal((k, d), dtype=np.float32))
     terms = km._terms(C)
     tol = 1e-4 if dtype == "float32" else 3e-2
-    for n in (sub // 3, sub, sub + 1, 3 * sub):  # centers by rows; rows first above `sub`
+    sizes = (100, 512, 513, 2000)
+    layouts = {kmeans_module._centers_by_rows(n, k) for n in sizes}
+    assert layouts == ({True} if k <= 32 else {True, False})
+    for n in sizes:
         X = rng.standard_normal((n, d), dtype=np.float32)
         mins, labels, second = km._nearest_block(torch.from_numpy(X), terms, second=True)
         d2 = ((X[:, None, :].astype(np.float64) - C.numpy()[None].astype(np.float64)) ** 2).sum(-1)
