@@ -165,10 +165,11 @@ def _centers_by_rows(n_rows, k):
     """On the CPU, whether a block of ``n_rows`` rows against ``k`` centers is computed as
     ``(k, n_rows)`` (centers by rows, the minimum taken across rows) rather than
     ``(n_rows, k)``. Measured on one thread (docs/scaling.md (h12), k 10-1,000, d 64-768,
-    blocks of 128-2,048 rows): 1.2-2.4x faster for k = 10 at every size, 1.0-1.2x for k up to
-    300 in blocks of at most 512 rows, slower beyond (0.5-0.8x in blocks of 1,024 or more rows,
-    and for k = 1,000)."""
-    return k <= 32 or (k <= 512 and n_rows <= 512)
+    blocks of 128-2,048 rows): 1.2-2.4x faster for k = 10 at every size; 0.86-1.21x (about
+    level, faster at the benchmark's k = 100, d = 512) for k = 100 and 300 in blocks of at most
+    512 rows; slower in bigger blocks (0.6-0.8x at 1,024 rows or more) and for k = 1,000 (0.7-1.0x).
+    k between 300 and 1,000 was not measured and keeps rows first."""
+    return k <= 32 or (k <= 300 and n_rows <= 512)
 
 
 def _between_passes():
