@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
 
-from visclust.classify import PseudoLabelClassifier, centroid_margin, confident_members, softmax
+from visclust.classify import (PseudoLabelClassifier, centroid_margin, confident_members, fit_temperature,
+                               neighbour_votes)
 from visclust.evaluate import hungarian_accuracy
 from visclust.exceptions import InputError
 
@@ -85,14 +86,109 @@ def test_centroid_margin_is_larger_for_typical_members():
     assert m[0] > m[1] > 0
 
 
-def test_softmax_is_stable_for_large_values():
-    p = softmax(np.array([[1000.0, 0.0], [0.0, 0.0]]))
-    np.testing.assert_allclose(p, [[1, 0], [0.5, 0.5]])
+def test_probabilities_are_stable_for_large_decision_values():
+    clf = PseudoLabelClassifier.from_arrays({}, {"coef": np.array([[1000.0], [0.0]], np.float32),
+                                                 "intercept": np.zeros(2, np.float32), "classes": np.array([0, 1]),
+                                                 "temperature": np.array([1.0])})
+    np.testing.assert_allclose(clf.predict_proba(np.array([[1.0], [0.0]], np.float32)), [[1, 0], [0.5, 0.5]])
 
 
-def test_auto_keeps_the_svm_where_clusters_are_linear_and_votes_where_they_are_not():
+def _softmax(z):
+    z = z - z.max(1, keepdims=True)
+    return np.exp(z) / np.exp(z).sum(1, keepdims=True)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Every row-blocked computation in blocks of 256 rows (the smallest), so a test of a
+    few hundred rows crosses block boundaries."""
+    from visclust import cluster
+
+    monkeypatch.setattr(cluster, "BLOCK_BYTES", 1)
+    assert cluster.block_rows(1000) == 256
+
+
+@pytest.mark.parametrize("kind", ["svm", "knn"])
+def test_blockwise_outputs_equal_the_whole_matrix(small_blocks, kind):
+    """decision_function, predict_proba, predict and predict_with_confidence work a block of
+    rows at a time; across block boundaries they must equal the whole-matrix formulas."""
+    rng = np.random.default_rng(0)
+    k, d, n = 7, 5, 700
+    arrays = {"coef": rng.standard_normal((k, d)).astype(np.float32), "intercept": rng.standard_normal(k).astype(np.float32),
+              "classes": np.arange(10, 10 + k), "temperature": np.array([1.7])}
+    if kind == "knn":
+        arrays["reference"] = rng.standard_normal((300, d)).astype(np.float32)
+        arrays["reference_labels"] = rng.integers(0, k, 300)
+    clf = PseudoLabelClassifier.from_arrays({"n_neighbors": 5}, arrays)
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    if kind == "svm":
+        dec = X @ arrays["coef"].T + arrays["intercept"]
+    else:
+        d2 = ((X[:, None, :] - arrays["reference"][None]) ** 2).sum(2)
+        votes = np.zeros((n, k))
+        for i, nn in enumerate(np.argsort(d2, 1)[:, :5]):
+            np.add.at(votes[i], arrays["reference_labels"][nn], 1)
+        dec = np.log((votes + 0.5) / (5 + 0.5 * k))
+    np.testing.assert_allclose(clf.decision_function(X), dec, rtol=1e-5, atol=1e-5)
+    proba = _softmax(dec.astype(np.float64) * 1.7)
+    np.testing.assert_allclose(clf.predict_proba(X), proba, rtol=1e-5, atol=1e-9)
+    best, conf = clf.predict_with_confidence(X)
+    if kind == "svm":  # the vote has ties; the SVM's random decision values do not
+        assert best.tolist() == proba.argmax(1).tolist()
+        assert clf.predict(X).tolist() == (10 + proba.argmax(1)).tolist()
+    np.testing.assert_allclose(conf, proba.max(1), rtol=1e-5)
+    if kind == "svm":
+        top, margin = clf._best_and_margin(X)
+        srt = np.sort(dec, 1)
+        assert top.tolist() == dec.argmax(1).tolist()
+        np.testing.assert_allclose(margin, srt[:, -1] - srt[:, -2], rtol=1e-4, atol=1e-5)
+
+
+def test_neighbour_votes_count_the_nearest_reference_rows(small_blocks):
+    rng = np.random.default_rng(1)
+    ref, Z = rng.standard_normal((400, 3)).astype(np.float32), rng.standard_normal((600, 3)).astype(np.float32)
+    lab = rng.integers(0, 6, 400)
+    votes = neighbour_votes(Z, ref, lab, 6, 9)
+    nn = np.argsort(((Z[:, None] - ref[None]) ** 2).sum(2), 1)[:, :9]
+    expect = np.stack([np.bincount(lab[row], minlength=6) for row in nn])
+    assert votes.dtype == np.float32 and (votes == expect).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_centroid_margin_equals_the_distance_formula_in_blocks(small_blocks, dtype):
+    rng = np.random.default_rng(2)
+    X, C = rng.standard_normal((700, 4)).astype(dtype), rng.standard_normal((9, 4)).astype(dtype)
+    labels = rng.integers(-1, 9, 700)
+    d = np.sqrt(((X[:, None].astype(np.float64) - C[None]) ** 2).sum(2))
+    own = d[np.arange(700), np.maximum(labels, 0)]
+    d[np.arange(700), np.maximum(labels, 0)] = np.inf
+    m = centroid_margin(X, labels, C)
+    assert m.dtype == dtype
+    np.testing.assert_allclose(m, d.min(1) - own, atol=1e-4 if dtype == np.float32 else 1e-9)
+
+
+def test_fit_temperature_minimises_the_log_loss(small_blocks):
+    """The temperature fitted block by block is the minimiser of the whole-matrix log-loss
+    (found here by a dense grid), and it undoes a known scaling of calibrated scores."""
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((900, 5)) * 2
+    truth = np.array([rng.choice(5, p=p) for p in _softmax(logits)])  # drawn from softmax(logits)
+    dec = (logits / 4).astype(np.float32)  # so the right temperature is about 4
+    t = fit_temperature(dec, truth)
+
+    def nll(t):
+        p = _softmax(dec.astype(np.float64) * t)
+        return -np.mean(np.log(p[np.arange(len(truth)), truth] + 1e-12))
+    grid = np.exp(np.linspace(-3, 5, 4001))
+    best = grid[np.argmin([nll(g) for g in grid])]
+    assert abs(np.log(t) - np.log(best)) < 0.01 and nll(t) <= nll(best) + 1e-6
+    assert 2.5 < t < 6
+
+
+def test_auto_keeps_the_svm_where_clusters_are_linear_and_votes_where_they_are_not(small_blocks):
     """Label-free choice of the assigning rule: on blobs the SVM reproduces the clusters, on
-    two interleaved moons (clusters a linear rule cannot separate) the neighbour vote does."""
+    two interleaved moons (clusters a linear rule cannot separate) the neighbour vote does.
+    (In blocks of 256 rows: the held-out rows' scores cross block boundaries.)"""
     from sklearn.datasets import make_moons
 
     X, y = make_blobs(900, centers=4, n_features=8, cluster_std=1.0, random_state=1)

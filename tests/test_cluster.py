@@ -86,6 +86,19 @@ def test_cluster_means_and_nearest_center():
     assert nearest_center(np.array([[9, 9], [1, 0]], np.float32), means[:2]).tolist() == [1, 0]
 
 
+def test_cluster_means_and_nearest_center_in_blocks(monkeypatch):
+    """Both work a block of rows at a time: across block boundaries they equal the whole formulas."""
+    from visclust import cluster
+
+    monkeypatch.setattr(cluster, "BLOCK_BYTES", 1)  # blocks of 256 rows
+    rng = np.random.default_rng(0)
+    X, C = rng.standard_normal((1000, 3)).astype(np.float32), rng.standard_normal((11, 3)).astype(np.float32)
+    labels = rng.integers(-1, 11, 1000)
+    expect = np.stack([X[labels == c].mean(0) for c in range(11)])
+    np.testing.assert_allclose(cluster_means(X, labels, 11), expect, rtol=1e-5, atol=1e-6)
+    assert nearest_center(X, C).tolist() == ((X[:, None] - C[None]) ** 2).sum(2).argmin(1).tolist()
+
+
 @pytest.mark.parametrize("true_k", [3, 5])
 def test_select_n_clusters_finds_the_number_of_blobs(true_k):
     X, _ = make_blobs(400, centers=true_k, n_features=6, cluster_std=0.6, center_box=(-12, 12), random_state=3)

@@ -10,6 +10,7 @@ sample of reduced training rows with their clusters.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -19,10 +20,33 @@ from sklearn.utils.validation import check_is_fitted
 from .exceptions import InputError
 
 
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
+def fit_temperature(dec: np.ndarray, truth: np.ndarray) -> float:
+    """The temperature ``T`` (``log T`` searched in [-3, 5]) that minimises the mean log-loss
+    ``-log(softmax(T * dec)[truth] + 1e-12)`` of the rows of ``dec`` (one row of decision
+    values per sample) against the class indices ``truth``. Computed in float64 a
+    cache-sized block of rows at a time: no copy of ``dec`` is made."""
+    import torch
+    from scipy.optimize import minimize_scalar
+
+    from .cluster import block_rows
+
+    if len(dec) == 0:
+        return 1.0
+    D = torch.from_numpy(np.ascontiguousarray(dec))
+    y = torch.from_numpy(np.asarray(truth, np.int64))
+    step = block_rows(D.shape[1], itemsize=8)
+    buf = torch.empty((min(step, len(D)), D.shape[1]), dtype=torch.float64)
+    floor = torch.tensor(math.log(1e-12), dtype=torch.float64)
+
+    def nll(log_t):
+        t, total = math.exp(log_t), 0.0
+        for s in range(0, len(D), step):
+            z = buf[:len(D[s:s + step])].copy_(D[s:s + step]).mul_(t)
+            neg_log_p = torch.logsumexp(z, 1).sub_(z[torch.arange(len(z)), y[s:s + len(z)]])
+            total += float(torch.logaddexp(-neg_log_p, floor).sum())  # log(p + 1e-12)
+        return -total / len(D)
+
+    return float(np.exp(minimize_scalar(nll, bounds=(-3, 5), method="bounded").x))
 
 
 def confident_members(scores: np.ndarray, labels: np.ndarray, fraction: float, min_per_cluster: int = 5) -> np.ndarray:
@@ -36,20 +60,31 @@ def confident_members(scores: np.ndarray, labels: np.ndarray, fraction: float, m
 
 
 def neighbour_votes(Z: np.ndarray, reference: np.ndarray, reference_labels: np.ndarray, n_classes: int,
-                    n_neighbors: int, chunk: int = 2048) -> np.ndarray:
+                    n_neighbors: int) -> np.ndarray:
     """How many of the ``n_neighbors`` nearest reference rows (Euclidean) of each row of
-    ``Z`` belong to each class: ``(len(Z), n_classes)`` float32. Memory is bounded by
-    ``chunk`` rows at a time."""
+    ``Z`` belong to each class: ``(len(Z), n_classes)`` float32. The distances are computed
+    a cache-sized block of rows at a time (:func:`visclust.cluster.block_rows`)."""
+    import torch
+
+    from .cluster import block_rows
+
     Z = np.asarray(Z, np.float32)
     k = int(min(n_neighbors, len(reference)))
     out = np.zeros((len(Z), n_classes), np.float32)
-    ref_sq = (reference.astype(np.float32) ** 2).sum(1)
-    for s in range(0, len(Z), chunk):
-        z = Z[s:s + chunk]
-        d = ref_sq[None, :] - 2.0 * (z @ reference.T)  # + |z|^2, the same for every reference row
-        nn = np.argpartition(d, k - 1, axis=1)[:, :k]
-        rows = np.repeat(np.arange(len(z)), k)
-        np.add.at(out[s:s + len(z)], (rows, reference_labels[nn].ravel()), 1.0)
+    if k == 0 or len(Z) == 0:
+        return out
+    ref = torch.from_numpy(np.ascontiguousarray(reference, np.float32))
+    ref_sq = (ref * ref).sum(1)
+    lab = torch.from_numpy(np.asarray(reference_labels, np.int64))
+    step = block_rows(len(ref))
+    buf = torch.empty((min(step, len(Z)), len(ref)))
+    out_t = torch.from_numpy(out)
+    for s in range(0, len(Z), step):
+        z = torch.from_numpy(np.ascontiguousarray(Z[s:s + step]))
+        d = torch.addmm(ref_sq, z, ref.T, alpha=-2, out=buf[:len(z)])  # + |z|^2, the same for every reference row
+        nn = torch.topk(d, k, dim=1, largest=False, sorted=False).indices
+        cell = (torch.arange(len(z))[:, None] * n_classes + lab[nn]).flatten()  # (row, class) of each neighbour
+        out_t[s:s + len(z)].view(-1).index_add_(0, cell, torch.ones(len(cell)))
     return out
 
 
@@ -66,24 +101,28 @@ TORCH_SVM_CLASSES = 100
 
 def ovr_squared_hinge(X: np.ndarray, y: np.ndarray, n_classes: int, C: float = 1.0,
                       max_iter: int = 300, init: tuple[np.ndarray, np.ndarray] | None = None,
-                      chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+                      chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One-vs-rest linear SVMs with liblinear's primal objective (squared hinge, bias as a
     regularised extra feature, ``class_weight='balanced'``), all classes solved together by
     L-BFGS on matrix products.
 
     Each evaluation costs ``O(n_samples * n_features * n_classes)`` flops: linear in the
     number of samples, no kernel matrix. Loss and gradient are computed by hand, ``chunk``
-    rows at a time into one reused buffer, so memory beyond the data is one
-    ``(chunk, n_classes)`` matrix (autograd over the whole ``(n_samples, n_classes)``
-    matrix spent more time in page faults than in arithmetic: 171 s vs 49 s for one fit at
-    50,000 x 256, K = 1,000). ``init`` (coef, intercept) warm-starts the solver; the
+    rows at a time (default :func:`visclust.cluster.block_rows`: about 4 MB) into one reused
+    buffer, so memory beyond the data is one ``(chunk, n_classes)`` matrix (autograd over
+    the whole ``(n_samples, n_classes)`` matrix spent more time in page faults than in
+    arithmetic: 171 s vs 49 s for one fit at 50,000 x 256, K = 1,000; blocks of 8,192 rows
+    took 136 ms per evaluation at 50,000 x 64, K = 1,000, blocks of 1,024 97 ms). ``init`` (coef, intercept) warm-starts the solver; the
     objective is strictly convex, so it changes how fast, not where, it converges.
 
     Returns ``coef (n_classes, n_features)`` and ``intercept (n_classes,)`` as float32.
     """
     import torch
 
+    from .cluster import block_rows
+
     n, d = X.shape
+    chunk = block_rows(n_classes) if chunk is None else int(chunk)
     Xa = torch.from_numpy(np.hstack([np.asarray(X, np.float32), np.ones((n, 1), np.float32)]))
     yt = torch.from_numpy(np.asarray(y, np.int64))
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
@@ -136,11 +175,29 @@ def holdout_folds(n: int, random_state) -> tuple[np.ndarray, list[int]]:
 
 def centroid_margin(X: np.ndarray, labels: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """How clearly each point belongs to its cluster: distance to the nearest other centre
-    minus distance to its own (larger is surer)."""
-    d = np.sqrt(np.maximum((X ** 2).sum(1)[:, None] - 2 * X @ centers.T + (centers ** 2).sum(1)[None, :], 0))
-    own = d[np.arange(len(X)), np.maximum(labels, 0)]
-    d[np.arange(len(X)), np.maximum(labels, 0)] = np.inf
-    return d.min(1) - own
+    minus distance to its own (larger is surer). A label of -1 counts as cluster 0.
+    Computed a cache-sized block of rows at a time, in float64 when ``X`` is float64."""
+    import torch
+
+    from .cluster import block_rows
+
+    dtype = np.float64 if np.asarray(X).dtype == np.float64 else np.float32
+    Xt = torch.from_numpy(np.ascontiguousarray(X, dtype))
+    C = torch.from_numpy(np.ascontiguousarray(centers, dtype))
+    c_sq = (C * C).sum(1)
+    own = torch.from_numpy(np.maximum(np.asarray(labels), 0).astype(np.int64))
+    out = torch.empty(len(Xt), dtype=Xt.dtype)
+    step = block_rows(len(C), itemsize=Xt.element_size())
+    buf = torch.empty((min(step, len(Xt)), len(C)), dtype=Xt.dtype)
+    for s in range(0, len(Xt), step):
+        x = Xt[s:s + step]
+        d = torch.addmm(c_sq, x, C.T, alpha=-2, out=buf[:len(x)]).add_((x * x).sum(1, keepdim=True))
+        d.clamp_min_(0).sqrt_()
+        rows, col = torch.arange(len(x)), own[s:s + len(x)]
+        mine = d[rows, col]
+        d[rows, col] = float("inf")
+        out[s:s + len(x)] = d.min(1).values - mine
+    return out.numpy()
 
 
 class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
@@ -249,31 +306,30 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
     def _fit_vote(self, X, y):
         """Out-of-fold agreement and temperature of the nearest-neighbour vote; keep it when
         ``kind='knn'``, or when it reproduces the clusters better than the SVM did."""
-        from scipy.optimize import minimize_scalar
-
         k = len(self.classes_)
         yi = np.full(len(y), -1, np.int64)
         yi[y >= 0] = np.searchsorted(self.classes_, y[y >= 0])
+        from .cluster import block_rows
+
         ok = np.flatnonzero(yi >= 0)
         fold, held_out = holdout_folds(len(ok), self.random_state)
-        dec = np.zeros((len(ok), k))
+        scored = np.flatnonzero(np.isin(fold, held_out))
+        dec = np.empty((len(scored), k), np.float32)  # the held-out rows only, in the order of `scored`
+        step = block_rows(k)
         for f in held_out:
             ref, ref_y = self._reference(X, yi, ok[fold != f])
             if len(ref) == 0:
                 return
-            dec[fold == f] = vote_scores(neighbour_votes(X[ok[fold == f]], ref, ref_y, k, self.n_neighbors),
-                                         self.n_neighbors)
-        scored = np.isin(fold, held_out)
-        dec, truth = dec[scored], yi[ok][scored]
+            rows = np.flatnonzero(fold == f)
+            pos = np.searchsorted(scored, rows)
+            for s in range(0, len(rows), step):
+                votes = neighbour_votes(X[ok[rows[s:s + step]]], ref, ref_y, k, self.n_neighbors)
+                dec[pos[s:s + step]] = vote_scores(votes, self.n_neighbors)
+        truth = yi[ok][scored]
         self.agreement_["knn"] = float(np.mean(dec.argmax(1) == truth))
         if self.kind == "auto" and self.agreement_["knn"] < self.agreement_.get("svm", 0.0) + 0.01:
             return
-
-        def nll(log_t):
-            p = softmax(dec * np.exp(log_t))
-            return -np.mean(np.log(p[np.arange(len(truth)), truth] + 1e-12))
-
-        self.temperature_ = float(np.exp(minimize_scalar(nll, bounds=(-3, 5), method="bounded").x))
+        self.temperature_ = fit_temperature(dec, truth)
         self.kind_ = "knn"
         self.reference_, self.reference_labels_ = self._reference(X, yi, ok)
 
@@ -285,10 +341,9 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         train = confident_members(sample_score, labels, self.confident_fraction)
         for round_ in range(self.self_training + 1):
             self._fit_svm(X[train], labels[train], warm=warm or round_ > 0)
-            dec = self.decision_function(X)
-            labels = self.classes_[dec.argmax(1)]
-            top2 = np.sort(dec, 1)[:, -2:]
-            train = confident_members(top2[:, 1] - top2[:, 0], labels, self.confident_fraction)
+            best, margin = self._best_and_margin(X)
+            labels = self.classes_[best]
+            train = confident_members(margin, labels, self.confident_fraction)
 
     def _fit_svm(self, X, y, warm: bool = False):
         present = list(np.unique(y))
@@ -326,46 +381,102 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         self-training) on two thirds of the rows, so its decision values have the final
         model's scale; the temperature that best predicts the held-out rows' clusters is kept.
         """
-        from scipy.optimize import minimize_scalar
-
         ok = y >= 0
         Xo, yo, so = X[ok], np.searchsorted(self.classes_, y[ok]), score[ok]
         if len(Xo) < 30:
             return 1.0
         fold, held_out = holdout_folds(len(Xo), self.random_state)
-        dec = np.zeros((len(Xo), len(self.classes_)), np.float64)
+        scored = np.flatnonzero(np.isin(fold, held_out))
+        dec = np.empty((len(scored), len(self.classes_)), np.float32)  # held-out rows, in the order of `scored`
         keep = (self.coef_.copy(), self.intercept_.copy())
         for f in held_out:
             tr = fold != f
             # warm start from the full model: the same convex problems, reached sooner
             self.coef_, self.intercept_ = keep[0].copy(), keep[1].copy()
             self._self_train(Xo[tr], self.classes_[yo[tr]], so[tr], warm=True)
-            dec[~tr] = self.decision_function(Xo[~tr])
+            rows = np.flatnonzero(~tr)
+            pos = np.searchsorted(scored, rows)
+            for s, d in self._decision_blocks(Xo[rows]):
+                dec[pos[s:s + len(d)]] = d.numpy()
         self.coef_, self.intercept_ = keep
-        scored = np.isin(fold, held_out)
-        dec, yo = dec[scored], yo[scored]
+        truth = yo[scored]
+        self.agreement_["svm"] = float(np.mean(dec.argmax(1) == truth))
+        return fit_temperature(dec, truth)
 
-        def nll(log_t):
-            p = softmax(dec * np.exp(log_t))
-            return -np.mean(np.log(p[np.arange(len(yo)), yo] + 1e-12))
+    def _decision_blocks(self, X):
+        """Yield ``(start, decision values)`` for consecutive blocks of rows of ``X``: float32
+        tensors of :func:`visclust.cluster.block_rows` rows, so no ``(n_samples, n_classes)``
+        temporary is made. A block's tensor is overwritten by the next one."""
+        import torch
 
-        self.agreement_["svm"] = float(np.mean(dec.argmax(1) == yo))
-        res = minimize_scalar(nll, bounds=(-3, 5), method="bounded")
-        return float(np.exp(res.x))
+        from .cluster import block_rows
+
+        X = np.asarray(X, np.float32)
+        k = len(self.classes_)
+        step = block_rows(k)
+        if getattr(self, "kind_", "svm") == "knn":
+            for s in range(0, len(X), step):
+                votes = neighbour_votes(X[s:s + step], self.reference_, self.reference_labels_, k, self.n_neighbors)
+                yield s, torch.from_numpy(vote_scores(votes, self.n_neighbors).astype(np.float32, copy=False))
+            return
+        W = torch.from_numpy(np.ascontiguousarray(self.coef_, np.float32))
+        b = torch.from_numpy(np.ascontiguousarray(self.intercept_, np.float32))
+        buf = torch.empty((min(step, len(X)), k))
+        for s in range(0, len(X), step):
+            yield s, torch.addmm(b, torch.from_numpy(np.ascontiguousarray(X[s:s + step])), W.T, out=buf[:len(X[s:s + step])])
+
+    def _best_and_margin(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """Per row: index into ``classes_`` of the largest decision value (the first on a tie),
+        and how far it is above the second largest."""
+        import torch
+
+        best, margin = np.empty(len(X), np.int64), np.empty(len(X), np.float32)
+        for s, d in self._decision_blocks(X):
+            top = torch.topk(d, 2, dim=1).values
+            best[s:s + len(d)] = d.argmax(1).numpy()
+            margin[s:s + len(d)] = top[:, 0].sub_(top[:, 1]).numpy()
+        return best, margin
 
     def decision_function(self, X) -> np.ndarray:
         """SVM decision values, or for the vote the log of the smoothed vote shares."""
         check_is_fitted(self, "coef_")
-        if getattr(self, "kind_", "svm") == "knn":
-            votes = neighbour_votes(X, self.reference_, self.reference_labels_, len(self.classes_), self.n_neighbors)
-            return vote_scores(votes, self.n_neighbors).astype(np.float32)
-        return np.asarray(X, np.float32) @ self.coef_.T + self.intercept_
+        out = np.empty((len(X), len(self.classes_)), np.float32)
+        for s, d in self._decision_blocks(X):
+            out[s:s + len(d)] = d.numpy()
+        return out
 
     def predict_proba(self, X) -> np.ndarray:
-        return softmax(self.decision_function(X).astype(np.float64) * self.temperature_)
+        """``softmax(temperature_ * decision values)`` in float64, a block of rows at a time."""
+        import torch
+
+        check_is_fitted(self, "coef_")
+        out = np.empty((len(X), len(self.classes_)), np.float64)
+        for s, d in self._decision_blocks(X):
+            p = torch.from_numpy(out[s:s + len(d)]).copy_(d).mul_(self.temperature_)
+            p.sub_(p.max(1, keepdim=True).values).exp_()
+            p.div_(p.sum(1, keepdim=True))
+        return out
+
+    def predict_with_confidence(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """Index into ``classes_`` of each row's most probable class (the first on a tie) and
+        its probability: ``predict_proba(X).argmax(1)`` and ``.max(1)``, without the matrix."""
+        import torch
+
+        check_is_fitted(self, "coef_")
+        best, conf = np.empty(len(X), np.int64), np.empty(len(X), np.float64)
+        for s, d in self._decision_blocks(X):
+            z = d.double().mul_(self.temperature_)
+            top, arg = z.max(1, keepdim=True)
+            best[s:s + len(d)] = arg[:, 0].numpy()
+            conf[s:s + len(d)] = z.sub_(top).exp_().sum(1).reciprocal_().numpy()  # exp(0) / sum
+        return best, conf
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[self.decision_function(X).argmax(1)]
+        check_is_fitted(self, "coef_")
+        best = np.empty(len(X), np.int64)
+        for s, d in self._decision_blocks(X):
+            best[s:s + len(d)] = d.argmax(1).numpy()
+        return self.classes_[best]
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         arrays = {"coef": self.coef_, "intercept": self.intercept_, "classes": self.classes_.astype(np.int64),

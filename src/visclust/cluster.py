@@ -109,22 +109,51 @@ def kmeans_labels(X, n_clusters, *, random_state=0, n_init=10) -> np.ndarray:
     return KMeans(n_clusters, n_init=n_init, random_state=random_state).fit_predict(X).astype(np.int64)
 
 
+#: Rows per block of an ``(n_rows, n_cols)`` matrix that is computed a block at a time
+#: (distances to every centre, decision values of every class): about 4 MB, so every pass
+#: over a block stays in cache and no block is a fresh large allocation. Whole matrices cost
+#: more than their arithmetic at many clusters: on the 2-core VM of docs/scaling.md a fresh
+#: 100,000 x 1,000 float32 array took 1-3 s of system time to fault in, its product 0.09 s;
+#: the SVM's loss and gradient at K = 1,000 took 97 ms per evaluation in blocks of 1,024
+#: rows against 136 ms in blocks of 8,192 (docs/scaling.md, "The whole fit at K = 1,000").
+BLOCK_BYTES = 4 << 20
+
+
+def block_rows(n_cols: int, itemsize: int = 4, lo: int = 256, hi: int = 8192) -> int:
+    """Rows of an ``n_cols``-wide block of about :data:`BLOCK_BYTES` (``lo`` to ``hi``)."""
+    return int(min(hi, max(lo, BLOCK_BYTES // (itemsize * max(1, int(n_cols))))))
+
+
 def cluster_means(X: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarray:
     """Mean of each cluster's members ``(n_clusters, n_features)`` (zeros for an empty one)."""
+    import torch
+
     X = np.asarray(X, np.float32)
-    sums = np.zeros((n_clusters, X.shape[1]), np.float64)
-    ok = labels >= 0
-    np.add.at(sums, labels[ok], X[ok])
-    counts = np.bincount(labels[ok], minlength=n_clusters).astype(np.float64)
-    return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+    labels = np.asarray(labels)
+    rows = np.flatnonzero(labels >= 0)
+    sums = torch.zeros((n_clusters, X.shape[1]), dtype=torch.float64)
+    step = block_rows(X.shape[1], itemsize=8, hi=65536)
+    for s in range(0, len(rows), step):  # float64 sums, converted a block at a time
+        r = rows[s:s + step]
+        sums.index_add_(0, torch.from_numpy(labels[r].astype(np.int64)), torch.from_numpy(X[r]).double())
+    counts = np.bincount(labels[rows], minlength=n_clusters).astype(np.float64)
+    return (sums.numpy() / np.maximum(counts, 1)[:, None]).astype(np.float32)
 
 
-def nearest_center(X: np.ndarray, centers: np.ndarray, chunk: int = 65536) -> np.ndarray:
+def nearest_center(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Index of the nearest of ``centers`` (Euclidean) for each row of ``X``, a block of
+    :func:`block_rows` rows at a time (float32; the first on a tie)."""
+    import torch
+
+    C = torch.from_numpy(np.ascontiguousarray(centers, np.float32))
+    c_sq = (C * C).sum(1)
+    step = block_rows(len(C))
     out = np.empty(len(X), np.int64)
-    c2 = (centers.astype(np.float32) ** 2).sum(1)
-    for s in range(0, len(X), chunk):
-        x = np.asarray(X[s:s + chunk], np.float32)
-        out[s:s + chunk] = np.argmin(c2[None, :] - 2 * x @ centers.T.astype(np.float32), axis=1)
+    buf = torch.empty((min(step, len(X)), len(C)))
+    for s in range(0, len(X), step):
+        x = torch.from_numpy(np.ascontiguousarray(X[s:s + step], np.float32))
+        # ||c||^2 - 2 x.c: ||x||^2 is the same for every centre of a row
+        out[s:s + len(x)] = torch.addmm(c_sq, x, C.T, alpha=-2, out=buf[:len(x)]).argmin(1).numpy()
     return out
 
 

@@ -287,10 +287,8 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         return self
 
     def _assign(self, Z):
-        proba = self.classifier_.predict_proba(Z)
-        best = proba.argmax(1)
+        best, conf = self.classifier_.predict_with_confidence(Z)
         labels = self.classifier_.classes_[best].astype(np.int64)
-        conf = proba[np.arange(len(Z)), best]
         if self.reject_threshold > 0:
             labels = np.where(conf < self.reject_threshold, -1, labels)
         return labels, conf
