@@ -114,8 +114,9 @@ def test_blockwise_outputs_equal_the_whole_matrix(small_blocks, kind):
     rows at a time; across block boundaries they must equal the whole-matrix formulas."""
     rng = np.random.default_rng(0)
     k, d, n = 7, 5, 700
-    arrays = {"coef": rng.standard_normal((k, d)).astype(np.float32), "intercept": rng.standard_normal(k).astype(np.float32),
-              "classes": np.arange(10, 10 + k), "temperature": np.array([1.7])}
+    arrays = {"coef": rng.standard_normal((k, d)).astype(np.float32),
+              "intercept": rng.standard_normal(k).astype(np.float32), "classes": np.arange(10, 10 + k),
+              "temperature": np.array([1.7])}
     if kind == "knn":
         arrays["reference"] = rng.standard_normal((300, d)).astype(np.float32)
         arrays["reference_labels"] = rng.integers(0, k, 300)

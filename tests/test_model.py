@@ -44,6 +44,23 @@ def test_default_pipeline_recovers_blobs_and_reports_its_choice(blobs):
     assert (fc.confidence_ > 0.9).mean() > 0.95
 
 
+def test_large_problems_leave_the_gaussian_mixture_out_of_the_automatic_choice(blobs, monkeypatch):
+    """Above GMM_MAX_CELLS (rows fitted x clusters) the GMM candidates are dropped from the
+    automatic choice, also when K itself is chosen; a method named by the user is kept."""
+    from visclust import model
+
+    X, y = blobs  # 400 rows: a run fits 320, so 320 x 4 = 1,280 cells
+    monkeypatch.setattr(model, "GMM_MAX_CELLS", 1280)
+    fc = FeatureClusterer(4, **FAST).fit(X)
+    assert set(fc.pipeline_scores_) == {"pca+kmeans", "pca+agglomerative"}
+    assert hungarian_accuracy(y, fc.labels_) == 1.0
+    auto = FeatureClusterer("auto", k_range=(3, 5), **FAST).fit(X)
+    assert auto.n_clusters_ == 4 and "pca+gmm" not in auto.pipeline_scores_
+    assert FeatureClusterer(4, method="gmm", space="pca", n_components=8, **FAST).fit(X).pipeline_ == "pca+gmm"
+    monkeypatch.setattr(model, "GMM_MAX_CELLS", 1281)
+    assert "pca+gmm" in FeatureClusterer(4, **FAST).fit(X).pipeline_scores_
+
+
 def test_default_with_umap_chooses_among_both_spaces(blobs):
     X, y = blobs
     fc = FeatureClusterer(4, n_runs=2).fit(X)

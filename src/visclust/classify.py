@@ -112,8 +112,9 @@ def ovr_squared_hinge(X: np.ndarray, y: np.ndarray, n_classes: int, C: float = 1
     buffer, so memory beyond the data is one ``(chunk, n_classes)`` matrix (autograd over
     the whole ``(n_samples, n_classes)`` matrix spent more time in page faults than in
     arithmetic: 171 s vs 49 s for one fit at 50,000 x 256, K = 1,000; blocks of 8,192 rows
-    took 136 ms per evaluation at 50,000 x 64, K = 1,000, blocks of 1,024 97 ms). ``init`` (coef, intercept) warm-starts the solver; the
-    objective is strictly convex, so it changes how fast, not where, it converges.
+    took 136 ms per evaluation at 50,000 x 64, K = 1,000, blocks of 1,024 97 ms). ``init``
+    (coef, intercept) warm-starts the solver; the objective is strictly convex, so it
+    changes how fast, not where, it converges.
 
     Returns ``coef (n_classes, n_features)`` and ``intercept (n_classes,)`` as float32.
     """
@@ -423,7 +424,8 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         b = torch.from_numpy(np.ascontiguousarray(self.intercept_, np.float32))
         buf = torch.empty((min(step, len(X)), k))
         for s in range(0, len(X), step):
-            yield s, torch.addmm(b, torch.from_numpy(np.ascontiguousarray(X[s:s + step])), W.T, out=buf[:len(X[s:s + step])])
+            x = torch.from_numpy(np.ascontiguousarray(X[s:s + step]))
+            yield s, torch.addmm(b, x, W.T, out=buf[:len(x)])
 
     def _best_and_margin(self, X) -> tuple[np.ndarray, np.ndarray]:
         """Per row: index into ``classes_`` of the largest decision value (the first on a tie),

@@ -28,6 +28,13 @@ from .select import SPACES, Candidate, agreement, choose_n_clusters, embed, sele
 AUTO_METHODS = ("kmeans", "gmm", "agglomerative")
 #: With ``space='auto'``, UMAP spaces are candidates only from this many rows on.
 UMAP_MIN_SAMPLES = 300
+#: With ``method='auto'``, the Gaussian mixture is left out of the candidates when one of its
+#: runs would fit at least this many rows x components (the selection fits 80% of the rows):
+#: scikit-learn's EM then costs more than all the other candidates together. Measured on 2
+#: CPU cores, 100,000 x 256 blobs, K = 1,000 (80,000 x 1,000 = 8e7): the two GMM candidates
+#: took 336 s of a 712 s default fit, K-means 5-10 s and Ward 17-26 s (docs/quality.md). A
+#: user's ``method='gmm'`` or ``candidates`` list is never changed.
+GMM_MAX_CELLS = 20_000_000
 
 
 def _index_of(runs, labels) -> int:
@@ -205,8 +212,9 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
                 best = (whiten, reducer)
         return best[1], scores
 
-    def _candidate_list(self, n_samples: int | None = None) -> list[Candidate]:
-        """The candidate pipelines implied by ``candidates``, ``method``, ``space``..."""
+    def _candidate_list(self, n_samples: int | None = None, n_clusters: int | None = None) -> list[Candidate]:
+        """The candidate pipelines implied by ``candidates``, ``method``, ``space``... (and by
+        the problem's size: :data:`GMM_MAX_CELLS`)."""
         if self.candidates is not None:
             if isinstance(self.candidates, str):
                 raise InputError("candidates must be a list of 'SPACE+METHOD' strings, e.g. ['pca+kmeans', 'umap+gmm']")
@@ -224,6 +232,8 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             if self.learned_step and len(spaces) > 1:
                 spaces.append("autoencoder")
         methods = list(AUTO_METHODS) if self.method == "auto" else [self.method]
+        if self.method == "auto" and n_samples and n_clusters and 0.8 * n_samples * n_clusters >= GMM_MAX_CELLS:
+            methods.remove("gmm")
         return [Candidate(s, m) for s in spaces for m in methods]
 
     def fit(self, X, y=None):
@@ -254,6 +264,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             k_method = next((c.method for c in cands if c.space == ks and c.method in ("kmeans", "gmm", "agglomerative")),
                             "kmeans")
             k, self.k_scores_ = choose_n_clusters(spaces[ks], self.k_range, k_method, random_state=seed)
+        cands = self._candidate_list(len(X), k)
         if len(cands) == 1:
             c = cands[0]
             E = spaces[c.space][0] if c.space in spaces else embed(Z, c.space, seed, umap_components=umap_dims)
