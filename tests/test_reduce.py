@@ -80,3 +80,46 @@ def test_umap_embedding_keeps_separated_groups_apart():
     E = umap_embedding(X, n_components=4, random_state=0)
     assert E.shape == (300, 4) and E.dtype == np.float32
     assert hungarian_accuracy(y, KMeans(3, n_init=3, random_state=0).fit_predict(E)) == 1.0
+
+
+@pytest.fixture
+def parallel_umap(monkeypatch):
+    """umap_embeddings' child processes from 100 rows on, two at a time (three CPUs) whatever the machine."""
+    from visclust import reduce
+
+    monkeypatch.setattr(reduce, "UMAP_PARALLEL_ROWS", 100)
+    monkeypatch.setattr(reduce, "_cpu_count", lambda: 3)
+    return reduce
+
+
+def test_umap_embeddings_in_child_processes_equal_the_sequential_ones(parallel_umap):
+    X, _ = make_blobs(300, centers=3, n_features=8, random_state=0)
+    X = X.astype(np.float32)
+    seeds = [0, 1000, 2000, 3000]  # two children, the first and the fourth here
+    side_by_side = parallel_umap.umap_embeddings(X, seeds, n_components=3)
+    for s, E in zip(seeds, side_by_side):
+        np.testing.assert_array_equal(E, umap_embedding(X, n_components=3, random_state=s))
+
+
+def test_a_failed_umap_child_is_redone_here_with_a_warning(parallel_umap, monkeypatch):
+    monkeypatch.setattr(parallel_umap, "_UMAP_CHILD", "import sys\nsys.exit('out of memory, say')\n")
+    X, _ = make_blobs(300, centers=3, n_features=8, random_state=0)
+    X = X.astype(np.float32)
+    with pytest.warns(RuntimeWarning, match=r"a UMAP child process failed \(out of memory, say\); computing"):
+        E = parallel_umap.umap_embeddings(X, [0, 7], n_components=3)
+    np.testing.assert_array_equal(E[1], umap_embedding(X, n_components=3, random_state=7))
+
+
+@pytest.mark.parametrize("n_neighbors", [15, 5])
+def test_umap_embedding_below_4096_rows_equals_umaps_own_exact_path(n_neighbors):
+    """The exact neighbours are computed in compiled code and handed to UMAP: the embedding
+    must be the one umap-learn computes itself, bit for bit."""
+    import umap
+
+    X, _ = make_blobs(400, centers=4, n_features=12, random_state=2)
+    X = X.astype(np.float32)
+    X[:3] = X[3]  # duplicate rows: ties at distance 0
+    ours = umap_embedding(X, n_components=3, n_neighbors=n_neighbors, random_state=5)
+    theirs = umap.UMAP(n_components=3, n_neighbors=n_neighbors, min_dist=0.0, metric="cosine", random_state=5,
+                       low_memory=True).fit_transform(X)
+    np.testing.assert_array_equal(ours, theirs.astype(np.float32))

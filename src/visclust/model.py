@@ -21,7 +21,7 @@ from .cluster import METHODS, _compact, check_method, cluster_features, cluster_
 from .exceptions import InputError, NotFittedError, WeightsUnavailableError
 from .io import Assignments, collect_inputs
 from .reduce import Reducer, umap_embedding
-from .select import SPACES, Candidate, agreement, choose_n_clusters, embed, select_pipeline
+from .select import SPACES, Candidate, agreement, choose_n_clusters, embed, embed_runs, select_pipeline
 
 #: Algorithms ``method='auto'`` chooses among (HDBSCAN and spectral are available by name:
 #: HDBSCAN decides the number of groups itself, spectral is slow beyond a few thousand rows).
@@ -259,8 +259,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             # (UMAP packs groups tightly), on all n_runs embeddings the selection uses anyway,
             # by stability against a structureless reference (select.choose_n_clusters).
             ks = next((c.space for c in cands if c.space != "pca"), "pca")
-            spaces[ks] = [embed(Z, ks, seed + 1000 * r, umap_components=umap_dims) if ks != "pca" else Z
-                          for r in range(self.n_runs)]
+            spaces[ks] = embed_runs(Z, ks, [seed + 1000 * r for r in range(self.n_runs)], umap_components=umap_dims)
             k_method = next((c.method for c in cands if c.space == ks and c.method in ("kmeans", "gmm", "agglomerative")),
                             "kmeans")
             k, self.k_scores_ = choose_n_clusters(spaces[ks], self.k_range, k_method, random_state=seed)

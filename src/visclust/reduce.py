@@ -8,6 +8,9 @@ by the classifier in the PCA space, so UMAP never needs to be saved.
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
@@ -135,22 +138,137 @@ class Reducer(TransformerMixin, BaseEstimator):
         return r
 
 
+#: umap-learn finds the neighbours of fewer rows than this exactly, from all pairwise
+#: distances, which it computes through scikit-learn with its numba metric called once per
+#: pair from Python (8 million calls for 4,000 rows: 12 of the 16 s one embedding took on the
+#: 2-core machine of docs/benchmarks.md). :func:`umap_embedding` computes the same distances
+#: in one compiled loop and hands UMAP the same neighbours, so the embedding is unchanged.
+_UMAP_EXACT_ROWS = 4096
+
+
+def _exact_cosine_neighbours(X: np.ndarray, n_neighbors: int):
+    """The neighbours umap-learn's exact path finds for fewer than 4,096 rows (metric
+    'cosine'): the same float32 distance matrix (:mod:`visclust._umap_knn`), distances at or
+    beyond its disconnection distance set to infinity, then its own ``fast_knn_indices``.
+    Returns ``(indices int32, distances float32)``."""
+    from umap.umap_ import DISCONNECTION_DISTANCES
+    from umap.utils import fast_knn_indices
+
+    from ._umap_knn import pairwise_cosine
+
+    dmat = pairwise_cosine(np.ascontiguousarray(X, np.float32))
+    dmat[dmat >= DISCONNECTION_DISTANCES.get("cosine", np.inf)] = np.inf
+    idx = fast_knn_indices(dmat, n_neighbors)
+    dist = dmat[np.arange(len(dmat))[:, None], idx].copy()
+    idx[dist == np.inf] = -1
+    return idx, dist
+
+
 def umap_embedding(X: np.ndarray, n_components: int = 10, n_neighbors: int = 15,
                    random_state: int | None = 0, min_dist: float = 0.0) -> np.ndarray:
-    """UMAP embedding of ``X`` for clustering (cosine metric, ``min_dist=0`` packs clusters)."""
+    """UMAP embedding of ``X`` for clustering (cosine metric, ``min_dist=0`` packs clusters).
+    Below 4,096 rows the exact neighbours are computed here, in compiled code, and given to
+    UMAP (the same neighbours and the same embedding as UMAP's own exact path, without its
+    per-pair Python calls)."""
     try:
         import umap
     except ImportError as e:
         raise MissingDependencyError("UMAP needs umap-learn: pip install umap-learn") from e
     import warnings
 
+    X = np.ascontiguousarray(X, np.float32)
     n_neighbors = int(min(n_neighbors, max(2, len(X) - 1)))
+    knn = _exact_cosine_neighbours(X, n_neighbors) if len(X) < _UMAP_EXACT_ROWS else (None, None)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*n_jobs value.*")
+        warnings.filterwarnings("ignore", message=".*knn_search_index.*")  # only fit_transform is used
         warnings.filterwarnings("ignore", category=FutureWarning)
         reducer = umap.UMAP(n_components=n_components, n_neighbors=n_neighbors, min_dist=min_dist,
-                            metric="cosine", random_state=random_state, low_memory=True)
-        return reducer.fit_transform(np.asarray(X, np.float32)).astype(np.float32)
+                            metric="cosine", random_state=random_state, low_memory=True,
+                            precomputed_knn=knn + (None,) if knn[0] is not None else (None, None, None))
+        return reducer.fit_transform(X).astype(np.float32)
+
+
+#: From this many rows on, :func:`umap_embeddings` computes the embeddings of seeds after
+#: the first in child processes, beside the one this process computes. UMAP with a seed runs
+#: on one thread and holds the GIL, so only processes overlap; each child pays its own import
+#: and JIT compilation (about 14 s on the 2-core machine of docs/quality.md). Measured there,
+#: 3 seeds: 30,000 x 64 70.6 s one after another, 58.5 s beside two children; the default
+#: fit's embeddings of 100,000 rows 242 s, 180 s with two children, 169.5 s with one (one per
+#: spare CPU, the rule now); the embeddings identical.
+UMAP_PARALLEL_ROWS = 25_000
+
+_UMAP_CHILD = ("import json, sys\n"
+               "import numpy as np\n"
+               "from visclust.reduce import umap_embedding\n"
+               "np.save(sys.argv[2], umap_embedding(np.load(sys.argv[1]), **json.loads(sys.argv[3])))\n")
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def umap_embeddings(X: np.ndarray, seeds, n_components: int = 10, n_neighbors: int = 15,
+                    min_dist: float = 0.0) -> list[np.ndarray]:
+    """``[umap_embedding(X, ..., random_state=s) for s in seeds]``, computed side by side.
+
+    With at least :data:`UMAP_PARALLEL_ROWS` rows, more than one seed and more than one CPU,
+    seeds after the first run in child processes of the same Python, one per CPU beyond this
+    process's (the rest here, after the first), reading ``X`` from and writing their
+    embedding to a temporary folder (``.npy``, no pickle). A child that fails is redone here, with a warning
+    that says why; nothing is lost. The results equal the sequential ones (checked in the
+    tests): each embedding is seeded and single-threaded wherever it runs.
+    """
+    seeds = [int(s) for s in seeds]
+    X = np.ascontiguousarray(X, np.float32)
+    params = dict(n_components=int(n_components), n_neighbors=int(n_neighbors), min_dist=float(min_dist))
+    n_children = min(len(seeds) - 1, _cpu_count() - 1) if len(X) >= UMAP_PARALLEL_ROWS else 0
+    if n_children <= 0:
+        return [umap_embedding(X, random_state=s, **params) for s in seeds]
+    import subprocess
+    import sys
+    import tempfile
+    import warnings
+
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    out: dict[int, np.ndarray] = {}
+    with tempfile.TemporaryDirectory(prefix="visclust-umap-") as tmp:
+        data = os.path.join(tmp, "X.npy")
+        np.save(data, X)
+        children = {}
+        try:
+            for i in range(1, 1 + n_children):
+                dest = os.path.join(tmp, f"E{i}.npy")
+                with open(os.path.join(tmp, f"E{i}.log"), "wb") as log:  # a file: a full pipe would stall the child
+                    children[i] = (dest, subprocess.Popen(
+                        [sys.executable, "-c", _UMAP_CHILD, data, dest, json.dumps(dict(params, random_state=seeds[i]))],
+                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=env))
+            for i in [0] + list(range(1 + n_children, len(seeds))):
+                out[i] = umap_embedding(X, random_state=seeds[i], **params)
+            for i, (dest, proc) in children.items():
+                proc.wait()
+                try:
+                    if proc.returncode != 0:
+                        with open(os.path.join(tmp, f"E{i}.log"), "rb") as f:
+                            err = f.read().decode(errors="replace").strip().splitlines()
+                        raise RuntimeError(err[-1] if err else f"exit status {proc.returncode}")
+                    out[i] = np.load(dest)
+                    if out[i].shape != (len(X), params["n_components"]):
+                        raise RuntimeError(f"an embedding of shape {out[i].shape}")
+                except (OSError, ValueError, RuntimeError) as e:
+                    warnings.warn(f"a UMAP child process failed ({e}); computing that embedding here instead",
+                                  RuntimeWarning, stacklevel=2)
+                    out[i] = umap_embedding(X, random_state=seeds[i], **params)
+        finally:
+            for _, proc in children.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    return [out[i] for i in range(len(seeds))]
 
 
 def _check_matrix(X) -> np.ndarray:

@@ -117,6 +117,20 @@ def embed(Z: np.ndarray, space: str, random_state: int, *, umap_components: int 
     raise InputError(f"unknown clustering space '{space}'; choose one of {', '.join(SPACES)}")
 
 
+def embed_runs(Z: np.ndarray, space: str, seeds, *, umap_components: int = 10,
+               learn_params: dict | None = None) -> list[np.ndarray]:
+    """:func:`embed` for each of ``seeds``; UMAP's embeddings side by side in child processes
+    on large inputs (:func:`visclust.reduce.umap_embeddings`)."""
+    from .reduce import umap_embeddings
+
+    seeds = list(seeds)
+    if space == "pca":
+        return [Z] * len(seeds)
+    if space == "umap":
+        return umap_embeddings(Z, seeds, umap_components)
+    return [embed(Z, space, s, umap_components=umap_components, learn_params=learn_params) for s in seeds]
+
+
 def subsample_run(E: np.ndarray, n_clusters: int, method: str, random_state: int, subsample: float,
                   n_init: int = 3) -> np.ndarray:
     """Cluster a random ``subsample`` share of ``E``'s rows and assign every row.
@@ -236,8 +250,7 @@ def select_pipeline(Z: np.ndarray, n_clusters: int, candidates=DEFAULT_CANDIDATE
     for space in dict.fromkeys(c.space for c in cands):
         if space not in spaces:
             t0 = time.perf_counter()
-            spaces[space] = [embed(Z, space, s, umap_components=umap_components, learn_params=learn_params)
-                             for s in seeds] if space != "pca" else [Z] * len(seeds)
+            spaces[space] = embed_runs(Z, space, seeds, umap_components=umap_components, learn_params=learn_params)
             seconds[f"embed:{space}"] = time.perf_counter() - t0
     runs, scores = {}, {}
     for c in cands:

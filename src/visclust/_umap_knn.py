@@ -1,0 +1,30 @@
+"""The exact cosine distances umap-learn uses for fewer than 4,096 rows, in one compiled loop
+(:func:`visclust.reduce.umap_embedding`). Imported only when UMAP runs: it needs numba and
+umap-learn."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from umap.distances import cosine
+
+
+def _pairwise_cosine(X):
+    """``pairwise_distances(X, metric=umap.distances.cosine)`` as scikit-learn builds it for a
+    callable metric: the upper triangle pair by pair, mirrored, then the diagonal; float32."""
+    n = X.shape[0]
+    out = np.zeros((n, n), dtype=np.float32)
+    for i in range(n):
+        for j in range(i + 1, n):
+            d = np.float32(cosine(X[i], X[j]))
+            out[i, j] = d
+            out[j, i] = d
+    for i in range(n):
+        out[i, i] = np.float32(cosine(X[i], X[i]))
+    return out
+
+
+try:  # compiled once per machine where numba can write its cache, else once per process
+    pairwise_cosine = numba.njit(cache=True)(_pairwise_cosine)
+except RuntimeError:  # no writable cache location
+    pairwise_cosine = numba.njit(cache=False)(_pairwise_cosine)
