@@ -189,6 +189,24 @@ def pipeline_many_clusters(n, d, k):
             "ari_clustering": external_scores(y, fc.cluster_labels_)["ari"], "peak_rss_mb": peak_rss_bytes() / 2**20}
 
 
+def default_many_clusters(n, d, k):
+    """The default fit (automatic choice of space and method) at many clusters, with the time
+    of each candidate and of the embeddings; peak RSS of this process (UMAP children apart)."""
+    from sklearn.datasets import make_blobs
+
+    from visclust.evaluate import external_scores
+    from visclust.model import FeatureClusterer
+
+    X, y = make_blobs(n, n_features=d, centers=k, cluster_std=4.0, random_state=0)
+    X = X.astype(np.float32)
+    reset_peak_rss()
+    t, fc = timed(lambda: FeatureClusterer(n_clusters=k, random_state=0).fit(X), 1)
+    sel = getattr(fc, "selection_", None)
+    return {"n": n, "d": d, "k": k, "fit_s": t, "pipeline": fc.pipeline_, "stability": fc.pipeline_scores_,
+            "seconds": {} if sel is None else sel.seconds, "classifier": fc.classifier_.kind_,
+            "ari_final": external_scores(y, fc.labels_)["ari"], "peak_rss_mb": peak_rss_bytes() / 2**20}
+
+
 def write_npy_chunkwise(path, n, d, k_true, chunk=200_000, seed=0):
     """Write an (n, d) float32 .npy of mixture data without mapping it (RSS stays one chunk)."""
     rng = np.random.default_rng(seed)
@@ -339,7 +357,8 @@ def main(argv=None):
     ap.add_argument("--tmpdir", default=tempfile.gettempdir(), help="where the out-of-core .npy is written")
     ap.add_argument("--skip-out-of-core", action="store_true", help="skip (c)")
     ap.add_argument("--sections", default="ambpcdh", help="which parts to run: a (Lloyd timing), m (peak memory), "
-                    "b (k=1000), p (the whole fit, classifier step included, at k=1000), c (out of core), d (CUDA), "
+                    "b (k=1000), p (the whole fit, classifier step included, at k=1000), q (the default fit, automatic "
+                    "choice, at k=1000), c (out of core), d (CUDA), "
                     "h (Hamerly vs scikit-learn); default %(default)s")
     ap.add_argument("--hamerly-iters", type=int, default=11, help="max_iter m of section h (default %(default)s)")
     ap.add_argument("--bf16", action="store_true", help="section h also times dtype='bfloat16' (CPUs with AMX or "
@@ -411,6 +430,17 @@ def main(argv=None):
         print(f"  fit {r['fit_s']:.1f} s | classifier {r['classifier']} (out-of-fold agreement {r['agreement']}) | "
               f"ARI final {r['ari_final']:.3f}, clustering {r['ari_clustering']:.3f} | peak RSS {r['peak_rss_mb']:.0f} MB",
               flush=True)
+
+    if "q" in sections:
+        n, d, k = (10_000, 64, 200) if quick else (100_000, 256, 1000)
+        print(f"\n(q) FeatureClusterer(n_clusters={k}, random_state=0).fit on make_blobs({n:,}, {d}, centers={k}, "
+              f"cluster_std=4): the default, every candidate", flush=True)
+        r = res["default_many_clusters"] = default_many_clusters(n, d, k)
+        print(f"  fit {r['fit_s']:.1f} s | chose {r['pipeline']} | classifier {r['classifier']} | ARI final "
+              f"{r['ari_final']:.3f} | peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+        for name, sec in r["seconds"].items():
+            stab = r["stability"].get(name)
+            print(f"    {name}: {sec:.1f} s" + ("" if stab is None else f", stability {stab:.3f}"), flush=True)
 
     if "c" in sections:
         n, d, k, mi = (200_000, 64, 20, 2) if quick else (5_000_000, 256, 100, 3)
