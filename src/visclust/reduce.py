@@ -141,7 +141,7 @@ class Reducer(TransformerMixin, BaseEstimator):
 #: umap-learn finds the neighbours of fewer rows than this exactly, from all pairwise
 #: distances, which it computes through scikit-learn with its numba metric called once per
 #: pair from Python (8 million calls for 4,000 rows: 12 of the 16 s one embedding took on the
-#: 2-core machine of docs/benchmarks.md). :func:`umap_embedding` computes the same distances
+#: 2-core machine of docs/quality.md). :func:`umap_embedding` computes the same distances
 #: in one compiled loop and hands UMAP the same neighbours, so the embedding is unchanged.
 _UMAP_EXACT_ROWS = 4096
 
@@ -178,14 +178,16 @@ def umap_embedding(X: np.ndarray, n_components: int = 10, n_neighbors: int = 15,
 
     X = np.ascontiguousarray(X, np.float32)
     n_neighbors = int(min(n_neighbors, max(2, len(X) - 1)))
-    knn = _exact_cosine_neighbours(X, n_neighbors) if len(X) < _UMAP_EXACT_ROWS else (None, None)
+    knn = (None, None, None)  # UMAP finds the neighbours
+    if len(X) < _UMAP_EXACT_ROWS:
+        knn = _exact_cosine_neighbours(X, n_neighbors) + (None,)  # no search index: only fit_transform is used
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*n_jobs value.*")
         warnings.filterwarnings("ignore", message=".*knn_search_index.*")  # only fit_transform is used
         warnings.filterwarnings("ignore", category=FutureWarning)
         reducer = umap.UMAP(n_components=n_components, n_neighbors=n_neighbors, min_dist=min_dist,
                             metric="cosine", random_state=random_state, low_memory=True,
-                            precomputed_knn=knn + (None,) if knn[0] is not None else (None, None, None))
+                            precomputed_knn=knn)
         return reducer.fit_transform(X).astype(np.float32)
 
 
@@ -218,8 +220,8 @@ def umap_embeddings(X: np.ndarray, seeds, n_components: int = 10, n_neighbors: i
     With at least :data:`UMAP_PARALLEL_ROWS` rows, more than one seed and more than one CPU,
     seeds after the first run in child processes of the same Python, one per CPU beyond this
     process's (the rest here, after the first), reading ``X`` from and writing their
-    embedding to a temporary folder (``.npy``, no pickle). A child that fails is redone here, with a warning
-    that says why; nothing is lost. The results equal the sequential ones (checked in the
+    embedding to a temporary folder (``.npy``, no pickle). A child that fails is redone
+    here, with a warning that says why; nothing is lost. The results equal the sequential ones (checked in the
     tests): each embedding is seeded and single-threaded wherever it runs.
     """
     seeds = [int(s) for s in seeds]
@@ -233,8 +235,8 @@ def umap_embeddings(X: np.ndarray, seeds, n_components: int = 10, n_neighbors: i
     import tempfile
     import warnings
 
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    # the children import modules from where this process does, in the same order
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     out: dict[int, np.ndarray] = {}
     with tempfile.TemporaryDirectory(prefix="visclust-umap-") as tmp:
         data = os.path.join(tmp, "X.npy")
