@@ -172,9 +172,9 @@ def many_clusters(n, d, k, max_iter, with_sklearn):
     return r
 
 
-def pipeline_many_clusters(n, d, k):
-    """The whole default fit at many clusters: K-means and the classifier step (self-trained
-    SVM, out-of-fold temperature, the vote's test), on labelled synthetic blobs."""
+def fit_many_clusters(n, d, k, **params):
+    """One ``FeatureClusterer(n_clusters=k, random_state=0, **params).fit`` on labelled
+    synthetic blobs, timed, with its peak RSS (this process only: UMAP's children apart)."""
     from sklearn.datasets import make_blobs
 
     from visclust.evaluate import external_scores
@@ -183,28 +183,25 @@ def pipeline_many_clusters(n, d, k):
     X, y = make_blobs(n, n_features=d, centers=k, cluster_std=4.0, random_state=0)
     X = X.astype(np.float32)
     reset_peak_rss()
-    t, fc = timed(lambda: FeatureClusterer(n_clusters=k, method="kmeans", space="pca", random_state=0).fit(X), 1)
-    return {"n": n, "d": d, "k": k, "fit_s": t, "classifier": fc.classifier_.kind_,
-            "agreement": fc.classifier_.agreement_, "ari_final": external_scores(y, fc.labels_)["ari"],
-            "ari_clustering": external_scores(y, fc.cluster_labels_)["ari"], "peak_rss_mb": peak_rss_bytes() / 2**20}
+    t, fc = timed(lambda: FeatureClusterer(n_clusters=k, random_state=0, **params).fit(X), 1)
+    return fc, {"n": n, "d": d, "k": k, "fit_s": t, "classifier": fc.classifier_.kind_,
+                "agreement": fc.classifier_.agreement_, "ari_final": external_scores(y, fc.labels_)["ari"],
+                "ari_clustering": external_scores(y, fc.cluster_labels_)["ari"],
+                "peak_rss_mb": peak_rss_bytes() / 2**20}
+
+
+def pipeline_many_clusters(n, d, k):
+    """The whole fit at many clusters with K-means in the PCA space: K-means and the
+    classifier step (self-trained SVM, out-of-fold temperature, the vote's test)."""
+    return fit_many_clusters(n, d, k, method="kmeans", space="pca")[1]
 
 
 def default_many_clusters(n, d, k):
     """The default fit (automatic choice of space and method) at many clusters, with the time
-    of each candidate and of the embeddings; peak RSS of this process (UMAP children apart)."""
-    from sklearn.datasets import make_blobs
-
-    from visclust.evaluate import external_scores
-    from visclust.model import FeatureClusterer
-
-    X, y = make_blobs(n, n_features=d, centers=k, cluster_std=4.0, random_state=0)
-    X = X.astype(np.float32)
-    reset_peak_rss()
-    t, fc = timed(lambda: FeatureClusterer(n_clusters=k, random_state=0).fit(X), 1)
+    of each candidate and of the embeddings."""
+    fc, r = fit_many_clusters(n, d, k)
     sel = getattr(fc, "selection_", None)
-    return {"n": n, "d": d, "k": k, "fit_s": t, "pipeline": fc.pipeline_, "stability": fc.pipeline_scores_,
-            "seconds": {} if sel is None else sel.seconds, "classifier": fc.classifier_.kind_,
-            "ari_final": external_scores(y, fc.labels_)["ari"], "peak_rss_mb": peak_rss_bytes() / 2**20}
+    return dict(r, pipeline=fc.pipeline_, stability=fc.pipeline_scores_, seconds={} if sel is None else sel.seconds)
 
 
 def write_npy_chunkwise(path, n, d, k_true, chunk=200_000, seed=0):
