@@ -368,3 +368,33 @@ def test_a_background_commit_that_fails_raises_at_the_next_flush_and_keeps_its_r
     assert w.rows_written == 4
     X, found, absent = FeatureStore(tmp_path / "s", pixels.config).read(files)
     assert found == [0, 1, 2, 3] and X[:2].min() == 1 and X[2:].max() == 0
+
+
+def test_ctrl_c_while_the_commit_thread_starts_keeps_what_was_added(tmp_path, monkeypatch, pixels):
+    """Ctrl-C can land inside Thread.start of the background commit (CI saw the writer's close
+    then fail with "cannot join thread before it is started"). It must surface as
+    KeyboardInterrupt once the thread has started, and closing the writer commits every row
+    added before it."""
+    import threading
+
+    from visclust.store import file_stat
+
+    real_start = threading.Thread.start
+
+    def start_with_ctrl_c(self):
+        if self.name == "visclust-store-commit":
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, handled at this thread's next bytecode
+        return real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start_with_ctrl_c)
+    st = FeatureStore(tmp_path / "s", pixels.config)
+    files = write_images(tmp_path / "img", 4)
+    dim = pixels.config.feature_dim
+    with pytest.raises(KeyboardInterrupt):
+        with st.writer() as w:
+            w.add(files[:2], [file_stat(f) for f in files[:2]], np.ones((2, dim), np.float32))
+            w.flush(wait=False)  # Ctrl-C here: what was added before is committed by the close
+            w.add(files[2:], [file_stat(f) for f in files[2:]], np.zeros((2, dim), np.float32))
+    assert w.rows_written == 2
+    X, found, absent = FeatureStore(tmp_path / "s", pixels.config).read(files)
+    assert found == [0, 1] and absent == [2, 3] and X.min() == 1

@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import threading
 import time
 import warnings
@@ -440,7 +441,7 @@ class ShardWriter:
                 self._commit_error = (e, job)
 
         self._committing = threading.Thread(target=run, name="visclust-store-commit", daemon=True)
-        self._committing.start()
+        _start_deferring_ctrl_c(self._committing)
 
     def _commit(self, feats, files, skipped) -> None:
         name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}"
@@ -488,6 +489,32 @@ class ShardWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         # On an error or Ctrl-C, keep what was computed: commit the buffer.
         self.close()
+
+
+def _start_deferring_ctrl_c(thread: threading.Thread) -> None:
+    """``thread.start()``, with a Ctrl-C that arrives meanwhile raised only once the thread
+    has started. ``Thread.start`` waits for the new thread to begin; a KeyboardInterrupt
+    inside that wait left a thread that may never be joined ("cannot join thread before it
+    is started" at the writer's close, seen in CI), or one that never ran, losing its shard.
+    Only the main thread receives Ctrl-C, so elsewhere this is a plain ``start()``."""
+    if threading.current_thread() is not threading.main_thread():
+        thread.start()
+        return
+    caught = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
+    except (ValueError, OSError):  # e.g. not the main interpreter: no handler can be set
+        thread.start()
+        return
+    try:
+        thread.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        if callable(previous):
+            previous(signal.SIGINT, caught[0])
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
 
 
 def _write_atomic(path: str, data: bytes, tmp_name: str | None = None) -> None:
