@@ -390,11 +390,16 @@ def test_ctrl_c_while_the_commit_thread_starts_keeps_what_was_added(tmp_path, mo
     st = FeatureStore(tmp_path / "s", pixels.config)
     files = write_images(tmp_path / "img", 4)
     dim = pixels.config.feature_dim
-    with pytest.raises(KeyboardInterrupt):
-        with st.writer() as w:
-            w.add(files[:2], [file_stat(f) for f in files[:2]], np.ones((2, dim), np.float32))
-            w.flush(wait=False)  # Ctrl-C here: what was added before is committed by the close
-            w.add(files[2:], [file_stat(f) for f in files[2:]], np.zeros((2, dim), np.float32))
+    # Python's own Ctrl-C handler, whatever an earlier test in this process installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with st.writer() as w:
+                w.add(files[:2], [file_stat(f) for f in files[:2]], np.ones((2, dim), np.float32))
+                w.flush(wait=False)  # Ctrl-C here: what was added before is committed by the close
+                w.add(files[2:], [file_stat(f) for f in files[2:]], np.zeros((2, dim), np.float32))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert w.rows_written == 2
     X, found, absent = FeatureStore(tmp_path / "s", pixels.config).read(files)
     assert found == [0, 1] and absent == [2, 3] and X.min() == 1
