@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits, make_blobs
@@ -108,6 +110,69 @@ def test_a_failed_umap_child_is_redone_here_with_a_warning(parallel_umap, monkey
     with pytest.warns(RuntimeWarning, match=r"a UMAP child process failed \(out of memory, say\); computing"):
         E = parallel_umap.umap_embeddings(X, [0, 7], n_components=3)
     np.testing.assert_array_equal(E[1], umap_embedding(X, n_components=3, random_state=7))
+
+
+def test_a_hung_umap_child_is_killed_and_redone_here(parallel_umap, monkeypatch):
+    """A child that never finishes must not hold the fit forever: past the grace time it is
+    killed and its embedding computed here."""
+    monkeypatch.setattr(parallel_umap, "_UMAP_CHILD", "import time\ntime.sleep(600)\n")
+    monkeypatch.setattr(parallel_umap, "UMAP_CHILD_GRACE_S", 1.0)
+    X, _ = make_blobs(300, centers=3, n_features=8, random_state=0)
+    X = X.astype(np.float32)
+    with pytest.warns(RuntimeWarning, match=r"a UMAP child process failed \(still running 1 s after .*killed\)"):
+        E = parallel_umap.umap_embeddings(X, [0, 7], n_components=3)
+    np.testing.assert_array_equal(E[1], umap_embedding(X, n_components=3, random_state=7))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_umap_children_die_with_the_process_that_started_them(tmp_path):
+    """kill -9 of a fit must not leave its UMAP children running."""
+    import os
+    import signal
+    import subprocess
+    import textwrap
+    import time
+
+    pidfile = tmp_path / "child.pid"
+    script = textwrap.dedent("""
+        import os, time
+        import numpy as np
+        from visclust import reduce
+        reduce.UMAP_PARALLEL_ROWS = 10
+        reduce._cpu_count = lambda: 2
+        reduce._UMAP_CHILD = (
+            "import os, time\\n"
+            "open(os.environ['PIDFILE'], 'w').write(str(os.getpid()))\\n"
+            "time.sleep(600)\\n")
+        reduce.umap_embedding = lambda *a, **k: time.sleep(600)  # this process is busy too
+        reduce.umap_embeddings(np.random.default_rng(0).normal(size=(20, 4)), [0, 1])
+        """)
+    fit = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, PIDFILE=str(pidfile)))
+    try:
+        for _ in range(600):
+            if pidfile.exists() and pidfile.read_text():
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the child process did not start")
+        child = int(pidfile.read_text())
+    finally:
+        fit.kill()
+        fit.wait()
+    def alive(pid):  # a killed orphan may stay a zombie until init reaps it: that counts as gone
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    for _ in range(300):  # the child is an orphan now: gone once the kernel has delivered its signal
+        if not alive(child):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the UMAP child outlived the process that started it")
 
 
 @pytest.mark.parametrize("n_neighbors", [15, 5])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -200,6 +201,21 @@ def umap_embedding(X: np.ndarray, n_components: int = 10, n_neighbors: int = 15,
 #: spare CPU, the rule now); the embeddings identical.
 UMAP_PARALLEL_ROWS = 25_000
 
+#: A child's work waits this long beyond twice the time one embedding took here, once this
+#: process has finished its own; a child still running then (hung, or starved of CPU) is
+#: killed and its embedding computed here, so the fit cannot wait forever.
+UMAP_CHILD_GRACE_S = 120.0
+
+#: First lines of every child: it dies with the process that started it (Linux's parent-death
+#: signal; elsewhere it exits when it finds itself orphaned before starting), so a fit killed
+#: with ``kill -9`` leaves no UMAP running behind it.
+_UMAP_CHILD_PREAMBLE = ("import ctypes, os, signal, sys\n"
+                        "try:\n"
+                        "    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG\n"
+                        "except (AttributeError, OSError):\n"
+                        "    pass\n"
+                        "if os.getppid() != int(sys.argv[4]):\n"
+                        "    sys.exit('the process that started this one has gone')\n")
 _UMAP_CHILD = ("import json, sys\n"
                "import numpy as np\n"
                "from visclust.reduce import umap_embedding\n"
@@ -220,9 +236,12 @@ def umap_embeddings(X: np.ndarray, seeds, n_components: int = 10, n_neighbors: i
     With at least :data:`UMAP_PARALLEL_ROWS` rows, more than one seed and more than one CPU,
     seeds after the first run in child processes of the same Python, one per CPU beyond this
     process's (the rest here, after the first), reading ``X`` from and writing their
-    embedding to a temporary folder (``.npy``, no pickle). A child that fails is redone
-    here, with a warning that says why; nothing is lost. The results equal the sequential ones (checked in the
-    tests): each embedding is seeded and single-threaded wherever it runs.
+    embedding to a temporary folder (``.npy``, no pickle). A child that fails, or that is
+    still running :data:`UMAP_CHILD_GRACE_S` plus twice one embedding's time after this
+    process finished its own, is redone here, with a warning that says why; nothing is lost,
+    and nothing waits forever. Children die with this process. The results equal the
+    sequential ones (checked in the tests): each embedding is seeded and single-threaded
+    wherever it runs.
     """
     seeds = [int(s) for s in seeds]
     X = np.ascontiguousarray(X, np.float32)
@@ -247,13 +266,23 @@ def umap_embeddings(X: np.ndarray, seeds, n_components: int = 10, n_neighbors: i
                 dest = os.path.join(tmp, f"E{i}.npy")
                 with open(os.path.join(tmp, f"E{i}.log"), "wb") as log:  # a file: a full pipe would stall the child
                     children[i] = (dest, subprocess.Popen(
-                        [sys.executable, "-c", _UMAP_CHILD, data, dest, json.dumps(dict(params, random_state=seeds[i]))],
+                        [sys.executable, "-c", _UMAP_CHILD_PREAMBLE + _UMAP_CHILD, data, dest,
+                         json.dumps(dict(params, random_state=seeds[i])), str(os.getpid())],
                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=env))
-            for i in [0] + list(range(1 + n_children, len(seeds))):
+            here = [0] + list(range(1 + n_children, len(seeds)))
+            t0 = time.monotonic()
+            for i in here:
                 out[i] = umap_embedding(X, random_state=seeds[i], **params)
+            deadline = time.monotonic() + 2 * (time.monotonic() - t0) / len(here) + UMAP_CHILD_GRACE_S
             for i, (dest, proc) in children.items():
-                proc.wait()
                 try:
+                    try:
+                        proc.wait(timeout=max(deadline - time.monotonic(), 0.0))
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+                        raise RuntimeError(f"still running {UMAP_CHILD_GRACE_S:g} s after twice the time this "
+                                           "process took for one embedding; killed") from None
                     if proc.returncode != 0:
                         with open(os.path.join(tmp, f"E{i}.log"), "rb") as f:
                             err = f.read().decode(errors="replace").strip().splitlines()
