@@ -146,3 +146,16 @@ def test_pretrained_features_beat_pixels_on_real_photos(tmp_path, cifar_small, m
     assert results["mobilenet"][0] > results["pixels"][0] + 0.15
     assert results["mobilenet"][1] > results["pixels"][1] + 0.15
     assert results["mobilenet"][0] > 0.7
+
+
+def test_the_fit_summary_says_how_many_of_the_models_clusters_got_no_image():
+    """With many small clusters the classifier may leave some empty: the summary says so."""
+    import numpy as np
+
+    from visclust.cli._common import cluster_summary
+    from visclust.io import Assignments
+
+    a = Assignments(["a", "b", "c", "d"], np.array([0, 0, 2, -1]), np.array([0.9, 0.8, 0.7, 0.1]))
+    assert cluster_summary(a, 4).startswith("4 images in 2 clusters (2 of the model's 4 got none), 1 fit no cluster")
+    assert cluster_summary(a, 2).startswith("4 images in 2 clusters, 1 fit no cluster")
+    assert cluster_summary(a).startswith("4 images in 2 clusters, 1 fit no cluster")

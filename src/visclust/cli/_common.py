@@ -100,12 +100,18 @@ def skipped_path(csv_path: str) -> str:
     return root + ".skipped.csv"
 
 
-def cluster_summary(assignments: Assignments) -> str:
+def cluster_summary(assignments: Assignments, n_clusters: int | None = None) -> str:
+    """One line: images, clusters used (and, given the model's ``n_clusters``, how many of
+    its clusters got no image: with many small clusters a classifier may leave some empty),
+    rejected images, sizes, mean confidence."""
     import numpy as np
 
     c = assignments.clusters
     sizes = np.bincount(c[c >= 0]) if (c >= 0).any() else np.zeros(0, int)
-    parts = [f"{len(assignments)} images in {int((sizes > 0).sum())} clusters"]
+    used = int((sizes > 0).sum())
+    parts = [f"{len(assignments)} images in {used} clusters"]
+    if n_clusters is not None and used < n_clusters:
+        parts[0] += f" ({n_clusters - used} of the model's {n_clusters} got none)"
     if (c < 0).any():
         parts.append(f"{int((c < 0).sum())} fit no cluster (-1)")
     if len(sizes):

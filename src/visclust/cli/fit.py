@@ -75,7 +75,7 @@ def run(args) -> int:
     if args.assignments:
         write_assignments(args.assignments, a)
     if not args.quiet:
-        print(f"fitted {cluster_summary(a)}; model written to {args.output}", file=sys.stderr)
+        print(f"fitted {cluster_summary(a, model.n_clusters_)}; model written to {args.output}", file=sys.stderr)
         for line in describe_choices(model):  # what was chosen without labels, and the runners-up
             print(line, file=sys.stderr)
     return report_skipped(a, args.assignments or args.output, args.quiet)
