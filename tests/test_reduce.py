@@ -175,6 +175,39 @@ def test_umap_children_die_with_the_process_that_started_them(tmp_path):
         pytest.fail("the UMAP child outlived the process that started it")
 
 
+def test_umaps_compiled_code_is_cached_on_disk_and_gives_the_same_embedding(tmp_path):
+    """A second process loads UMAP's machine code from numba's cache instead of compiling it
+    again, and its embedding is the first process's, bit for bit."""
+    import os
+    import subprocess
+    import textwrap
+
+    script = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from numba.core.dispatcher import Dispatcher
+        from visclust.reduce import umap_embedding
+        X = np.random.default_rng(0).normal(size=(200, 6)).astype(np.float32)
+        np.save(sys.argv[1], umap_embedding(X, n_components=2, random_state=3))
+        # UMAP's layout optimiser: compiled without numba's cache by umap-learn itself
+        from umap.layouts import _nb_optimize_layout_euclidean_single_epoch as f
+        assert isinstance(f, Dispatcher)
+        print(sum(f.stats.cache_hits.values()))
+        """)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    hits = []
+    for run in ("first", "second"):
+        r = subprocess.run([sys.executable, "-c", script, str(tmp_path / f"{run}.npy")], env=env,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        hits.append(int(r.stdout.split()[-1]))
+    assert hits[0] == 0 and hits[1] > 0, hits
+    first, second = np.load(tmp_path / "first.npy"), np.load(tmp_path / "second.npy")
+    np.testing.assert_array_equal(first, second)
+    X = np.random.default_rng(0).normal(size=(200, 6)).astype(np.float32)
+    np.testing.assert_array_equal(first, umap_embedding(X, n_components=2, random_state=3))
+
+
 @pytest.mark.parametrize("n_neighbors", [15, 5])
 def test_umap_embedding_below_4096_rows_equals_umaps_own_exact_path(n_neighbors):
     """The exact neighbours are computed in compiled code and handed to UMAP: the embedding
