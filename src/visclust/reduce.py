@@ -239,11 +239,13 @@ def umap_embedding(X: np.ndarray, n_components: int = 10, n_neighbors: int = 15,
 #: From this many rows on, :func:`umap_embeddings` computes the embeddings of seeds after
 #: the first in child processes, beside the one this process computes. UMAP with a seed runs
 #: on one thread and holds the GIL, so only processes overlap; each child pays its own import
-#: and JIT compilation (about 14 s on the 2-core machine of docs/quality.md). Measured there,
-#: 3 seeds: 30,000 x 64 70.6 s one after another, 58.5 s beside two children; the default
-#: fit's embeddings of 100,000 rows 242 s, 180 s with two children, 169.5 s with one (one per
-#: spare CPU, the rule now); the embeddings identical.
-UMAP_PARALLEL_ROWS = 25_000
+#: and the compilation of what numba cannot cache (see :func:`_cache_umap_jit`). Measured on
+#: the 2-core machine of docs/quality.md, 3 seeds: 30,000 x 64 70.6 s one after another,
+#: 58.5 s beside two children; the default fit's embeddings of 100,000 rows 242 s, 180 s with
+#: two children, 169.5 s with one (one per spare CPU, the rule now). With numba's cache on:
+#: 10,000 x 64 32.1 s one after another, 24.4-25.6 s beside one child; 5,000 x 64 15.5 s
+#: against 18.3-18.5 s (so not below 10,000). The embeddings are identical either way.
+UMAP_PARALLEL_ROWS = 10_000
 
 #: A child's work waits this long beyond twice the time one embedding took here, once this
 #: process has finished its own; a child still running then (hung, or starved of CPU) is
