@@ -204,6 +204,15 @@ def test_umaps_compiled_code_is_cached_on_disk_and_gives_the_same_embedding(tmp_
     assert hits[0] == 0 and hits[1] > 0, hits
     first, second = np.load(tmp_path / "first.npy"), np.load(tmp_path / "second.npy")
     np.testing.assert_array_equal(first, second)
+    # a damaged cache entry is compiled again, not a failed fit
+    damaged = list((tmp_path / "numba").rglob("*_optimize_layout_euclidean_single_epoch*.nbc"))
+    assert damaged
+    for f in damaged:
+        f.write_bytes(b"garbage\n")
+    r = subprocess.run([sys.executable, "-c", script, str(tmp_path / "third.npy")], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "third.npy"), first)
     X = np.random.default_rng(0).normal(size=(200, 6)).astype(np.float32)
     np.testing.assert_array_equal(first, umap_embedding(X, n_components=2, random_state=3))
 

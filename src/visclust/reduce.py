@@ -201,10 +201,32 @@ def _cache_umap_jit() -> int:
             if isinstance(f, Dispatcher) and isinstance(getattr(f, "_cache", None), NullCache):
                 try:
                     f.enable_caching()
+                    _tolerate_cache_errors(f._cache)
                     n += 1
                 except Exception:  # a function numba cannot cache stays compiled per process
                     pass
     return n
+
+
+def _tolerate_cache_errors(cache) -> None:
+    """A cache entry that cannot be read (damaged, from a half-written file) is compiled again,
+    and one that cannot be written (disk full, read-only) is skipped: the cache only saves
+    time, it must never fail a fit."""
+    load, save = cache.load_overload, cache.save_overload
+
+    def load_overload(*args, **kwargs):
+        try:
+            return load(*args, **kwargs)
+        except Exception:
+            return None  # numba's "not in the cache": it compiles
+
+    def save_overload(*args, **kwargs):
+        try:
+            save(*args, **kwargs)
+        except Exception:
+            pass
+
+    cache.load_overload, cache.save_overload = load_overload, save_overload
 
 
 def umap_embedding(X: np.ndarray, n_components: int = 10, n_neighbors: int = 15,
