@@ -217,6 +217,20 @@ def test_umaps_compiled_code_is_cached_on_disk_and_gives_the_same_embedding(tmp_
     np.testing.assert_array_equal(first, umap_embedding(X, n_components=2, random_state=3))
 
 
+@pytest.mark.parametrize("setting, switched_on", [(None, True), ("0", False)])
+def test_visclust_numba_cache_0_leaves_umaps_cache_off(setting, switched_on):
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "VISCLUST_NUMBA_CACHE"}
+    if setting is not None:
+        env["VISCLUST_NUMBA_CACHE"] = setting
+    script = "import umap\nfrom visclust import reduce\nprint(reduce._cache_umap_jit())\n"
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (int(r.stdout.split()[-1]) > 0) == switched_on, r.stdout
+
+
 @pytest.mark.parametrize("n_neighbors", [15, 5])
 def test_umap_embedding_below_4096_rows_equals_umaps_own_exact_path(n_neighbors):
     """The exact neighbours are computed in compiled code and handed to UMAP: the embedding

@@ -180,12 +180,17 @@ def _cache_umap_jit() -> int:
     which numba cannot cache). The machine code is the same, so the embeddings are identical
     (tested). The cache lives where numba puts it (``__pycache__`` beside the package, else
     numba's per-user folder; ``NUMBA_CACHE_DIR`` moves it) and is invalidated when a package's
-    source changes. Returns how many functions it switched on (0 on later calls, or when
-    numba's internals are not as expected: then nothing changes)."""
+    source changes. numba's cache files are pickles that numba writes and reads itself, kept
+    where Python keeps its own bytecode cache (the same trust as ``.pyc`` files);
+    ``VISCLUST_NUMBA_CACHE=0`` leaves them off. Returns how many functions it switched on (0
+    on later calls, when switched off, or when numba's internals are not as expected: then
+    nothing changes)."""
     global _JIT_CACHE_ENABLED
     if _JIT_CACHE_ENABLED:
         return 0
     _JIT_CACHE_ENABLED = True
+    if os.environ.get("VISCLUST_NUMBA_CACHE", "1").strip() == "0":
+        return 0
     try:
         import sys
 
