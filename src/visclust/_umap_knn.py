@@ -24,7 +24,6 @@ def _pairwise_cosine(X):
     return out
 
 
-try:  # compiled once per machine where numba can write its cache, else once per process
-    pairwise_cosine = numba.njit(cache=True)(_pairwise_cosine)
-except RuntimeError:  # no writable cache location
-    pairwise_cosine = numba.njit(cache=False)(_pairwise_cosine)
+#: Kept in numba's disk cache by :func:`visclust.reduce._cache_umap_jit`, as UMAP's own
+#: functions are (same switch, same tolerance of a damaged cache).
+pairwise_cosine = numba.njit(_pairwise_cosine)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -169,7 +170,8 @@ _JIT_CACHE_ENABLED = False
 
 
 def _cache_umap_jit() -> int:
-    """Let numba keep umap-learn's and pynndescent's compiled functions on disk.
+    """Let numba keep umap-learn's and pynndescent's compiled functions (and
+    :mod:`visclust._umap_knn`'s) on disk.
 
     umap-learn compiles most of its numba functions without ``cache=True``, so every new
     process (each ``visclust fit``, each UMAP child process) compiled them again: the first
@@ -192,15 +194,13 @@ def _cache_umap_jit() -> int:
     if os.environ.get("VISCLUST_NUMBA_CACHE", "1").strip() == "0":
         return 0
     try:
-        import sys
-
         from numba.core.caching import NullCache
         from numba.core.dispatcher import Dispatcher
     except ImportError:
         return 0
     n = 0
     for name, module in list(sys.modules.items()):
-        if module is None or not name.startswith(("umap.", "pynndescent.")):
+        if module is None or not name.startswith(("umap.", "pynndescent.", __name__.rsplit(".", 1)[0] + "._umap_knn")):
             continue
         for f in list(vars(module).values()):
             if isinstance(f, Dispatcher) and isinstance(getattr(f, "_cache", None), NullCache):
@@ -245,6 +245,8 @@ def umap_embedding(X: np.ndarray, n_components: int = 10, n_neighbors: int = 15,
     except ImportError as e:
         raise MissingDependencyError("UMAP needs umap-learn: pip install umap-learn") from e
     import warnings
+
+    from . import _umap_knn  # noqa: F401  (loaded before the cache is switched on for it)
 
     _cache_umap_jit()
     X = np.ascontiguousarray(X, np.float32)
@@ -323,7 +325,6 @@ def umap_embeddings(X: np.ndarray, seeds, n_components: int = 10, n_neighbors: i
     if n_children <= 0:
         return [umap_embedding(X, random_state=s, **params) for s in seeds]
     import subprocess
-    import sys
     import tempfile
     import warnings
 
