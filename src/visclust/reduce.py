@@ -191,47 +191,13 @@ def _cache_umap_jit() -> int:
     if _JIT_CACHE_ENABLED:
         return 0
     _JIT_CACHE_ENABLED = True
-    if os.environ.get("VISCLUST_NUMBA_CACHE", "1").strip() == "0":
+    from . import _jit
+
+    if not _jit.cache_enabled():
         return 0
-    try:
-        from numba.core.caching import NullCache
-        from numba.core.dispatcher import Dispatcher
-    except ImportError:
-        return 0
-    n = 0
-    for name, module in list(sys.modules.items()):
-        if module is None or not name.startswith(("umap.", "pynndescent.", __name__.rsplit(".", 1)[0] + "._umap_knn")):
-            continue
-        for f in list(vars(module).values()):
-            if isinstance(f, Dispatcher) and isinstance(getattr(f, "_cache", None), NullCache):
-                try:
-                    f.enable_caching()
-                    _tolerate_cache_errors(f._cache)
-                    n += 1
-                except Exception:  # a function numba cannot cache stays compiled per process
-                    pass
-    return n
-
-
-def _tolerate_cache_errors(cache) -> None:
-    """A cache entry that cannot be read (damaged, from a half-written file) is compiled again,
-    and one that cannot be written (disk full, read-only) is skipped: the cache only saves
-    time, it must never fail a fit."""
-    load, save = cache.load_overload, cache.save_overload
-
-    def load_overload(*args, **kwargs):
-        try:
-            return load(*args, **kwargs)
-        except Exception:
-            return None  # numba's "not in the cache": it compiles
-
-    def save_overload(*args, **kwargs):
-        try:
-            save(*args, **kwargs)
-        except Exception:
-            pass
-
-    cache.load_overload, cache.save_overload = load_overload, save_overload
+    prefixes = ("umap.", "pynndescent.", __name__.rsplit(".", 1)[0] + "._umap_knn")
+    return sum(_jit.cache_on_disk(f) for name, module in list(sys.modules.items())
+               if module is not None and name.startswith(prefixes) for f in list(vars(module).values()))
 
 
 def umap_embedding(X: np.ndarray, n_components: int = 10, n_neighbors: int = 15,
