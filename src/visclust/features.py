@@ -6,8 +6,10 @@ The hot path is built for throughput:
   ``(n, size, size, 3)`` uint8 array (no per-image tensors, no collate copy); uint8 is 4x
   smaller than float to ship between processes.
 * JPEGs are decoded at a reduced scale with PIL's ``draft()`` when the image is much
-  larger than needed, and resize + centre crop are one PIL call (``resize(box=...)``),
-  computing only the pixels that survive the crop.
+  larger than needed, and resize + centre crop are one resize with a box (Pillow's
+  ``resize(box=...)``), computing only the pixels that survive the crop. Where Pillow's
+  pixels can be reproduced exactly, :mod:`visclust._resample` computes them in compiled code
+  that releases the GIL, in a fraction of Pillow's time (:func:`resize_crop_array`).
 * The engine (:mod:`visclust.engines`) normalises the batch and runs the network: ONNX
   Runtime on CPU, PyTorch (bf16, channels_last) on CUDA.
 * On CUDA, JPEGs can instead be decoded on the GPU (``decode='torch'`` or ``'nvimgcodec'``):
