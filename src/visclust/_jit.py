@@ -19,9 +19,9 @@ def cache_enabled() -> bool:
 
 
 def cache_on_disk(dispatcher) -> bool:
-    """Switch numba's disk cache on for one ``numba.njit`` dispatcher that has none; a damaged
-    entry is then compiled again and a failed write skipped. Returns whether it was switched
-    on (False when switched off, already cached, or numba's internals are not as expected)."""
+    """Switch numba's disk cache on for one ``numba.njit`` dispatcher that has none (with
+    :func:`tolerate_cache_errors`). Returns whether it was switched on (False when switched
+    off, already cached, or numba's internals are not as expected)."""
     if not cache_enabled():
         return False
     try:
@@ -31,30 +31,39 @@ def cache_on_disk(dispatcher) -> bool:
         return False
     if not isinstance(dispatcher, Dispatcher) or not isinstance(getattr(dispatcher, "_cache", None), NullCache):
         return False
+    tolerate_cache_errors()
     try:
         dispatcher.enable_caching()
-        _tolerate_cache_errors(dispatcher._cache)
     except Exception:  # a function numba cannot cache stays compiled per process
         return False
     return True
 
 
-def _tolerate_cache_errors(cache) -> None:
-    """A cache entry that cannot be read (damaged, from a half-written file) is compiled again,
-    and one that cannot be written (disk full, read-only) is skipped: the cache only saves
-    time, it must never fail a run."""
-    load, save = cache.load_overload, cache.save_overload
+def tolerate_cache_errors() -> None:
+    """Make numba treat a cache entry it cannot read (damaged, truncated) as absent, so the
+    function is compiled again, and skip a write that fails (disk full, read-only): the
+    cache only saves time, it must never fail a run. numba itself raises there, and for
+    functions compiled at import (umap-learn's own ``cache=True`` ones) that made ``import
+    umap`` fail. Applies to every numba cache in this process, once."""
+    try:
+        from numba.core.caching import Cache
+    except ImportError:
+        return
+    if getattr(Cache, "_visclust_tolerant", False):
+        return
+    load, save = Cache.load_overload, Cache.save_overload
 
-    def load_overload(*args, **kwargs):
+    def load_overload(self, *args, **kwargs):
         try:
-            return load(*args, **kwargs)
+            return load(self, *args, **kwargs)
         except Exception:
             return None  # numba's "not in the cache": it compiles
 
-    def save_overload(*args, **kwargs):
+    def save_overload(self, *args, **kwargs):
         try:
-            save(*args, **kwargs)
+            save(self, *args, **kwargs)
         except Exception:
             pass
 
-    cache.load_overload, cache.save_overload = load_overload, save_overload
+    Cache.load_overload, Cache.save_overload = load_overload, save_overload
+    Cache._visclust_tolerant = True

@@ -206,6 +206,9 @@ def umap_embedding(X: np.ndarray, n_components: int = 10, n_neighbors: int = 15,
     Below 4,096 rows the exact neighbours are computed here, in compiled code, and given to
     UMAP (the same neighbours and the same embedding as UMAP's own exact path, without its
     per-pair Python calls)."""
+    from . import _jit
+
+    _jit.tolerate_cache_errors()  # before umap-learn loads its own cached functions
     try:
         import umap
     except ImportError as e:

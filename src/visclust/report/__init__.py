@@ -142,6 +142,9 @@ def map_embedding(features: np.ndarray, method: str = "auto", random_state: int 
         method = "tsne"
         if n > AUTO_UMAP_ABOVE:
             try:
+                from .. import _jit
+
+                _jit.tolerate_cache_errors()  # a damaged numba cache must not fail the import
                 import umap  # noqa: F401
 
                 method = "umap"
