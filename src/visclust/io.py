@@ -190,25 +190,24 @@ def load_image(path: str | os.PathLike, draft_size: int | None = None):
         With the path and the reason, for anything that is not a decodable image. No other
         exception escapes for a bad file.
     """
-    p = os.fspath(path)
-    size = _check_regular_file(p)
-    if size <= FAST_JPEG_MAX_BYTES:
-        img = _load_plain_jpeg(p, draft_size)
-        if img is not None:
-            return img
-    return _load_with_pil(p, size, draft_size)
+    return _load(path, draft_size, as_array=False)
 
 
 def load_image_array(path: str | os.PathLike, draft_size: int | None = None) -> np.ndarray:
     """:func:`load_image` as an (h, w, 3) uint8 array (the same pixels, the same checks and
     errors): plain JPEGs come straight from the decoder, with no Pillow image in between."""
+    return _load(path, draft_size, as_array=True)
+
+
+def _load(path, draft_size: int | None, as_array: bool):
     p = os.fspath(path)
     size = _check_regular_file(p)
     if size <= FAST_JPEG_MAX_BYTES:
-        a = _load_plain_jpeg(p, draft_size, as_array=True)
-        if a is not None:
-            return a
-    return np.asarray(_load_with_pil(p, size, draft_size))
+        img = _load_plain_jpeg(p, draft_size, as_array)
+        if img is not None:
+            return img
+    img = _load_with_pil(p, size, draft_size)
+    return np.asarray(img) if as_array else img
 
 
 def image_short_side(path: str | os.PathLike) -> int | None:
