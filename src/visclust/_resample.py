@@ -61,7 +61,7 @@ def coefficients(in_size: int, in0: float, in1: float, out_size: int, interpolat
 
     ``in0``, ``in1``: the box along this axis (Pillow passes them as C floats). Returns
     ``(bounds, kk)``: ``bounds[i] = (first source pixel, number of taps)`` (int64, (out, 2))
-    and ``kk`` the fixed-point weights (int64, (out, ksize)), zero past each row's taps.
+    and ``kk`` the fixed-point weights (int32, (out, ksize)), zero past each row's taps.
     """
     fn, support = FILTERS[interpolation]
     in0, in1 = np.float32(in0), np.float32(in1)
@@ -79,7 +79,7 @@ def coefficients(in_size: int, in0: float, in1: float, out_size: int, interpolat
         xmax = min(int(center + support + 0.5), in_size) - xmin
         w = [fn((x + xmin - center + 0.5) * ss) for x in range(xmax)]
         ww = 0.0
-        for v in w:
+        for v in w:  # added in order, as C does (Python 3.12's sum() compensates rounding)
             ww += v
         if ww != 0.0:
             w = [v / ww for v in w]
