@@ -102,3 +102,16 @@ def test_load_image_array_is_load_image_as_an_array(shape_images, tmp_path):
     bad.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     with pytest.raises(ImageReadError):
         load_image_array(bad)
+
+
+def test_small_jobs_resize_with_pillow_large_ones_compiled(shape_images):
+    """Loading numba costs ~1.2 s and ~230 MB once per process: below
+    COMPILED_RESIZE_MIN_IMAGES images a batch dataset resizes with Pillow; the pixels are the
+    same either way."""
+    from visclust.features import COMPILED_RESIZE_MIN_IMAGES, BatchDataset
+
+    paths = [str(p) for p in sorted(shape_images.rglob("*.png"))][:8]
+    few = BatchDataset(paths, [np.arange(len(paths))], Preprocess())
+    many = BatchDataset(paths, [np.arange(len(paths))] * (COMPILED_RESIZE_MIN_IMAGES // len(paths) + 1), Preprocess())
+    assert not few.compiled_resize and many.compiled_resize
+    np.testing.assert_array_equal(few[0].images.numpy(), many[0].images.numpy())

@@ -341,7 +341,15 @@ def _stat(path: str):
         return None
 
 
-def resize_crop_array(a: np.ndarray, pre: Preprocess, out: np.ndarray) -> None:
+#: Fewer images than this to decode in one call: Pillow resizes, unless numba is already loaded.
+#: Loading numba and its compiler costs about 1.2 s and 230 MB of resident memory (half of it
+#: shared library pages) once per process, measured on the 2-core machine; the compiled resize
+#: saves about 0.24 ms of a core per CIFAR-sized image (0.3-0.4 ms for a photo), so it pays
+#: from a few thousand images (docs/benchmarks.md, "the resize compiled outside the GIL").
+COMPILED_RESIZE_MIN_IMAGES = 4000
+
+
+def resize_crop_array(a: np.ndarray, pre: Preprocess, out: np.ndarray, compiled: bool = True) -> None:
     """:func:`resize_crop` of the (h, w, 3) uint8 image ``a`` into ``out`` (s, s, 3): the same
     pixels as Pillow's.
 
@@ -349,7 +357,8 @@ def resize_crop_array(a: np.ndarray, pre: Preprocess, out: np.ndarray) -> None:
     reduction first: :func:`visclust._resample.same_as_pillow`), it is computed by
     :func:`visclust._resample.resize_box`, compiled and outside the GIL: CIFAR's 32 x 32 ->
     224 in ~50 us against Pillow's ~290, a 500 x 375 photo in ~440 against ~780 us;
-    otherwise by Pillow.
+    otherwise by Pillow. ``compiled=False``: Pillow, unless numba is loaded already (see
+    :data:`COMPILED_RESIZE_MIN_IMAGES`).
     """
     h, w = a.shape[:2]
     s = pre.input_size
@@ -357,7 +366,7 @@ def resize_crop_array(a: np.ndarray, pre: Preprocess, out: np.ndarray) -> None:
     if reduce_first is None:
         out[...] = a[box[1]:box[3], box[0]:box[2]]
         return
-    fast = _resample_module()
+    fast = _resample_module() if compiled or "numba" in sys.modules else None
     if not reduce_first and fast is not None and fast.same_as_pillow(h, w, s, s, pre.interpolation):
         fast.resize_box(a, (s, s), box, pre.interpolation, out)
         return
@@ -376,10 +385,11 @@ def _resample_module():
     return _resample
 
 
-def _decode_one(path: str, pre: Preprocess, out: np.ndarray):
-    """Decode ``path`` into ``out`` (s, s, 3); return its (size, mtime_ns) taken before reading."""
+def _decode_one(path: str, pre: Preprocess, out: np.ndarray, compiled: bool = True):
+    """Decode ``path`` into ``out`` (s, s, 3); return its (size, mtime_ns) taken before reading.
+    ``compiled``: see :func:`resize_crop_array`."""
     st = _stat(path)
-    resize_crop_array(load_image_array(path, draft_size=pre.resize_size), pre, out)
+    resize_crop_array(load_image_array(path, draft_size=pre.resize_size), pre, out, compiled)
     return st
 
 
@@ -430,13 +440,20 @@ class BatchDataset:
     decode : {'pil', 'torch', 'nvimgcodec'}
         ``'torch'`` and ``'nvimgcodec'``: JPEGs that the GPU decoder handles are returned as
         raw bytes.
+    compiled_resize : bool
+        Resize in compiled code (:func:`resize_crop_array`); default: when the batches hold at
+        least :data:`COMPILED_RESIZE_MIN_IMAGES` images.
     """
 
-    def __init__(self, paths: Sequence[str], batches, pre: Preprocess, decode: str = "pil"):
+    def __init__(self, paths: Sequence[str], batches, pre: Preprocess, decode: str = "pil",
+                 compiled_resize: bool | None = None):
         self.paths = paths
         self.batches = batches
         self.pre = pre
         self.decode = decode
+        if compiled_resize is None:
+            compiled_resize = sum(len(b) for b in batches) >= COMPILED_RESIZE_MIN_IMAGES
+        self.compiled_resize = compiled_resize
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -459,7 +476,7 @@ class BatchDataset:
                         enc_idx.append(i)
                         enc_stats.append(raw[0])
                         continue
-                stats.append(_decode_one(path, self.pre, out[len(ok)]))
+                stats.append(_decode_one(path, self.pre, out[len(ok)], self.compiled_resize))
                 ok.append(i)
             except Exception as e:
                 failed.append((int(i), _failure(path, e)))
