@@ -41,8 +41,8 @@ import numpy as np
 from .backbones import BackboneConfig, Preprocess, create_backbone
 from .engines import check_engine
 from .exceptions import DistributedExtractionError, InputError, MissingDependencyError, VisclustError
-from .features import (ExtractStats, _decode_one, _failure, _progress_bar, _stat, backbone_at_size, check_input_size,
-                       open_store, small_image_backbone, with_preprocess)
+from .features import (COMPILED_RESIZE_MIN_IMAGES, ExtractStats, _decode_one, _failure, _progress_bar, _stat,
+                       backbone_at_size, check_input_size, open_store, small_image_backbone, with_preprocess)
 from .io import _unseen, expand_input, no_images_error, walk_image_groups
 from .store import file_stat
 
@@ -111,7 +111,7 @@ class _ExtractActor:
     """
 
     def __init__(self, spec: BackboneSpec, expect: dict, engine: str, device: str, threads: int,
-                 crash_marker: str | None = None):
+                 crash_marker: str | None = None, compiled_resize: bool = True):
         import torch
 
         from .engines import create_engine
@@ -123,6 +123,7 @@ class _ExtractActor:
         self.engine = create_engine(backbone, engine, device, threads=threads)
         self.threads = threads
         self.crash_marker = crash_marker
+        self.compiled_resize = compiled_resize  # see features.COMPILED_RESIZE_MIN_IMAGES
         self._pool = None
         if threads > 1 and device != "cpu":
             # A GPU actor decodes with threads (PIL releases the GIL) so the GPU is not starved.
@@ -154,7 +155,7 @@ class _ExtractActor:
 
         def decode(j: int) -> None:
             try:
-                st = _decode_one(paths[j], self.pre, images[j])
+                st = _decode_one(paths[j], self.pre, images[j], self.compiled_resize)
                 ok[j] = True
             except Exception as e:
                 errors[j] = _failure(paths[j], e)
@@ -448,12 +449,15 @@ def compute_features_ray(spec: BackboneSpec, paths: Sequence[str], store, *, add
         ctx.max_consecutive_actor_init_deaths = max(1, max_retries)
         if quiet:
             ray_data_log.setLevel(logging.ERROR)
+        # each actor loads numba for the compiled resize only if its share of images pays for it
+        compiled = len(todo) / n_actors >= COMPILED_RESIZE_MIN_IMAGES
         items = [{"index": k, "path": paths[i]} for k, i in enumerate(todo)]
         ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // batch_size)))
         ds = _map_batches(ds, _ExtractActor, max_retries, batch_size=batch_size, batch_format="numpy",
                           fn_constructor_kwargs=dict(spec=spec, expect=backbone.config.to_dict(), engine=engine,
                                                      device=dev, threads=max(1, int(cpus_per_actor)),
-                                                     crash_marker=os.environ.get(CRASH_ONCE_ENV) or None),
+                                                     crash_marker=os.environ.get(CRASH_ONCE_ENV) or None,
+                                                     compiled_resize=compiled),
                           compute=ray.data.ActorPoolStrategy(size=n_actors), num_cpus=cpus_per_actor,
                           num_gpus=gpus or None)
         done = np.zeros(len(todo), dtype=bool)

@@ -341,7 +341,7 @@ def _stat(path: str):
         return None
 
 
-#: Fewer images than this to decode in one call: Pillow resizes, unless numba is already loaded.
+#: Fewer images than this to decode in one process: Pillow resizes, unless numba is loaded already.
 #: Loading numba and its compiler costs about 1.2 s and 230 MB of resident memory (half of it
 #: shared library pages) once per process, measured on the 2-core machine; the compiled resize
 #: saves about 0.24 ms of a core per CIFAR-sized image (0.3-0.4 ms for a photo), so it pays
@@ -442,7 +442,8 @@ class BatchDataset:
         raw bytes.
     compiled_resize : bool
         Resize in compiled code (:func:`resize_crop_array`); default: when the batches hold at
-        least :data:`COMPILED_RESIZE_MIN_IMAGES` images.
+        least :data:`COMPILED_RESIZE_MIN_IMAGES` images (:func:`iter_batches` counts the share
+        of each decoding process).
     """
 
     def __init__(self, paths: Sequence[str], batches, pre: Preprocess, decode: str = "pil",
@@ -547,10 +548,11 @@ def iter_batches(paths: Sequence[str], pre: Preprocess, batch_size: int = 64, nu
         raise InputError(f"batch size must be at least 1, got {batch_size}")
     idx = np.arange(len(paths)) if indices is None else np.asarray(indices, dtype=np.int64)
     batches = [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
-    ds = BatchDataset(paths, batches, pre, decode)
     nw = default_num_workers() if num_workers is None else int(num_workers)
     if nw < 0:
         raise InputError(f"workers must be 0 or more, got {num_workers}")
+    # each decoding process loads numba for itself: its share of the images must pay for that
+    ds = BatchDataset(paths, batches, pre, decode, compiled_resize=len(idx) / max(1, nw) >= COMPILED_RESIZE_MIN_IMAGES)
     if nw == 0:
         yield from _threaded((ds[b] for b in range(len(ds))), prefetch)
         return
