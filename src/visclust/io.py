@@ -18,7 +18,6 @@ import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
