@@ -26,19 +26,16 @@ from . import _jit
 PRECISION_BITS = 32 - 8 - 2  # Pillow's: 8 bits of result, 2 of headroom for negative lobes
 
 
-def _bilinear(x: float) -> float:
-    x = -x if x < 0.0 else x
-    return 1.0 - x if x < 1.0 else 0.0
+def _bilinear(x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    return np.where(x < 1.0, 1.0 - x, 0.0)
 
 
-def _bicubic(x: float) -> float:
+def _bicubic(x: np.ndarray) -> np.ndarray:
     a = -0.5
-    x = -x if x < 0.0 else x
-    if x < 1.0:
-        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1
-    if x < 2.0:
-        return (((x - 5) * x + 8) * x - 4) * a
-    return 0.0
+    x = np.abs(x)  # each branch in the order of Pillow's C expression (no fused operations)
+    return np.where(x < 1.0, ((a + 2.0) * x - (a + 3.0)) * x * x + 1,
+                    np.where(x < 2.0, (((x - 5) * x + 8) * x - 4) * a, 0.0))
 
 
 def _sinc(x: float) -> float:
@@ -48,8 +45,11 @@ def _sinc(x: float) -> float:
     return math.sin(x) / x
 
 
-def _lanczos(x: float) -> float:
-    return _sinc(x) * _sinc(x / 3) if -3.0 <= x < 3.0 else 0.0
+def _lanczos(x: np.ndarray) -> np.ndarray:
+    # math.sin, the C library's, element by element: NumPy's vectorised sin may differ in the
+    # last bit, enough to move a weight's rounding
+    return np.array([_sinc(v) * _sinc(v / 3) if -3.0 <= v < 3.0 else 0.0 for v in x.ravel().tolist()],
+                    dtype=np.float64).reshape(x.shape)
 
 
 FILTERS = {"bilinear": (_bilinear, 1.0), "bicubic": (_bicubic, 2.0), "lanczos": (_lanczos, 3.0)}
@@ -57,7 +57,8 @@ FILTERS = {"bilinear": (_bilinear, 1.0), "bicubic": (_bicubic, 2.0), "lanczos": 
 
 @functools.lru_cache(maxsize=256)
 def coefficients(in_size: int, in0: float, in1: float, out_size: int, interpolation: str):
-    """Pillow's ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` for one axis.
+    """Pillow's ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` for one axis, vectorised
+    with the same double-precision operations in the same order.
 
     ``in0``, ``in1``: the box along this axis (Pillow passes them as C floats). Returns
     ``(bounds, kk)``: ``bounds[i] = (first source pixel, number of taps)`` (int64, (out, 2))
@@ -69,24 +70,19 @@ def coefficients(in_size: int, in0: float, in1: float, out_size: int, interpolat
     filterscale = max(scale, 1.0)
     support = support * filterscale
     ksize = int(math.ceil(support)) * 2 + 1
-    bounds = np.zeros((out_size, 2), np.int64)
-    kk = np.zeros((out_size, ksize), np.int32)
-    ss = 1.0 / filterscale
-    one = 1 << PRECISION_BITS
-    for xx in range(out_size):
-        center = float(in0) + (xx + 0.5) * scale
-        xmin = max(int(center - support + 0.5), 0)
-        xmax = min(int(center + support + 0.5), in_size) - xmin
-        w = [fn((x + xmin - center + 0.5) * ss) for x in range(xmax)]
-        ww = 0.0
-        for v in w:  # added in order, as C does (Python 3.12's sum() compensates rounding)
-            ww += v
-        if ww != 0.0:
-            w = [v / ww for v in w]
-        for x, v in enumerate(w):
-            kk[xx, x] = int(-0.5 + v * one) if v < 0 else int(0.5 + v * one)
-        bounds[xx] = xmin, max(xmax, 0)
-    return bounds, kk
+    center = float(in0) + (np.arange(out_size, dtype=np.float64) + 0.5) * scale
+    xmin = np.maximum((center - support + 0.5).astype(np.int64), 0)  # C's (int): toward zero
+    xmax = np.minimum((center + support + 0.5).astype(np.int64), in_size) - xmin
+    taps = np.arange(ksize)
+    used = taps[None, :] < xmax[:, None]
+    w = np.where(used, fn(((taps[None, :] + xmin[:, None]) - center[:, None] + 0.5) * (1.0 / filterscale)), 0.0)
+    ww = np.zeros(out_size)
+    for t in range(ksize):  # added in tap order, as C does (adding the unused zeros is exact)
+        ww += w[:, t]
+    w = np.where(ww[:, None] != 0.0, w / np.where(ww == 0.0, 1.0, ww)[:, None], w)
+    one = float(1 << PRECISION_BITS)
+    kk = np.where(w < 0, np.trunc(-0.5 + w * one), np.trunc(0.5 + w * one)).astype(np.int32)
+    return np.stack([xmin, np.maximum(xmax, 0)], axis=1), kk
 
 
 def _resample_8bpc(src, out, hidx, hk, yb, yk):  # pragma: no cover - compiled
