@@ -8,6 +8,8 @@ import numba
 import numpy as np
 from umap.distances import cosine
 
+from . import _jit
+
 
 def _pairwise_cosine(X):
     """``pairwise_distances(X, metric=umap.distances.cosine)`` as scikit-learn builds it for a
@@ -24,6 +26,6 @@ def _pairwise_cosine(X):
     return out
 
 
-#: Kept in numba's disk cache by :func:`visclust.reduce._cache_umap_jit`, as UMAP's own
-#: functions are (same switch, same tolerance of a damaged cache).
+#: Kept in numba's disk cache (:mod:`visclust._jit`), as UMAP's functions are.
 pairwise_cosine = numba.njit(_pairwise_cosine)
+_jit.cache_on_disk(pairwise_cosine)

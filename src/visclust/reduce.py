@@ -17,6 +17,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from . import _jit
 from .exceptions import InputError, MissingDependencyError
 
 _CHUNK = 65536
@@ -170,8 +171,8 @@ _JIT_CACHE_ENABLED = False
 
 
 def _cache_umap_jit() -> int:
-    """Let numba keep umap-learn's and pynndescent's compiled functions (and
-    :mod:`visclust._umap_knn`'s) on disk.
+    """Let numba keep umap-learn's and pynndescent's compiled functions on disk
+    (:mod:`visclust._jit`).
 
     umap-learn compiles most of its numba functions without ``cache=True``, so every new
     process (each ``visclust fit``, each UMAP child process) compiled them again: the first
@@ -191,11 +192,9 @@ def _cache_umap_jit() -> int:
     if _JIT_CACHE_ENABLED:
         return 0
     _JIT_CACHE_ENABLED = True
-    from . import _jit
-
     if not _jit.cache_enabled():
         return 0
-    prefixes = ("umap.", "pynndescent.", __name__.rsplit(".", 1)[0] + "._umap_knn")
+    prefixes = ("umap.", "pynndescent.")
     return sum(_jit.cache_on_disk(f) for name, module in list(sys.modules.items())
                if module is not None and name.startswith(prefixes) for f in list(vars(module).values()))
 
@@ -206,16 +205,12 @@ def umap_embedding(X: np.ndarray, n_components: int = 10, n_neighbors: int = 15,
     Below 4,096 rows the exact neighbours are computed here, in compiled code, and given to
     UMAP (the same neighbours and the same embedding as UMAP's own exact path, without its
     per-pair Python calls)."""
-    from . import _jit
-
     _jit.tolerate_cache_errors()  # before umap-learn loads its own cached functions
     try:
         import umap
     except ImportError as e:
         raise MissingDependencyError("UMAP needs umap-learn: pip install umap-learn") from e
     import warnings
-
-    from . import _umap_knn  # noqa: F401  (loaded before the cache is switched on for it)
 
     _cache_umap_jit()
     X = np.ascontiguousarray(X, np.float32)
