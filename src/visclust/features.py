@@ -344,7 +344,7 @@ def _stat(path: str):
 #: Fewer images than this to decode in one process: Pillow resizes, unless numba is loaded already.
 #: Loading numba and its compiler costs about 1.2 s and 230 MB of resident memory (half of it
 #: shared library pages) once per process, measured on the 2-core machine; the compiled resize
-#: saves about 0.24 ms of a core per CIFAR-sized image (0.3-0.4 ms for a photo), so it pays
+#: saves about 0.24 ms of a core per CIFAR-sized image (0.14-0.34 ms for a photo), so it pays
 #: from a few thousand images (docs/benchmarks.md, "the resize compiled outside the GIL").
 COMPILED_RESIZE_MIN_IMAGES = 4000
 
@@ -356,7 +356,8 @@ def resize_crop_array(a: np.ndarray, pre: Preprocess, out: np.ndarray, compiled:
     Where Pillow's result can be reproduced exactly (its separable filters, no integer
     reduction first: :func:`visclust._resample.same_as_pillow`), it is computed by
     :func:`visclust._resample.resize_box`, compiled and outside the GIL: CIFAR's 32 x 32 ->
-    224 in ~50 us against Pillow's ~290, a 500 x 375 photo in ~440 against ~780 us;
+    224 in ~50 us against Pillow's ~290, a 500 x 375 photo in ~440 against ~780 us (~580
+    against ~720 us when every photo has another size and its coefficients are computed anew);
     otherwise by Pillow. ``compiled=False``: Pillow, unless numba is loaded already (see
     :data:`COMPILED_RESIZE_MIN_IMAGES`).
     """
