@@ -5,6 +5,9 @@ compared, the one kept, and its ACC.
 
     VISCLUST_SHARED=../shared python benchmarks/image_views.py --seeds 3 [--datasets mnist cifar10 digits8 folder:PATH]
     python benchmarks/image_views.py --input-size backbone   # the choice before input_size existed
+    python benchmarks/image_views.py --augment 3             # the classifier also trained on 3 augmented copies
+
+With ``--augment N`` the table also gives the ACC of the clustering the classifier started from.
 
 ``digits8`` is scikit-learn's digits written as 8 x 8 PNG files; ``fashion-mnist`` (28 x 28 grey
 clothing) and ``emoji`` (64 x 64 RGBA, 9 Unicode categories) are collections the choices were
@@ -32,6 +35,7 @@ def main(argv=None) -> None:
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--input-size", default="auto", help="auto, backbone or a number (default %(default)s)")
     p.add_argument("--pixels", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--augment", type=int, default=0, help="ImageClusterer(augment=N) (default %(default)s)")
     p.add_argument("--cache", type=Path, default=Path("/tmp/visclust-bench"))
     args = p.parse_args(argv)
     from visclust.evaluate import external_scores
@@ -39,7 +43,7 @@ def main(argv=None) -> None:
 
     size = args.input_size if args.input_size in ("auto", "backbone") else int(args.input_size)
     print(f"<!-- python benchmarks/image_views.py --seeds {args.seeds} --first-seed {args.first_seed} --input-size "
-          f"{args.input_size} --pixels {args.pixels} --datasets {' '.join(args.datasets)}; "
+          f"{args.input_size} --pixels {args.pixels} --augment {args.augment} --datasets {' '.join(args.datasets)}; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} -->")
     print("| dataset | seed | stability of each view | kept | ACC kept | time (s) |")
     print("|---|---|---|---|---|---|")
@@ -54,12 +58,16 @@ def main(argv=None) -> None:
             m = ImageClusterer(backbone="torchvision/mobilenet_v2", weights=str(MOBILENET), n_clusters=k,
                                clusterer=FeatureClusterer(random_state=seed), store=str(args.cache / "store"),
                                progress=False, pixels={"auto": "auto", "on": True, "off": False}[args.pixels],
-                               input_size=size)
+                               input_size=size, augment=args.augment)
             t = time.perf_counter()
             m.fit([str(folder)])
             secs = time.perf_counter() - t
-            acc = external_scores(folder_labels(m.paths_), m.labels_)["acc"]
+            y = folder_labels(m.paths_)
+            acc = external_scores(y, m.labels_)["acc"]
             accs.append(acc)
+            if args.augment:  # what the copies changed: the clustering the classifier started from
+                start = external_scores(y, m.feature_clusterer_.cluster_labels_)["acc"]
+                print(f"| {name} | {seed} | clustering before the classifier | | {start:.3f} | |", flush=True)
             views = ", ".join(f"{k} {v:.3f}" for k, v in m.view_scores_.items()) or "-"
             kept = " + ".join(f"{c.name.split('/')[-1]}@{c.preprocess.input_size}px" for c in m.backbone_configs_)
             print(f"| {name} | {seed} | {views} | {kept} | {acc:.3f} | {secs:.0f} |", flush=True)

