@@ -136,6 +136,18 @@ def test_augment_must_be_a_whole_number(shape_images, bad):
         ImageClusterer(backbone="baseline/pixels", n_clusters=3, augment=bad, progress=False).fit([str(shape_images)])
 
 
+def test_augment_with_the_vote_is_refused_before_any_work(shape_images, monkeypatch):
+    import visclust.features
+
+    def no_extraction(*a, **k):
+        raise AssertionError("extracted before refusing")
+
+    monkeypatch.setattr(visclust.features, "extract_features", no_extraction)
+    with pytest.raises(InputError, match="classifier='knn'"):
+        ImageClusterer(backbone="baseline/pixels", n_clusters=3, augment=1, progress=False,
+                       clusterer=FeatureClusterer(classifier="knn")).fit([str(shape_images)])
+
+
 def test_image_clusterer_with_copies_through_the_real_cli(shape_images, cli, tmp_path):
     """The whole path: copies written, sent through the backbone, the SVM retrained; the
     model file predicts as usual and the temporary copies are gone."""
