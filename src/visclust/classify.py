@@ -438,19 +438,20 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
             x = torch.from_numpy(np.ascontiguousarray(X[s:s + step]))
             yield s, torch.addmm(b, x, W.T, out=buf[:len(x)])
 
-    def _mean_decision_blocks(self, X, views=()):
+    def _mean_decision_blocks(self, X, views=None):
         """:meth:`_decision_blocks` of ``X``, each block averaged with the same rows of ``views``."""
         if not views:
             yield from self._decision_blocks(X)
             return
         from .cluster import block_rows
 
+        X, views = np.asarray(X, np.float32), [np.asarray(v, np.float32) for v in views]
         step = block_rows(len(self.classes_))
         for s in range(0, len(X), step):
             d = sum(next(self._decision_blocks(a[s:s + step]))[1].clone() for a in [X, *views])
             yield s, d.div_(1 + len(views))
 
-    def _best_and_margin(self, X, views=()) -> tuple[np.ndarray, np.ndarray]:
+    def _best_and_margin(self, X, views=None) -> tuple[np.ndarray, np.ndarray]:
         """Per row: index into ``classes_`` of the largest decision value (the first on a tie;
         averaged over ``views`` too when given), and how far it is above the second largest."""
         import torch
@@ -478,7 +479,7 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
 
         check_is_fitted(self, "coef_")
         out = np.empty((len(X), len(self.classes_)), np.float64)
-        for s, d in self._mean_decision_blocks(np.asarray(X, np.float32), [np.asarray(v, np.float32) for v in views or []]):
+        for s, d in self._mean_decision_blocks(X, views):
             p = torch.from_numpy(out[s:s + len(d)]).copy_(d).mul_(self.temperature_)
             p.sub_(p.max(1, keepdim=True).values).exp_()
             p.div_(p.sum(1, keepdim=True))
@@ -491,7 +492,7 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
 
         check_is_fitted(self, "coef_")
         best, conf = np.empty(len(X), np.int64), np.empty(len(X), np.float64)
-        for s, d in self._mean_decision_blocks(np.asarray(X, np.float32), [np.asarray(v, np.float32) for v in views or []]):
+        for s, d in self._mean_decision_blocks(X, views):
             z = d.double().mul_(self.temperature_)
             top, arg = z.max(1, keepdim=True)
             best[s:s + len(d)] = arg[:, 0].numpy()
