@@ -55,21 +55,15 @@ def augmented_folder(folder: Path, cache: Path, view: int) -> Path:
     return out
 
 
-def most_confident(score: np.ndarray, labels: np.ndarray, fraction: float) -> np.ndarray:
-    keep = []
-    for c in np.unique(labels):
-        m = np.flatnonzero(labels == c)
-        keep.append(m[np.argsort(-score[m])[:max(5, int(np.ceil(fraction * len(m))))]])
-    return np.sort(np.concatenate(keep))
-
-
 def self_train(F, views, start, score, fraction, rounds):
     """ACC-free self-training; returns the labels after each round."""
     from sklearn.linear_model import LogisticRegression
 
+    from visclust.classify import confident_members
+
     labels, out = start.copy(), []
     for _ in range(rounds):
-        idx = most_confident(score, labels, fraction)
+        idx = confident_members(score, labels, fraction)
         clf = LogisticRegression(C=1.0, max_iter=300).fit(np.vstack([F[idx]] + [v[idx] for v in views]),
                                                            np.concatenate([labels[idx]] * (1 + len(views))))
         P = sum(clf.predict_proba(v) for v in [F] + views) / (1 + len(views))

@@ -170,3 +170,23 @@ def test_image_clusterer_with_copies_through_the_real_cli(shape_images, cli, tmp
     bad = cli("fit", str(shape_images), "--backbone", "baseline/pixels", "--clusters", "3", "--augment", "-2",
               "-o", str(tmp_path / "x.vcm"))
     assert bad.returncode == 2 and "augment" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_copy_that_cannot_be_made_takes_its_originals_features(shape_images, monkeypatch):
+    import visclust.augment
+    from visclust.backbones import create_backbone
+    from visclust.io import collect_inputs
+
+    paths = collect_inputs([str(shape_images)])[:4]
+    real = visclust.augment.write_copies
+
+    def lose_the_second(paths, directory, view, **kw):
+        out = real(paths, directory, view, **kw)
+        return [None if i == 1 else q for i, q in enumerate(out)]
+
+    monkeypatch.setattr(visclust.augment, "write_copies", lose_the_second)
+    originals = np.arange(4 * 3072, dtype=np.float32).reshape(4, 3072)
+    m = ImageClusterer(backbone="baseline/pixels", n_clusters=2, progress=False, num_workers=0)
+    (feats,) = m._copies_features([create_backbone("baseline/pixels")], paths, originals, 1)
+    assert np.array_equal(feats[1], originals[1])
+    assert not np.array_equal(feats[0], originals[0]) and np.isfinite(feats).all()

@@ -591,10 +591,10 @@ class ImageClusterer(BaseEstimator):
                                  device=self.device, progress=self.progress, engine=self.engine, store=self.store)
                 for bb in backbones]
 
-    def _copies_features(self, backbones, paths: list, n_copies: int) -> list:
+    def _copies_features(self, backbones, paths: list, originals: np.ndarray, n_copies: int) -> list:
         """Features of ``n_copies`` augmented copies of every image in ``paths``, one array per
         copy in the order of ``paths`` (:mod:`visclust.augment`). A copy that cannot be made
-        or read gets its original's features, so no row is lost."""
+        or read gets its original's row of ``originals``, so no row is lost."""
         import tempfile
 
         from .augment import write_copies
@@ -602,7 +602,6 @@ class ImageClusterer(BaseEstimator):
 
         seed = int(getattr(self.clusterer, "random_state", 0) or 0)
         short = max(bb.preprocess.resize_size or bb.preprocess.input_size for bb in backbones)
-        originals = None
         out = []
         with tempfile.TemporaryDirectory(prefix="visclust-copies-") as tmp:
             for view in range(n_copies):
@@ -613,13 +612,10 @@ class ImageClusterer(BaseEstimator):
                          for bb in backbones]
                 res = parts[0] if len(parts) == 1 else concat_features(parts)
                 row = {p: i for i, p in enumerate(res.paths)}
-                got = [row.get(c) if c is not None else None for c in copies]
-                if any(g is None for g in got) and originals is None:
-                    parts0 = self._extract_each(backbones, paths)
-                    originals = (parts0[0] if len(parts0) == 1 else concat_features(parts0)).features
-                feats = np.empty((len(paths), res.features.shape[1]), np.float32)
-                for i, g in enumerate(got):
-                    feats[i] = res.features[g] if g is not None else originals[i]
+                feats = np.array(originals, np.float32)
+                for i, c in enumerate(copies):
+                    if c in row:
+                        feats[i] = res.features[row[c]]
                 out.append(feats)
                 for c in made:
                     os.unlink(c)
@@ -706,7 +702,7 @@ class ImageClusterer(BaseEstimator):
         if not fitted:
             fc.fit(res.features)
         if augment:
-            fc.refit_classifier(res.features, self._copies_features(bbs, list(res.paths), augment))
+            fc.refit_classifier(res.features, self._copies_features(bbs, list(res.paths), res.features, augment))
         self.feature_clusterer_ = fc
         self.view_ = base if self.view_scores_ else None
         self._backbones = bbs  # the ones the chosen features came from: predict computes these
