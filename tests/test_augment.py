@@ -190,3 +190,17 @@ def test_a_copy_that_cannot_be_made_takes_its_originals_features(shape_images, m
     (feats,) = m._copies_features([create_backbone("baseline/pixels")], paths, originals, 1)
     assert np.array_equal(feats[1], originals[1])
     assert not np.array_equal(feats[0], originals[0]) and np.isfinite(feats).all()
+
+
+def test_with_progress_on_each_bar_says_which_copy_it_is(shape_images, capsys):
+    """The copies' bars are labelled, so a user does not see a second, unexplained extraction."""
+    from visclust.backbones import create_backbone
+    from visclust.io import collect_inputs
+
+    paths = collect_inputs([str(shape_images)])[:3]
+    m = ImageClusterer(backbone="baseline/pixels", n_clusters=2, progress=True, num_workers=0)
+    m._copies_features([create_backbone("baseline/pixels")], paths, np.zeros((3, 3072), np.float32), 2)
+    err = capsys.readouterr().err
+    for view in (1, 2):
+        assert f"augmented copy {view}/2: writing" in err
+        assert f"augmented copy {view}/2: baseline/pixels" in err

@@ -72,28 +72,42 @@ def augment_image(img, rng: np.random.Generator):
 
 
 def write_copies(paths: Sequence[str], directory: str | os.PathLike, view: int, seed: int = 0,
-                 short_side: int | None = None) -> list[str | None]:
+                 short_side: int | None = None, progress: bool | None = None,
+                 desc: str | None = None) -> list[str | None]:
     """Write one augmented copy of each image in ``paths`` under ``directory`` (as
     ``<view>/<index>.png``) and return their paths in the same order; ``None`` where the
     image cannot be read any more. Images whose shorter side exceeds ``short_side`` are
-    reduced to it first (the backbone reduces them anyway; the copies stay small)."""
-    from .exceptions import VisclustError
-    from .io import load_image
+    reduced to it first (the backbone reduces them anyway; the copies stay small).
+    ``progress`` shows a bar labelled ``desc`` (default: only on a terminal)."""
+    from .features import _progress_bar
 
     out_dir = os.path.join(os.fspath(directory), str(int(view)))
     os.makedirs(out_dir, exist_ok=True)
     written: list[str | None] = []
-    for i, p in enumerate(paths):
-        rng = np.random.default_rng([int(seed), int(view), i])
-        try:
-            img = load_image(p)
-        except (OSError, VisclustError):
-            written.append(None)
-            continue
-        if short_side and min(img.size) > short_side:
-            f = short_side / min(img.size)
-            img = img.resize((max(1, round(img.size[0] * f)), max(1, round(img.size[1] * f))), resample=3, reducing_gap=2.0)
-        q = os.path.join(out_dir, f"{i}.png")
-        augment_image(img, rng).save(q)
-        written.append(q)
+    bar = _progress_bar(len(paths), progress, desc)
+    try:
+        for i, p in enumerate(paths):
+            written.append(_write_copy(p, os.path.join(out_dir, f"{i}.png"),
+                                       np.random.default_rng([int(seed), int(view), i]), short_side))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
     return written
+
+
+def _write_copy(path: str, out: str, rng: np.random.Generator, short_side: int | None) -> str | None:
+    """Write one augmented copy of ``path`` to ``out``; None when it cannot be read."""
+    from .exceptions import VisclustError
+    from .io import load_image
+
+    try:
+        img = load_image(path)
+    except (OSError, VisclustError):
+        return None
+    if short_side and min(img.size) > short_side:
+        f = short_side / min(img.size)
+        img = img.resize((max(1, round(img.size[0] * f)), max(1, round(img.size[1] * f))), resample=3, reducing_gap=2.0)
+    augment_image(img, rng).save(out)
+    return out

@@ -911,7 +911,7 @@ def _run(backbone: Backbone, paths, indices, engine, batch_size, num_workers, de
 def extract_features(backbone: Backbone, paths: Sequence[str], *, batch_size: int = 64,
                      num_workers: int | None = None, device: str | None = None,
                      progress: bool | None = None, engine="auto", store=None, dtype: str = "float32",
-                     decode: str = "auto") -> FeatureResult:
+                     decode: str = "auto", desc: str | None = None) -> FeatureResult:
     """Compute the backbone's features for every readable image in ``paths``.
 
     Parameters
@@ -938,6 +938,8 @@ def extract_features(backbone: Backbone, paths: Sequence[str], *, batch_size: in
         where it has one (``pip install 'nvidia-nvimgcodec-cu13[nvjpeg]'``), nvJPEG on the
         CUDA cores otherwise (same pixels as ``'torch'``; slower end to end on an H200:
         docs/benchmarks.md); ``'auto'`` is ``'torch'`` on CUDA, ``'pil'`` elsewhere.
+    desc : str, optional
+        What the progress bar says it is computing (e.g. ``'augmented copy 1/3'``).
 
     Returns
     -------
@@ -948,7 +950,7 @@ def extract_features(backbone: Backbone, paths: Sequence[str], *, batch_size: in
     if store is not None:
         st = open_store(store, backbone, _decoder_for(decode, engine, device))
         stats = compute_features(backbone, paths, st, batch_size=batch_size, num_workers=num_workers, device=device,
-                                 progress=progress, engine=engine, dtype=dtype, decode=decode)
+                                 progress=progress, engine=engine, dtype=dtype, decode=decode, desc=desc)
         X, found, _ = st.read(paths)
         return FeatureResult(X, [paths[i] for i in found], stats.skipped)
     eng = _make_engine(backbone, engine, device)
@@ -962,7 +964,7 @@ def extract_features(backbone: Backbone, paths: Sequence[str], *, batch_size: in
             ok[idx] = True
         skipped.extend((paths[i], msg) for i, msg in failed)
 
-    bar = _progress_bar(len(paths), progress)
+    bar = _progress_bar(len(paths), progress, desc)
     try:
         _run(backbone, paths, None, eng, batch_size, num_workers, decode, bar, on_batch)
     finally:
@@ -977,7 +979,7 @@ def extract_features(backbone: Backbone, paths: Sequence[str], *, batch_size: in
 def compute_features(backbone: Backbone, paths: Sequence[str], store, *, batch_size: int = 64,
                      num_workers: int | None = None, device: str | None = None, progress: bool | None = None,
                      engine="auto", dtype: str = "float32", decode: str = "auto", shard_rows: int = 4096,
-                     flush_seconds: float = 30.0, compile: bool = False) -> ExtractStats:
+                     flush_seconds: float = 30.0, compile: bool = False, desc: str | None = None) -> ExtractStats:
     """Compute into ``store`` the features of the ``paths`` it has no current row for.
 
     Nothing is kept in memory beyond a few batches and one shard; a crash or ``kill -9``
@@ -1004,7 +1006,7 @@ def compute_features(backbone: Backbone, paths: Sequence[str], store, *, batch_s
     if todo and eng is None:
         eng = _make_engine(backbone, engine, device, compile)
     skipped: list[tuple[str, str]] = []
-    bar = _progress_bar(len(todo), progress) if todo else None
+    bar = _progress_bar(len(todo), progress, desc) if todo else None
     try:
         with store.writer(dtype=dtype, shard_rows=shard_rows, flush_seconds=flush_seconds) as w:
             def on_batch(idx, stats, Y, failed):
@@ -1051,7 +1053,7 @@ def _make_engine(backbone, engine, device, compile: bool = False):
     return engine
 
 
-def _progress_bar(total: int, progress: bool | None):
+def _progress_bar(total: int, progress: bool | None, desc: str | None = None):
     if progress is None:
         progress = sys.stderr.isatty()
     if not progress:
@@ -1062,5 +1064,5 @@ def _progress_bar(total: int, progress: bool | None):
         sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
     except (OSError, ValueError, AttributeError):
         sized = False
-    return tqdm(total=total, unit="img", dynamic_ncols=sized, ncols=None if sized else 100,
+    return tqdm(total=total, unit="img", desc=desc, dynamic_ncols=sized, ncols=None if sized else 100,
                 nrows=None if sized else 24, file=sys.stderr, smoothing=0.1)

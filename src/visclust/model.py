@@ -605,10 +605,13 @@ class ImageClusterer(BaseEstimator):
         out = []
         with tempfile.TemporaryDirectory(prefix="visclust-copies-") as tmp:
             for view in range(n_copies):
-                copies = write_copies(paths, tmp, view, seed=seed, short_side=2 * short)
+                what = f"augmented copy {view + 1}/{n_copies}"
+                copies = write_copies(paths, tmp, view, seed=seed, short_side=2 * short, progress=self.progress,
+                                      desc=f"{what}: writing")
                 made = [c for c in copies if c is not None]
                 parts = [extract_features(bb, made, batch_size=self.batch_size, num_workers=self.num_workers,
-                                          device=self.device, progress=self.progress, engine=self.engine)
+                                          device=self.device, progress=self.progress, engine=self.engine,
+                                          desc=f"{what}: {bb.name}")
                          for bb in backbones]
                 res = parts[0] if len(parts) == 1 else concat_features(parts)
                 row = {p: i for i, p in enumerate(res.paths)}
