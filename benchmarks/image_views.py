@@ -6,6 +6,7 @@ compared, the one kept, and its ACC.
     VISCLUST_SHARED=../shared python benchmarks/image_views.py --seeds 3 [--datasets mnist cifar10 digits8 folder:PATH]
     python benchmarks/image_views.py --input-size backbone   # the choice before input_size existed
     python benchmarks/image_views.py --augment 3             # the classifier also trained on 3 augmented copies
+    python benchmarks/image_views.py --augment 3 --classifier svm   # ... the linear SVM instead of the network
 
 With ``--augment N`` the table also gives the ACC of the clustering the classifier started from.
 
@@ -36,6 +37,8 @@ def main(argv=None) -> None:
     p.add_argument("--input-size", default="auto", help="auto, backbone or a number (default %(default)s)")
     p.add_argument("--pixels", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--augment", type=int, default=0, help="ImageClusterer(augment=N) (default %(default)s)")
+    p.add_argument("--classifier", choices=("auto", "svm", "knn", "mlp"), default="auto",
+                   help="FeatureClusterer(classifier=...) (default %(default)s)")
     p.add_argument("--cache", type=Path, default=Path("/tmp/visclust-bench"))
     args = p.parse_args(argv)
     from visclust.evaluate import external_scores
@@ -43,7 +46,7 @@ def main(argv=None) -> None:
 
     size = args.input_size if args.input_size in ("auto", "backbone") else int(args.input_size)
     print(f"<!-- python benchmarks/image_views.py --seeds {args.seeds} --first-seed {args.first_seed} --input-size "
-          f"{args.input_size} --pixels {args.pixels} --augment {args.augment} --datasets {' '.join(args.datasets)}; "
+          f"{args.input_size} --pixels {args.pixels} --augment {args.augment} --classifier {args.classifier} --datasets {' '.join(args.datasets)}; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} -->")
     print("| dataset | seed | stability of each view | kept | ACC kept | time (s) |")
     print("|---|---|---|---|---|---|")
@@ -56,7 +59,7 @@ def main(argv=None) -> None:
         accs = []
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             m = ImageClusterer(backbone="torchvision/mobilenet_v2", weights=str(MOBILENET), n_clusters=k,
-                               clusterer=FeatureClusterer(random_state=seed), store=str(args.cache / "store"),
+                               clusterer=FeatureClusterer(random_state=seed, classifier=args.classifier), store=str(args.cache / "store"),
                                progress=False, pixels={"auto": "auto", "on": True, "off": False}[args.pixels],
                                input_size=size, augment=args.augment)
             t = time.perf_counter()

@@ -212,3 +212,25 @@ def test_a_neighbour_vote_model_round_trips_and_a_bad_reference_is_refused(tmp_p
     (tmp_path / "bad.vcm").write_bytes(rewrite(manifest, arrays))
     with pytest.raises(ModelFileError, match="disagree"):
         load_model(tmp_path / "bad.vcm")
+
+
+def test_a_network_model_round_trips_and_a_bad_hidden_layer_is_refused(tmp_path):
+    from sklearn.datasets import make_blobs
+
+    X, _ = make_blobs(300, centers=3, n_features=6, random_state=0)
+    X = X.astype(np.float32)
+    fc = FeatureClusterer(n_clusters=3, method="kmeans", space="pca", n_init=2).fit(X)
+    rng = np.random.default_rng(0)
+    fc.refit_classifier(X, [X + rng.normal(0, 0.2, X.shape).astype(np.float32)])
+    assert fc.classifier_.kind_ == "mlp"
+    fc.save(tmp_path / "m.vcm")
+    loaded = load_model(tmp_path / "m.vcm")
+    assert loaded.classifier_.kind_ == "mlp"
+    np.testing.assert_array_equal(loaded.predict(X), fc.predict(X))
+    np.testing.assert_allclose(loaded.predict_proba(X), fc.predict_proba(X), rtol=1e-6)
+    manifest, arrays = split((tmp_path / "m.vcm").read_bytes())
+    arrays["classifier.hidden_intercept"] = arrays["classifier.hidden_intercept"][:-1]
+    manifest["arrays"]["classifier.hidden_intercept"]["shape"] = [len(arrays["classifier.hidden_intercept"])]
+    (tmp_path / "bad.vcm").write_bytes(rewrite(manifest, arrays))
+    with pytest.raises(ModelFileError, match="disagree"):
+        load_model(tmp_path / "bad.vcm")

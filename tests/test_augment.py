@@ -110,7 +110,54 @@ def test_views_must_have_the_shape_of_x():
         PseudoLabelClassifier(kind="svm").fit(X, start, views=[views[0][:50]])
 
 
-def test_refit_classifier_keeps_the_clustering_and_uses_the_svm():
+def test_the_network_with_copies_corrects_what_the_nuisance_misled():
+    """kind='auto' with copies trains the network, on every member and its copies."""
+    X, t, start, views = _nuisance_problem()
+    before = hungarian_accuracy(t, start)
+    net = PseudoLabelClassifier().fit(X, start, views=views)
+    assert net.kind_ == "mlp" and net.copies_kept_ > 0.8  # the redrawn nuisance stays within the data's range
+    assert hungarian_accuracy(t, net.classes_[net.predict_with_confidence(X)[0]]) > before + 0.08
+    alone = PseudoLabelClassifier(kind="mlp").fit(X, start)  # without copies it learns the nuisance too
+    assert hungarian_accuracy(t, alone.classes_[alone.predict_with_confidence(X)[0]]) < before + 0.03
+
+
+def test_the_network_follows_clusters_a_linear_rule_cannot():
+    """Two rings: the SVM cannot reproduce them, the network does (UMAP's clusters are often
+    of this kind in the PCA space the classifier works in)."""
+    from sklearn.datasets import make_circles
+
+    X, y = make_circles(600, factor=0.4, noise=0.03, random_state=0)
+    X = X.astype(np.float32)
+    net = PseudoLabelClassifier(kind="mlp").fit(X, y)
+    svm = PseudoLabelClassifier(kind="svm").fit(X, y)
+    assert hungarian_accuracy(y, net.predict(X)) > 0.97
+    assert hungarian_accuracy(y, svm.predict(X)) < 0.8
+    p = net.predict_proba(X)
+    assert np.allclose(p.sum(1), 1) and net.agreement_["mlp"] > 0.95 and net.temperature_ > 0
+
+
+def test_copies_unlike_any_image_of_the_collection_are_left_out():
+    from visclust.classify import plausible_copies
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(0, 1, (400, 5)).astype(np.float32)
+    near = X + rng.normal(0, 0.05, X.shape).astype(np.float32)
+    far = near.copy()
+    far[::2] += 8.0  # every other copy lands where no image of the collection is
+    keep_near, keep_far = plausible_copies(X, [near, far])
+    assert keep_near.mean() > 0.85
+    assert not keep_far[::2].any() and keep_far[1::2].mean() > 0.85
+    # a sample of the originals as the reference gives the same answer
+    sampled = plausible_copies(X, [far], max_reference=200)[0]
+    assert not sampled[::2].any() and sampled[1::2].mean() > 0.8
+    # the network trains on the kept copies only, and its rows average over those only
+    start = (X[:, 0] > 0).astype(np.int64)
+    net = PseudoLabelClassifier(kind="mlp").fit(X, start, views=[far])
+    assert abs(net.copies_kept_ - keep_far.mean()) < 1e-9
+    assert np.array_equal(net.copies_keep_[0], keep_far)
+
+
+def test_refit_classifier_keeps_the_clustering_and_uses_the_network_or_the_svm():
     from sklearn.datasets import make_blobs
 
     X, y = make_blobs(300, centers=3, n_features=8, random_state=0)
@@ -121,9 +168,11 @@ def test_refit_classifier_keeps_the_clustering_and_uses_the_svm():
     views = [X + rng.normal(0, 0.3, X.shape).astype(np.float32) for _ in range(2)]
     fc.refit_classifier(X, views)
     assert np.array_equal(fc.cluster_labels_, clusters)
-    assert fc.classifier_.kind_ == "svm"
+    assert fc.classifier_.kind_ == "mlp"
     assert hungarian_accuracy(y, fc.labels_) == 1.0 and len(fc.confidence_) == len(X)
     assert np.array_equal(fc.predict(X), fc.labels_)
+    fc.set_params(classifier="svm").refit_classifier(X, views)
+    assert fc.classifier_.kind_ == "svm" and hungarian_accuracy(y, fc.labels_) == 1.0
     with pytest.raises(InputError, match="rows of the last fit"):
         fc.refit_classifier(X[:10], [v[:10] for v in views])
     with pytest.raises(InputError, match="classifier='knn'"):

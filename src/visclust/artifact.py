@@ -347,7 +347,12 @@ def load_model(path: str | os.PathLike, weights: str | list | None = None):
 def _check_consistent(fc, path: str) -> None:
     r, c = fc.reducer_, fc.classifier_
     d, k = r.components_.shape[1], r.components_.shape[0]
-    if (r.mean_.shape != (d,) or r.scale_.shape != (k,) or c.coef_.shape[1] != k or c.intercept_.shape != (c.coef_.shape[0],)
+    inner = k  # what the output layer reads: the reduced features, or the network's hidden units
+    if c.kind_ == "mlp":
+        inner = c.coef_.shape[1]
+        if c.hidden_coef_.shape != (inner, k) or c.hidden_intercept_.shape != (inner,):
+            raise ModelFileError(f"{path}: the model's arrays disagree with each other (edited file?)")
+    if (r.mean_.shape != (d,) or r.scale_.shape != (k,) or c.coef_.shape[1] != inner or c.intercept_.shape != (c.coef_.shape[0],)
             or c.classes_.shape != (c.coef_.shape[0],) or fc.n_features_in_ != d
             or fc.cluster_centers_.shape != (fc.n_clusters_, k)
             or c.reference_.ndim != 2 or c.reference_.shape[1] != k or c.reference_labels_.shape != (len(c.reference_),)

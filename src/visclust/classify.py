@@ -201,6 +201,55 @@ def centroid_margin(X: np.ndarray, labels: np.ndarray, centers: np.ndarray) -> n
     return out.numpy()
 
 
+#: The network that learns from augmented copies: one hidden layer of this many ReLU units,
+#: trained this many epochs with Adam (learning rate 1e-3, weight decay 1e-4, batches of 256).
+MLP_HIDDEN, MLP_EPOCHS = 512, 30
+#: A copy trains the network only if it looks like an image of the collection: its distance
+#: to its ``PLAUSIBLE_NEIGHBOURS``-th nearest original (its own original left out) is at most
+#: the ``PLAUSIBLE_QUANTILE`` quantile of the same distance among the originals.
+PLAUSIBLE_NEIGHBOURS, PLAUSIBLE_QUANTILE = 10, 0.9
+
+
+def plausible_copies(X: np.ndarray, views, max_reference: int = 20000, random_state=0) -> list[np.ndarray]:
+    """For each array of ``views`` (features of one augmented copy of every row of ``X``), a
+    boolean mask of the copies that look like the collection (label-free).
+
+    A crop of a photo is still a photo of the collection; a mirrored or cropped digit, or a
+    part of a centred garment, is unlike any image in it, and a classifier taught that it
+    belongs with its original learns an invariance the collection does not have. Distances
+    are measured to a random reference sample of at most ``max_reference`` originals."""
+    import torch
+
+    from .cluster import block_rows
+
+    X = np.asarray(X, np.float32)
+    k = PLAUSIBLE_NEIGHBOURS
+    ref = np.arange(len(X))
+    if len(ref) > max_reference:
+        ref = np.sort(np.random.default_rng(random_state).choice(len(X), int(max_reference), replace=False))
+    if len(ref) <= k + 1:
+        return [np.ones(len(X), bool) for _ in views]
+    pos = np.full(len(X), -1, np.int64)
+    pos[ref] = np.arange(len(ref))
+    R = torch.from_numpy(np.ascontiguousarray(X[ref]))
+    r_sq = (R * R).sum(1)
+
+    def kth(A):  # distance to the k-th nearest reference row other than the row's own original
+        out = np.empty(len(A), np.float32)
+        step = block_rows(len(ref))
+        for s in range(0, len(A), step):
+            a = torch.from_numpy(np.ascontiguousarray(A[s:s + step], np.float32))
+            d = torch.addmm(r_sq, a, R.T, alpha=-2).add_((a * a).sum(1, keepdim=True)).clamp_min_(0)
+            own = torch.from_numpy(pos[s:s + len(a)])
+            mine = own >= 0
+            d[torch.arange(len(a))[mine], own[mine]] = float("inf")
+            out[s:s + len(a)] = torch.kthvalue(d, k, dim=1).values.sqrt_().numpy()
+        return out
+
+    limit = np.quantile(kth(X), PLAUSIBLE_QUANTILE)
+    return [kth(v) <= limit for v in views]
+
+
 class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
     """Linear SVM on cluster pseudo-labels, with self-training and calibrated confidences.
 
@@ -213,8 +262,10 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         predictions.
     C : float, default 1.0
         SVM regularisation.
-    kind : {'auto', 'svm', 'knn'}, default 'auto'
-        ``'svm'``: the linear SVM. ``'knn'``: a vote of the ``n_neighbors`` nearest rows of
+    kind : {'auto', 'svm', 'knn', 'mlp'}, default 'auto'
+        ``'svm'``: the linear SVM. ``'mlp'``: a small network (one hidden layer) trained on
+        every member, meant for augmented copies (``views`` in :meth:`fit`): with copies,
+        ``'auto'`` is ``'mlp'``. ``'knn'``: a vote of the ``n_neighbors`` nearest rows of
         a reference sample (at most ``max_reference`` rows, drawn evenly from each cluster)
         of the training rows with their cluster labels. ``'auto'``: both are scored on
         held-out rows (3 folds; one held-out third once it has ``HOLDOUT_ROWS`` rows) by how often they give back the cluster they are trained to
@@ -233,8 +284,11 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         Decision values are multiplied by this before the softmax; fitted by minimising the
         log-loss of out-of-fold predictions against the cluster labels.
     classes_ : ndarray (n_classes,)
-    kind_ : {'svm', 'knn'}
+    kind_ : {'svm', 'knn', 'mlp'}
         The rule that assigns rows.
+    hidden_coef_, hidden_intercept_ : ndarray
+        The network's hidden layer (``'mlp'`` only; ``coef_`` and ``intercept_`` are then its
+        output layer).
     agreement_ : dict {str: float}
         Out-of-fold agreement of each rule tried with the cluster labels.
     reference_, reference_labels_ : ndarray
@@ -258,15 +312,17 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         ``sample_score`` ranks members within a cluster (higher = more typical); by default
         the margin between the nearest other cluster mean and the own cluster mean.
         ``views`` (optional): arrays shaped like ``X``, the features of augmented copies of
-        its rows. The SVM then trains on each confident member's copies too, with the
-        member's label, and self-training relabels a row by its decision values averaged
-        over the row and its copies (:mod:`visclust.augment`). New rows are still assigned
-        from their own features only, and the temperature is fitted for that.
+        its rows (:mod:`visclust.augment`). With ``kind='auto'`` or ``'mlp'`` the network
+        trains on every member and its copies that look like the collection
+        (:func:`plausible_copies`), with the member's label; with ``kind='svm'`` the SVM trains
+        on each confident member's copies, all of them. Self-training relabels a row by its
+        decision values averaged over the row and its (kept) copies. New rows are still
+        assigned from their own features only, and the temperature is fitted for that.
         """
         if not 0 < self.confident_fraction <= 1:
             raise InputError(f"confident_fraction must be in (0, 1], got {self.confident_fraction}")
-        if self.kind not in ("auto", "svm", "knn"):
-            raise InputError(f"unknown classifier kind {self.kind!r}; choose auto, svm or knn")
+        if self.kind not in ("auto", "svm", "knn", "mlp"):
+            raise InputError(f"unknown classifier kind {self.kind!r}; choose auto, svm, knn or mlp")
         if int(self.n_neighbors) < 1 or int(self.max_reference) < 1:
             raise InputError("n_neighbors and max_reference must be positive integers")
         self.kind_, self.agreement_ = "svm", {}
@@ -277,6 +333,9 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         views = [np.asarray(v, np.float32) for v in (views or [])]
         if any(v.shape != X.shape for v in views):
             raise InputError(f"every view must have the shape of X {X.shape}, got {[v.shape for v in views]}")
+        if views and self.kind == "knn":
+            raise InputError("augmented copies train the SVM or the network, and kind='knn' asks for the vote; "
+                             "use kind='auto', 'mlp' or 'svm' with them")
         self.classes_ = np.unique(y[y >= 0])
         self.n_features_in_ = X.shape[1]
         k = len(self.classes_)
@@ -293,6 +352,12 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
             yi = np.full(len(y), -1, np.int64)
             yi[y >= 0] = np.searchsorted(self.classes_, y[y >= 0])
             sample_score = centroid_margin(X, yi, cluster_means(X, yi, k))
+        if self.kind == "mlp" or (self.kind == "auto" and views):
+            self.kind_ = "mlp"
+            keep = plausible_copies(X, views, self.max_reference, self.random_state) if views else []
+            self._self_train_mlp(X, y, views, keep)
+            self.temperature_ = self._fit_mlp_temperature(X, views, keep)
+            return self
         if self.kind != "knn":
             self._self_train(X, y, np.asarray(sample_score), views=views)
             self.temperature_ = self._fit_temperature(X, y, np.asarray(sample_score), views)
@@ -355,6 +420,75 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
             best, margin = self._best_and_margin(X, views)
             labels = self.classes_[best]
             train = confident_members(margin, labels, self.confident_fraction)
+
+    def _self_train_mlp(self, X, y, views, keep):
+        """The network on every member and its kept copies, then ``self_training`` rounds of
+        relabelling every row (mean over the row and its kept copies) and training again."""
+        labels = np.asarray(y)
+        self.copies_keep_ = keep  # which copies trained the network (the fit's rows only; not saved)
+        self.copies_kept_ = float(np.mean([m.mean() for m in keep])) if keep else 0.0
+        kept = [np.where(m[:, None], v, X) for v, m in zip(views, keep)]  # a dropped copy counts as its original
+        for round_ in range(self.self_training + 1):
+            ok = labels >= 0
+            rows = np.concatenate([X[ok]] + [v[ok & m] for v, m in zip(views, keep)])
+            target = np.concatenate([labels[ok]] + [labels[ok & m] for m in keep])
+            self._fit_mlp(rows, np.searchsorted(self.classes_, target), seed=round_)
+            best, _ = self._best_and_margin(X, kept)
+            labels = self.classes_[best]
+        self.train_labels_ = labels  # what the fit's rows were last relabelled to (with their copies)
+
+    def _fit_mlp(self, X, yi, seed: int = 0):
+        """Train the one-hidden-layer network on rows ``X`` with class indices ``yi``."""
+        import torch
+
+        gen = torch.Generator().manual_seed(int(self.random_state or 0) * 1000 + int(seed))
+        d, k = X.shape[1], len(self.classes_)
+        W1 = torch.empty(MLP_HIDDEN, d)
+        W2 = torch.empty(k, MLP_HIDDEN)
+        for W in (W1, W2):  # PyTorch's default initialisation for a linear layer, from our generator
+            bound = 1 / math.sqrt(W.shape[1])
+            W.uniform_(-bound, bound, generator=gen)
+        b1 = torch.empty(MLP_HIDDEN).uniform_(-1 / math.sqrt(d), 1 / math.sqrt(d), generator=gen)
+        b2 = torch.empty(k).uniform_(-1 / math.sqrt(MLP_HIDDEN), 1 / math.sqrt(MLP_HIDDEN), generator=gen)
+        params = [p.requires_grad_() for p in (W1, b1, W2, b2)]
+        opt = torch.optim.Adam(params, lr=1e-3, weight_decay=1e-4)
+        Xt, Yt = torch.from_numpy(np.ascontiguousarray(X, np.float32)), torch.from_numpy(np.asarray(yi, np.int64))
+        for _ in range(MLP_EPOCHS):
+            order = torch.randperm(len(Xt), generator=gen)
+            for s in range(0, len(Xt), 256):
+                b = order[s:s + 256]
+                logits = torch.relu(Xt[b] @ W1.T + b1) @ W2.T + b2
+                loss = torch.nn.functional.cross_entropy(logits, Yt[b])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        self.hidden_coef_, self.hidden_intercept_ = W1.detach().numpy().copy(), b1.detach().numpy().copy()
+        self.coef_, self.intercept_ = W2.detach().numpy().copy(), b2.detach().numpy().copy()
+
+    def _fit_mlp_temperature(self, X, views, keep) -> float:
+        """Temperature from out-of-fold decision values against the final labels: a network
+        trained as the last round was (every row with its label and its kept copies) on two
+        thirds of the rows predicts the held-out third from the rows' own features."""
+        labels = self.train_labels_
+        if len(X) < 30:
+            return 1.0
+        final = tuple(a.copy() for a in (self.hidden_coef_, self.hidden_intercept_, self.coef_, self.intercept_))
+        fold, held_out = holdout_folds(len(X), self.random_state)
+        scored = np.flatnonzero(np.isin(fold, held_out))
+        dec = np.empty((len(scored), len(self.classes_)), np.float32)
+        for f in held_out:
+            tr = fold != f
+            rows = np.concatenate([X[tr]] + [v[tr & m] for v, m in zip(views, keep)])
+            target = np.concatenate([labels[tr]] + [labels[tr & m] for m in keep])
+            self._fit_mlp(rows, np.searchsorted(self.classes_, target), seed=100 + f)
+            held = np.flatnonzero(~tr)
+            pos = np.searchsorted(scored, held)
+            for s, d in self._decision_blocks(X[held]):
+                dec[pos[s:s + len(d)]] = d.numpy()
+        self.hidden_coef_, self.hidden_intercept_, self.coef_, self.intercept_ = final
+        truth = np.searchsorted(self.classes_, labels[scored])
+        self.agreement_["mlp"] = float(np.mean(dec.argmax(1) == truth))
+        return fit_temperature(dec, truth)
 
     def _fit_svm(self, X, y, warm: bool = False):
         present = list(np.unique(y))
@@ -434,8 +568,14 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         W = torch.from_numpy(np.ascontiguousarray(self.coef_, np.float32))
         b = torch.from_numpy(np.ascontiguousarray(self.intercept_, np.float32))
         buf = torch.empty((min(step, len(X)), k))
+        hidden = None
+        if getattr(self, "kind_", "svm") == "mlp":
+            hidden = (torch.from_numpy(np.ascontiguousarray(self.hidden_coef_, np.float32)),
+                      torch.from_numpy(np.ascontiguousarray(self.hidden_intercept_, np.float32)))
         for s in range(0, len(X), step):
             x = torch.from_numpy(np.ascontiguousarray(X[s:s + step]))
+            if hidden is not None:
+                x = torch.addmm(hidden[1], x, hidden[0].T).relu_()
             yield s, torch.addmm(b, x, W.T, out=buf[:len(x)])
 
     def _mean_decision_blocks(self, X, views=None):
@@ -512,6 +652,9 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         if getattr(self, "kind_", "svm") == "knn":
             arrays.update(reference=self.reference_.astype(np.float32),
                           reference_labels=self.reference_labels_.astype(np.int64))
+        elif getattr(self, "kind_", "svm") == "mlp":
+            arrays.update(hidden_coef=self.hidden_coef_.astype(np.float32),
+                          hidden_intercept=self.hidden_intercept_.astype(np.float32))
         return arrays
 
     @classmethod
@@ -523,7 +666,14 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         c.temperature_ = float(arrays["temperature"][0])
         c.n_features_in_ = c.coef_.shape[1]
         c.agreement_ = {}
-        if "reference" in arrays:
+        if "hidden_coef" in arrays:
+            c.kind_ = "mlp"
+            c.hidden_coef_ = arrays["hidden_coef"].astype(np.float32)
+            c.hidden_intercept_ = arrays["hidden_intercept"].astype(np.float32)
+            c.n_features_in_ = c.hidden_coef_.shape[1]
+            c.reference_ = np.zeros((0, c.n_features_in_), np.float32)
+            c.reference_labels_ = np.zeros(0, np.int64)
+        elif "reference" in arrays:
             c.kind_ = "knn"
             c.reference_ = arrays["reference"].astype(np.float32)
             c.reference_labels_ = arrays["reference_labels"].astype(np.int64)

@@ -102,10 +102,12 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         Share of each cluster used to train the classifier.
     self_training : int, default 2
         Self-training rounds of the classifier.
-    classifier : {'auto', 'svm', 'knn'}, default 'auto'
+    classifier : {'auto', 'svm', 'knn', 'mlp'}, default 'auto'
         What assigns rows to clusters (training rows and new images): the linear SVM, a vote
-        of the nearest training rows, or (``'auto'``) whichever reproduces the clustering
-        better on held-out rows; see :class:`~visclust.classify.PseudoLabelClassifier`.
+        of the nearest training rows, a small network, or (``'auto'``) whichever of the SVM
+        and the vote reproduces the clustering better on held-out rows, and the network when
+        augmented copies are given (:meth:`refit_classifier`); see
+        :class:`~visclust.classify.PseudoLabelClassifier`.
     reject_threshold : float, default 0.0
         Rows whose confidence is below this get cluster -1 ("fits no cluster").
     k_range : tuple of int, default (2, 30)
@@ -293,10 +295,12 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         return self._fit_classifier(Z)
 
     def _fit_classifier(self, Z, views=()):
-        kind = "svm" if views else self.classifier  # the vote has no use for the copies
-        self.classifier_ = PseudoLabelClassifier(self.confident_fraction, self.self_training, kind=kind,
+        self.classifier_ = PseudoLabelClassifier(self.confident_fraction, self.self_training, kind=self.classifier,
                                                  random_state=self.random_state)
         self.classifier_.fit(Z, self.cluster_labels_, self._train_score, views=list(views))
+        keep = getattr(self.classifier_, "copies_keep_", None)
+        if views and keep is not None:  # the network averages over the copies it kept only
+            views = [np.where(m[:, None], v, Z) for v, m in zip(views, keep)]
         self.labels_, self.confidence_ = self._assign(Z, views)
         self.n_clusters_ = len(self.classifier_.classes_)
         self.cluster_centers_ = cluster_means(Z, self.labels_, self.n_clusters_)
@@ -307,18 +311,21 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
 
         ``X`` holds the rows the last :meth:`fit` saw, ``views`` a list of arrays shaped like
         it: the features of one augmented copy of every row each (:mod:`visclust.augment`;
-        ``ImageClusterer(augment=N)`` makes them). The clustering stays; the SVM learns from
-        each confident member's copies too, and ``labels_`` / ``confidence_`` average every
-        row's probabilities over the row and its copies. The SVM assigns from then on, even
-        where ``classifier='auto'`` chose the vote (the vote cannot learn from the copies; it
-        reproduces the clustering, while the SVM trained with copies corrects some of it);
-        ``classifier='knn'`` is refused. :meth:`predict` on new rows uses their own features
-        only. Returns ``self``.
+        ``ImageClusterer(augment=N)`` makes them). The clustering stays. With
+        ``classifier='auto'`` (or ``'mlp'``) a small network learns from every row and its
+        copies that still look like the collection (label-free:
+        :func:`visclust.classify.plausible_copies`); it can follow clusters a linear rule
+        cannot, and the copies teach it what differences do not matter. With
+        ``classifier='svm'`` the linear SVM learns from each confident member and all its
+        copies (more gain on photos, large losses elsewhere: docs/benchmarks.md).
+        ``labels_`` / ``confidence_`` average every row's decision values over the row and
+        its (kept) copies; ``classifier='knn'`` is refused (a vote cannot learn from copies).
+        :meth:`predict` on new rows uses their own features only. Returns ``self``.
         """
         _check_fitted(self, "classifier_")
         if self.classifier == "knn":
-            raise InputError("augmented copies train the SVM, and classifier='knn' asks for the vote; "
-                             "use classifier='auto' or 'svm' with them")
+            raise InputError("augmented copies train the network or the SVM, and classifier='knn' asks for the "
+                             "vote; use classifier='auto', 'mlp' or 'svm' with them")
         X = _as_features(X)
         score = getattr(self, "_train_score", None)
         if score is None or len(score) != len(X):
@@ -651,8 +658,8 @@ class ImageClusterer(BaseEstimator):
         if isinstance(augment, bool) or not isinstance(augment, (int, np.integer)) or augment < 0:
             raise InputError(f"augment must be a whole number of copies >= 0, got {augment!r}")
         if augment and fc.classifier == "knn":  # refused before any work, not after the clustering
-            raise InputError("augmented copies train the SVM, and classifier='knn' asks for the vote; "
-                             "use classifier='auto' or 'svm' with augment")
+            raise InputError("augmented copies train the network or the SVM, and classifier='knn' asks for the "
+                             "vote; use classifier='auto', 'mlp' or 'svm' with augment")
         if self.pixels not in ("auto", True, False):
             raise InputError(f"pixels must be 'auto', True or False, got {self.pixels!r}")
         # the backbones the parameters name: not those an earlier fit chose (it may have added pixels)
