@@ -496,7 +496,7 @@ class ImageClusterer(BaseEstimator):
         on all copies with ``classifier='svm'``); the training images' ``labels_`` average
         over each image and its kept copies. Each copy costs one more extraction of the
         collection (written to a temporary directory, never stored). With 3 copies: CIFAR-10
-        test 0.516 -> 0.531 ACC, within 0.005 on MNIST, emoji and Fashion-MNIST; with the SVM
+        test 0.517 -> 0.535 ACC (3 seeds), within 0.005 on MNIST, emoji and Fashion-MNIST; with the SVM
         CIFAR-10 0.544 but ACC falls elsewhere (docs/benchmarks.md). 0: off.
 
     Attributes
