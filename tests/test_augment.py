@@ -136,6 +136,19 @@ def test_the_network_follows_clusters_a_linear_rule_cannot():
     assert np.allclose(p.sum(1), 1) and net.agreement_["mlp"] > 0.95 and net.temperature_ > 0
 
 
+def test_the_network_trains_fewer_epochs_on_large_inputs(monkeypatch):
+    """Its training time stops growing with the rows: at most MLP_MAX_STEPS batches, one epoch at least."""
+    import visclust.classify as classify
+
+    X, t, start, _ = _nuisance_problem(600)  # 3 batches of 256 per epoch
+    assert PseudoLabelClassifier(kind="mlp", self_training=0).fit(X, start).n_iter_ == classify.MLP_EPOCHS
+    monkeypatch.setattr(classify, "MLP_MAX_STEPS", 10)
+    net = PseudoLabelClassifier(kind="mlp", self_training=0).fit(X, start)
+    assert net.n_iter_ == 3 and hungarian_accuracy(start, net.predict(X)) > 0.6  # trained, if briefly
+    monkeypatch.setattr(classify, "MLP_MAX_STEPS", 1)
+    assert PseudoLabelClassifier(kind="mlp", self_training=0).fit(X, start).n_iter_ == 1
+
+
 def test_copies_unlike_any_image_of_the_collection_are_left_out():
     from visclust.classify import plausible_copies
 

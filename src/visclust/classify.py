@@ -202,8 +202,10 @@ def centroid_margin(X: np.ndarray, labels: np.ndarray, centers: np.ndarray) -> n
 
 
 #: The network that learns from augmented copies: one hidden layer of this many ReLU units,
-#: trained this many epochs with Adam (learning rate 1e-3, weight decay 1e-4, batches of 256).
-MLP_HIDDEN, MLP_EPOCHS = 512, 30
+#: trained this many epochs with Adam (learning rate 1e-3, weight decay 1e-4, batches of 256),
+#: fewer when that would take more than ``MLP_MAX_STEPS`` batches (large collections: the
+#: training time stops growing with the number of rows; at least one epoch).
+MLP_HIDDEN, MLP_EPOCHS, MLP_MAX_STEPS = 512, 30, 20000
 #: A copy trains the network only if it looks like an image of the collection: its distance
 #: to its ``PLAUSIBLE_NEIGHBOURS``-th nearest original (its own original left out) is at most
 #: the ``PLAUSIBLE_QUANTILE`` quantile of the same distance among the originals.
@@ -289,6 +291,8 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
     hidden_coef_, hidden_intercept_ : ndarray
         The network's hidden layer (``'mlp'`` only; ``coef_`` and ``intercept_`` are then its
         output layer).
+    n_iter_ : int
+        Epochs the final network was trained for (``'mlp'`` only).
     agreement_ : dict {str: float}
         Out-of-fold agreement of each rule tried with the cluster labels.
     reference_, reference_labels_ : ndarray
@@ -453,7 +457,8 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         params = [p.requires_grad_() for p in (W1, b1, W2, b2)]
         opt = torch.optim.Adam(params, lr=1e-3, weight_decay=1e-4)
         Xt, Yt = torch.from_numpy(np.ascontiguousarray(X, np.float32)), torch.from_numpy(np.asarray(yi, np.int64))
-        for _ in range(MLP_EPOCHS):
+        self.n_iter_ = max(1, min(MLP_EPOCHS, MLP_MAX_STEPS // max(1, math.ceil(len(Xt) / 256))))  # epochs
+        for _ in range(self.n_iter_):
             order = torch.randperm(len(Xt), generator=gen)
             for s in range(0, len(Xt), 256):
                 b = order[s:s + 256]
@@ -473,6 +478,7 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         if len(X) < 30:
             return 1.0
         final = tuple(a.copy() for a in (self.hidden_coef_, self.hidden_intercept_, self.coef_, self.intercept_))
+        epochs = self.n_iter_
         fold, held_out = holdout_folds(len(X), self.random_state)
         scored = np.flatnonzero(np.isin(fold, held_out))
         dec = np.empty((len(scored), len(self.classes_)), np.float32)
@@ -486,6 +492,7 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
             for s, d in self._decision_blocks(X[held]):
                 dec[pos[s:s + len(d)]] = d.numpy()
         self.hidden_coef_, self.hidden_intercept_, self.coef_, self.intercept_ = final
+        self.n_iter_ = epochs
         truth = np.searchsorted(self.classes_, labels[scored])
         self.agreement_["mlp"] = float(np.mean(dec.argmax(1) == truth))
         return fit_temperature(dec, truth)
