@@ -221,6 +221,7 @@ def test_image_clusterer_with_copies_through_the_real_cli(shape_images, cli, tmp
     r = cli("fit", str(shape_images), "--backbone", "baseline/pixels", "--clusters", "3", "--augment", "2",
             "--method", "kmeans", "--space", "pca", "-o", str(model), "--assignments", str(tmp_path / "a.csv"))
     assert r.returncode == 0, r.stderr
+    assert "classifier: network (" in r.stderr and "of the augmented copies kept" in r.stderr
     assert set(glob.glob(f"{tempfile.gettempdir()}/visclust-copies-*")) == before
     from visclust.io import labels_from_folders, read_assignments
 
@@ -266,3 +267,20 @@ def test_with_progress_on_each_bar_says_which_copy_it_is(shape_images, capsys):
     for view in (1, 2):
         assert f"augmented copy {view}/2: writing" in err
         assert f"augmented copy {view}/2: baseline/pixels" in err
+
+
+def test_the_fit_summary_says_what_assigns_the_images():
+    from sklearn.datasets import make_circles
+
+    from visclust.cli._common import describe_classifier
+
+    X, y = make_circles(600, factor=0.4, noise=0.03, random_state=0)
+    X = X.astype(np.float32)
+    svm = describe_classifier(PseudoLabelClassifier(kind="svm").fit(X, y))
+    assert svm.startswith("classifier: linear SVM (held-out agreement with the clustering SVM 0.")
+    auto = PseudoLabelClassifier().fit(X, y)  # rings: the vote reproduces them, the SVM cannot
+    line = describe_classifier(auto)
+    assert auto.kind_ == "knn"
+    assert line.startswith("classifier: vote of the nearest training images (held-out agreement with the clustering vote ")
+    assert ", SVM 0." in line
+    assert describe_classifier(None) is None
