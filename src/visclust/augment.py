@@ -10,8 +10,8 @@ unlike any image of the collection, and :func:`visclust.classify.plausible_copie
 out; the classifier is then a small network that can follow clusters a linear rule cannot
 (:class:`visclust.classify.PseudoLabelClassifier`, ``kind='mlp'``). Measured with 3 copies
 (docs/benchmarks.md, "Copies that look like the collection"): CIFAR-10 test 0.517 -> 0.535
-ACC, within 0.005 of the clustering on emoji, Fashion-MNIST and MNIST. Each copy costs one more extraction of the
-collection, so it is an option, off by default.
+ACC, within 0.005 of the clustering on emoji, Fashion-MNIST and MNIST. Each copy costs one
+more extraction of the collection, so it is an option, off by default.
 
 The copies are written as PNG files into a temporary directory and sent through the same
 backbones as the originals, so every extraction engine works unchanged; they are never

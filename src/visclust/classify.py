@@ -350,18 +350,18 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
             if k == 0:
                 self.classes_ = np.array([0])
             return self
+        if self.kind == "mlp" or (self.kind == "auto" and views):  # every member trains it: no ranking needed
+            self.kind_ = "mlp"
+            keep = plausible_copies(X, views, self.max_reference, self.random_state) if views else []
+            self._self_train_mlp(X, y, views, keep)
+            self.temperature_ = self._fit_mlp_temperature(X, views, keep)
+            return self
         if sample_score is None:
             from .cluster import cluster_means
 
             yi = np.full(len(y), -1, np.int64)
             yi[y >= 0] = np.searchsorted(self.classes_, y[y >= 0])
             sample_score = centroid_margin(X, yi, cluster_means(X, yi, k))
-        if self.kind == "mlp" or (self.kind == "auto" and views):
-            self.kind_ = "mlp"
-            keep = plausible_copies(X, views, self.max_reference, self.random_state) if views else []
-            self._self_train_mlp(X, y, views, keep)
-            self.temperature_ = self._fit_mlp_temperature(X, views, keep)
-            return self
         if self.kind != "knn":
             self._self_train(X, y, np.asarray(sample_score), views=views)
             self.temperature_ = self._fit_temperature(X, y, np.asarray(sample_score), views)
@@ -635,8 +635,6 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
     def predict_with_confidence(self, X, views=None) -> tuple[np.ndarray, np.ndarray]:
         """Index into ``classes_`` of each row's most probable class (the first on a tie) and
         its probability: ``predict_proba(X, views).argmax(1)`` and ``.max(1)``, without the matrix."""
-        import torch
-
         check_is_fitted(self, "coef_")
         best, conf = np.empty(len(X), np.int64), np.empty(len(X), np.float64)
         for s, d in self._mean_decision_blocks(X, views):

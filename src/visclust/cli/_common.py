@@ -128,8 +128,8 @@ def describe_choice(kind: str, chosen: str, scores: dict) -> str:
 
 
 def describe_classifier(clf) -> str | None:
-    """One line on what assigns the images: ``classifier: network (85% of the augmented
-    copies kept; held-out agreement with the clustering 0.869)``."""
+    """One line on what assigns the images, e.g. ``classifier: network (85% of the augmented
+    copies kept; held-out agreement with the clustering network 0.869)``."""
     names = {"svm": "linear SVM", "knn": "vote of the nearest training images", "mlp": "network"}
     kind = getattr(clf, "kind_", None)
     if kind not in names:
