@@ -230,6 +230,16 @@ def test_image_clusterer_with_copies_through_the_real_cli(shape_images, cli, tmp
     assert hungarian_accuracy(labels_from_folders(a.paths), a.clusters) >= 0.9
     r = cli("predict", str(model), str(shape_images), "--output", str(tmp_path / "p.csv"))
     assert r.returncode == 0, r.stderr
+    from visclust.artifact import load_model
+    from visclust.classify import describe_classifier
+
+    clf = load_model(model).feature_clusterer_.classifier_  # the fit's record comes back from the file
+    line = describe_classifier(clf)
+    assert clf.copies_kept_ is not None and "of the augmented copies kept; held-out agreement with the clustering network" in line
+    r = cli("report", str(model), "--assignments", str(tmp_path / "a.csv"), "--output", str(tmp_path / "r.html"),
+            "--workers", "0", "--map", "pca")
+    assert r.returncode == 0, r.stderr
+    assert line.split(": ", 1)[1] in (tmp_path / "r.html").read_text(encoding="utf-8")
     bad = cli("fit", str(shape_images), "--backbone", "baseline/pixels", "--clusters", "3", "--augment", "-2",
               "-o", str(tmp_path / "x.vcm"))
     assert bad.returncode == 2 and "augment" in bad.stderr and "Traceback" not in bad.stderr
@@ -272,7 +282,7 @@ def test_with_progress_on_each_bar_says_which_copy_it_is(shape_images, capsys):
 def test_the_fit_summary_says_what_assigns_the_images():
     from sklearn.datasets import make_circles
 
-    from visclust.cli._common import describe_classifier
+    from visclust.classify import describe_classifier
 
     X, y = make_circles(600, factor=0.4, noise=0.03, random_state=0)
     X = X.astype(np.float32)
@@ -284,3 +294,5 @@ def test_the_fit_summary_says_what_assigns_the_images():
     assert line.startswith("classifier: vote of the nearest training images (held-out agreement with the clustering vote ")
     assert ", SVM 0." in line
     assert describe_classifier(None) is None
+    assert auto.copies_kept_ is None and PseudoLabelClassifier(kind="mlp").fit(X, y).copies_kept_ is None  # no copies
+    assert "copies" not in describe_classifier(PseudoLabelClassifier(kind="mlp").fit(X, y))

@@ -88,6 +88,8 @@ def _collect(model) -> tuple[dict, dict[str, np.ndarray]]:
             "n_clusters": int(fc.n_clusters_),
             "reducer": fc.reducer_.get_params(),
             "classifier": fc.classifier_.get_params(),
+            "classifier_fit": {"agreement": dict(getattr(fc.classifier_, "agreement_", {}) or {}),
+                               "copies_kept": getattr(fc.classifier_, "copies_kept_", None)},
             "k_scores": {str(k): v for k, v in fc.k_scores_.items()},
             "pipeline": getattr(fc, "pipeline_", None),
             "pipeline_scores": getattr(fc, "pipeline_scores_", {}),
@@ -301,6 +303,12 @@ def load_model(path: str | os.PathLike, weights: str | list | None = None):
         fc.reducer_ = Reducer.from_arrays(fcm["reducer"], {k[8:]: v for k, v in arrays.items() if k.startswith("reducer.")})
         fc.classifier_ = PseudoLabelClassifier.from_arrays(
             fcm["classifier"], {k[11:]: v for k, v in arrays.items() if k.startswith("classifier.")})
+        record = fcm.get("classifier_fit")  # absent in files written before 2026-12-05 (night)
+        if isinstance(record, dict):  # a record for people (fit's line, report), not used to predict
+            agree = record.get("agreement")
+            fc.classifier_.agreement_ = {str(k): float(v) for k, v in agree.items()} if isinstance(agree, dict) else {}
+            kept = record.get("copies_kept")
+            fc.classifier_.copies_kept_ = float(kept) if isinstance(kept, (int, float)) else None
         fc.cluster_centers_ = arrays["cluster_centers"]
         fc.n_clusters_ = int(fcm["n_clusters"])
         fc.n_features_in_ = int(fcm["n_features_in"])

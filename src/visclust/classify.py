@@ -252,6 +252,29 @@ def plausible_copies(X: np.ndarray, views, max_reference: int = 20000, random_st
     return [kth(v) <= limit for v in views]
 
 
+#: What each rule is called where people read it (the ``classifier:`` line, the report).
+RULE_NAMES = {"svm": "linear SVM", "knn": "vote of the nearest training images", "mlp": "network"}
+_SHORT_NAMES = {"svm": "SVM", "knn": "vote", "mlp": "network"}
+
+
+def describe_classifier(clf) -> str | None:
+    """One line on what assigns the images, e.g. ``classifier: network (85% of the augmented
+    copies kept; held-out agreement with the clustering network 0.869)``; None when ``clf``
+    is not a fitted :class:`PseudoLabelClassifier`."""
+    kind = getattr(clf, "kind_", None)
+    if kind not in RULE_NAMES:
+        return None
+    parts = []
+    kept = getattr(clf, "copies_kept_", None)
+    if kind == "mlp" and kept is not None:
+        parts.append(f"{kept:.0%} of the augmented copies kept")
+    agree = getattr(clf, "agreement_", None) or {}
+    if agree:
+        parts.append("held-out agreement with the clustering "
+                     + ", ".join(f"{_SHORT_NAMES.get(k, k)} {v:.3f}" for k, v in sorted(agree.items(), key=lambda t: -t[1])))
+    return f"classifier: {RULE_NAMES[kind]}" + (f" ({'; '.join(parts)})" if parts else "")
+
+
 class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
     """Linear SVM on cluster pseudo-labels, with self-training and calibrated confidences.
 
@@ -295,6 +318,9 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         Epochs the final network was trained for (``'mlp'`` only).
     agreement_ : dict {str: float}
         Out-of-fold agreement of each rule tried with the cluster labels.
+    copies_kept_ : float or None
+        Share of the augmented copies that trained the network (``'mlp'`` with ``views``
+        only; None otherwise). Saved in the model file with ``agreement_``.
     reference_, reference_labels_ : ndarray
         The vote's reference rows and their class indices (empty for the SVM).
     """
@@ -329,7 +355,7 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
             raise InputError(f"unknown classifier kind {self.kind!r}; choose auto, svm, knn or mlp")
         if int(self.n_neighbors) < 1 or int(self.max_reference) < 1:
             raise InputError("n_neighbors and max_reference must be positive integers")
-        self.kind_, self.agreement_ = "svm", {}
+        self.kind_, self.agreement_, self.copies_kept_ = "svm", {}, None
         self.reference_ = np.zeros((0, np.shape(X)[1]), np.float32)
         self.reference_labels_ = np.zeros(0, np.int64)
         X = np.asarray(X, np.float32)
@@ -430,7 +456,7 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         relabelling every row (mean over the row and its kept copies) and training again."""
         labels = np.asarray(y)
         self.copies_keep_ = keep  # which copies trained the network (the fit's rows only; not saved)
-        self.copies_kept_ = float(np.mean([m.mean() for m in keep])) if keep else 0.0
+        self.copies_kept_ = float(np.mean([m.mean() for m in keep])) if keep else None
         kept = [np.where(m[:, None], v, X) for v, m in zip(views, keep)]  # a dropped copy counts as its original
         for round_ in range(self.self_training + 1):
             ok = labels >= 0
@@ -670,7 +696,7 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         c.classes_ = arrays["classes"].astype(np.int64)
         c.temperature_ = float(arrays["temperature"][0])
         c.n_features_in_ = c.coef_.shape[1]
-        c.agreement_ = {}
+        c.agreement_, c.copies_kept_ = {}, None  # the fit's record, restored by the model file's reader
         if "hidden_coef" in arrays:
             c.kind_ = "mlp"
             c.hidden_coef_ = arrays["hidden_coef"].astype(np.float32)

@@ -127,27 +127,10 @@ def describe_choice(kind: str, chosen: str, scores: dict) -> str:
     return f"{kind}: chose {chosen} (stability {float(scores[chosen]):.3f}{rest})"
 
 
-def describe_classifier(clf) -> str | None:
-    """One line on what assigns the images, e.g. ``classifier: network (85% of the augmented
-    copies kept; held-out agreement with the clustering network 0.869)``."""
-    names = {"svm": "linear SVM", "knn": "vote of the nearest training images", "mlp": "network"}
-    kind = getattr(clf, "kind_", None)
-    if kind not in names:
-        return None
-    parts = []
-    if kind == "mlp" and getattr(clf, "copies_keep_", None):
-        parts.append(f"{clf.copies_kept_:.0%} of the augmented copies kept")
-    agree = getattr(clf, "agreement_", None) or {}
-    if agree:
-        short = {"svm": "SVM", "knn": "vote", "mlp": "network"}
-        parts.append("held-out agreement with the clustering "
-                     + ", ".join(f"{short.get(k, k)} {v:.3f}" for k, v in sorted(agree.items(), key=lambda t: -t[1])))
-    return f"classifier: {names[kind]}" + (f" ({'; '.join(parts)})" if parts else "")
-
-
 def describe_choices(model) -> list[str]:
     """What a fitted ImageClusterer chose without labels, one line each: the view (input
     size, pixels), the pipeline, the number of clusters, what assigns the images."""
+    from ..classify import describe_classifier
     from ..select import describe_k_choice
 
     lines = []

@@ -454,6 +454,7 @@ def report_model(model, assignments: Assignments, output: str | os.PathLike, *, 
     ReportStats
         ``seconds['features']`` is the time spent extracting features.
     """
+    from ..classify import describe_classifier
     from ..io import resolve_labels
     from ..model import _check_fitted
 
@@ -488,6 +489,9 @@ def report_model(model, assignments: Assignments, output: str | os.PathLike, *, 
         from ..select import other_levels
         nxt = other_levels(fc.k_scores_)
         info["clusters"] = f"{fc.n_clusters_} (--clusters auto" + (f"; next best {', '.join(map(str, nxt))})" if nxt else ")")
+    rule = describe_classifier(getattr(fc, "classifier_", None))
+    if rule:
+        info["classifier"] = rule.split(": ", 1)[1]
     info.update(model_info or {})
     skipped = list(assignments.skipped) + [s for s in res.skipped if s not in assignments.skipped]
     stats = write_report(output, kept, Z, centers=getattr(fc, "cluster_centers_", None), labels=y,
