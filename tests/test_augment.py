@@ -3,10 +3,14 @@ them, and the option through ``FeatureClusterer``, ``ImageClusterer`` and the CL
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 
+import visclust.augment
 from visclust.augment import _crop_box, augment_image, write_copies
 from visclust.classify import PseudoLabelClassifier
 from visclust.evaluate import hungarian_accuracy
@@ -55,6 +59,29 @@ def test_copies_are_written_in_order_unreadable_ones_are_none_and_large_ones_red
     assert out[1] is None
     assert [Image.open(q).size for q in (out[0], out[2])] == [(32, 32), (150, 100)]
     assert all(str(tmp_path / "copies" / "2") in q for q in (out[0], out[2]))
+
+
+def test_copies_written_by_worker_processes_or_in_parts_are_the_same_files(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    paths = []
+    for i in range(visclust.augment.PARALLEL_MIN_IMAGES + 3):  # enough to start the workers
+        p = src / f"{i}.png"
+        _photo(12 + i % 5, 10 + i % 7, i).save(p)
+        paths.append(str(p))
+    paths[7] = str(src / "gone.png")
+    one = write_copies(paths, tmp_path / "one", view=1, seed=3, workers=0)
+    two = write_copies(paths, tmp_path / "two", view=1, seed=3, workers=2)
+    k = 100
+    parts = (write_copies(paths[:k], tmp_path / "parts", view=1, seed=3, workers=0)
+             + write_copies(paths[k:], tmp_path / "parts", view=1, seed=3, workers=2, start=k))
+    assert one[7] is None and two[7] is None and parts[7] is None
+    for a, b, c in zip(one, two, parts):
+        if a is not None:
+            assert Path(a).name == Path(b).name == Path(c).name
+            assert Path(a).read_bytes() == Path(b).read_bytes() == Path(c).read_bytes()
+    with pytest.raises(InputError, match="workers"):
+        write_copies(paths[:1], tmp_path / "x", view=0, workers=-1)
 
 
 def _nuisance_problem(n=600, seed=0):
@@ -263,6 +290,33 @@ def test_a_copy_that_cannot_be_made_takes_its_originals_features(shape_images, m
     (feats,) = m._copies_features([create_backbone("baseline/pixels")], paths, originals, 1)
     assert np.array_equal(feats[1], originals[1])
     assert not np.array_equal(feats[0], originals[0]) and np.isfinite(feats).all()
+
+
+def test_copies_are_made_in_parts_with_the_same_features(shape_images, monkeypatch):
+    """In parts, the temporary folder holds one part's copies at a time, and the features are
+    those of the whole collection made at once."""
+    import visclust.augment
+    import visclust.model
+    from visclust.backbones import create_backbone
+    from visclust.io import collect_inputs
+
+    paths = collect_inputs([str(shape_images)])[:7]
+    bbs = [create_backbone("baseline/pixels")]
+    originals = np.zeros((7, 3072), np.float32)
+    m = ImageClusterer(backbone="baseline/pixels", n_clusters=2, progress=False, num_workers=0)
+    whole = m._copies_features(bbs, paths, originals, 2)
+    real, seen = visclust.augment.write_copies, []
+
+    def count_then_write(paths, directory, view, **kw):
+        seen.append(sum(len(files) for _, _, files in os.walk(directory)))  # copies still on disk
+        return real(paths, directory, view, **kw)
+
+    monkeypatch.setattr(visclust.augment, "write_copies", count_then_write)
+    monkeypatch.setattr(visclust.model, "COPY_CHUNK_IMAGES", 3)
+    parts = m._copies_features(bbs, paths, originals, 2)
+    assert seen == [0] * 6  # 2 copies x 3 parts (3 + 3 + 1 images), each part deleted before the next
+    assert all(np.array_equal(a, b) for a, b in zip(whole, parts))
+    assert not np.array_equal(whole[0], whole[1])
 
 
 def test_with_progress_on_each_bar_says_which_copy_it_is(shape_images, capsys):

@@ -35,6 +35,11 @@ UMAP_MIN_SAMPLES = 300
 #: took 336 s of a 712 s default fit, K-means 5-10 s and Ward 17-26 s (docs/quality.md). A
 #: user's ``method='gmm'`` or ``candidates`` list is never changed.
 GMM_MAX_CELLS = 20_000_000
+#: ``augment``: the copies of this many images are written, extracted and deleted before the
+#: next ones, so the temporary folder never holds more. Copies are PNGs of at most twice the
+#: backbone's resize size: median 289 KB, largest 852 KB for the shared 512 px photos (about
+#: 3 GB for 10,000), 2 KB for CIFAR-10's 32 x 32 images (``benchmarks/copies.py``).
+COPY_CHUNK_IMAGES = 10_000
 
 
 def _index_of(runs, labels) -> int:
@@ -602,7 +607,8 @@ class ImageClusterer(BaseEstimator):
     def _copies_features(self, backbones, paths: list, originals: np.ndarray, n_copies: int) -> list:
         """Features of ``n_copies`` augmented copies of every image in ``paths``, one array per
         copy in the order of ``paths`` (:mod:`visclust.augment`). A copy that cannot be made
-        or read gets its original's row of ``originals``, so no row is lost."""
+        or read gets its original's row of ``originals``, so no row is lost. Copies are
+        written, extracted and deleted ``COPY_CHUNK_IMAGES`` images at a time."""
         import tempfile
 
         from .augment import write_copies
@@ -611,25 +617,28 @@ class ImageClusterer(BaseEstimator):
         seed = int(getattr(self.clusterer, "random_state", 0) or 0)
         short = max(bb.preprocess.resize_size or bb.preprocess.input_size for bb in backbones)
         out = []
+        step = COPY_CHUNK_IMAGES
         with tempfile.TemporaryDirectory(prefix="visclust-copies-") as tmp:
             for view in range(n_copies):
-                what = f"augmented copy {view + 1}/{n_copies}"
-                copies = write_copies(paths, tmp, view, seed=seed, short_side=2 * short, progress=self.progress,
-                                      desc=f"{what}: writing")
-                made = [c for c in copies if c is not None]
-                parts = [extract_features(bb, made, batch_size=self.batch_size, num_workers=self.num_workers,
-                                          device=self.device, progress=self.progress, engine=self.engine,
-                                          desc=f"{what}: {bb.name}")
-                         for bb in backbones]
-                res = parts[0] if len(parts) == 1 else concat_features(parts)
-                row = {p: i for i, p in enumerate(res.paths)}
                 feats = np.array(originals, np.float32)
-                for i, c in enumerate(copies):
-                    if c in row:
-                        feats[i] = res.features[row[c]]
+                for s in range(0, len(paths), step):  # the disk holds one part's copies at a time
+                    part = f", images {s + 1}-{min(s + step, len(paths))} of {len(paths)}" if len(paths) > step else ""
+                    what = f"augmented copy {view + 1}/{n_copies}{part}"
+                    copies = write_copies(paths[s:s + step], tmp, view, seed=seed, short_side=2 * short,
+                                          progress=self.progress, desc=f"{what}: writing", start=s)
+                    made = [c for c in copies if c is not None]
+                    parts = [extract_features(bb, made, batch_size=self.batch_size, num_workers=self.num_workers,
+                                              device=self.device, progress=self.progress, engine=self.engine,
+                                              desc=f"{what}: {bb.name}")
+                             for bb in backbones]
+                    res = parts[0] if len(parts) == 1 else concat_features(parts)
+                    row = {p: i for i, p in enumerate(res.paths)}
+                    for i, c in enumerate(copies):
+                        if c in row:
+                            feats[s + i] = res.features[row[c]]
+                    for c in made:
+                        os.unlink(c)
                 out.append(feats)
-                for c in made:
-                    os.unlink(c)
         return out
 
     def extract(self, inputs):
