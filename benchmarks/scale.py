@@ -204,6 +204,34 @@ def default_many_clusters(n, d, k):
     return dict(r, pipeline=fc.pipeline_, stability=fc.pipeline_scores_, seconds={} if sel is None else sel.seconds)
 
 
+def classifier_with_copies(n, d, k, n_copies=3):
+    """``FeatureClusterer(n_clusters=k, method='kmeans', space='pca').fit`` on a Gaussian
+    mixture, then ``refit_classifier`` with ``n_copies`` noisy copies of every row: the
+    classifier step that ``--augment`` runs, timed (the copy filter also alone), with the peak
+    RSS of this process."""
+    from visclust.classify import plausible_copies
+    from visclust.evaluate import external_scores
+    from visclust.model import FeatureClusterer
+
+    X, y = mixture(n, d, k, seed=0, std=1.0)
+    rng = np.random.default_rng(1)
+    views = []
+    for _ in range(n_copies):
+        views.append(X + rng.standard_normal(X.shape, dtype=np.float32) * np.float32(0.3))
+    reset_peak_rss()
+    fc = FeatureClusterer(n_clusters=k, method="kmeans", space="pca", random_state=0)
+    fit_s, _ = timed(lambda: fc.fit(X), 1)
+    Z, Zv = fc.transform(X), [fc.transform(v) for v in views]
+    filter_s, keep = timed(lambda: plausible_copies(Z, Zv), 1)
+    before = external_scores(y, fc.labels_)["acc"]
+    refit_s, _ = timed(lambda: fc.refit_classifier(X, views), 1)
+    clf = fc.classifier_
+    return {"n": n, "d": d, "k": k, "copies": n_copies, "fit_s": fit_s, "filter_s": filter_s, "refit_s": refit_s,
+            "kept_share": [float(m.mean()) for m in keep],
+            "classifier": clf.kind_, "epochs": int(clf.n_iter_), "acc_before": before,
+            "acc_after": external_scores(y, fc.labels_)["acc"], "peak_rss_mb": peak_rss_bytes() / 2**20}
+
+
 def write_npy_chunkwise(path, n, d, k_true, chunk=200_000, seed=0):
     """Write an (n, d) float32 .npy of mixture data without mapping it (RSS stays one chunk)."""
     rng = np.random.default_rng(seed)
@@ -355,8 +383,9 @@ def main(argv=None):
     ap.add_argument("--skip-out-of-core", action="store_true", help="skip (c)")
     ap.add_argument("--sections", default="ambpcdh", help="which parts to run: a (Lloyd timing), m (peak memory), "
                     "b (k=1000), p (the whole fit, classifier step included, at k=1000), q (the default fit, automatic "
-                    "choice, at k=1000), c (out of core), d (CUDA), "
+                    "choice, at k=1000), v (the classifier step with augmented copies, 1,000,000 rows), c (out of core), d (CUDA), "
                     "h (Hamerly vs scikit-learn); default %(default)s")
+    ap.add_argument("--copies-rows", type=int, default=1_000_000, help="rows of section v (default %(default)s)")
     ap.add_argument("--hamerly-iters", type=int, default=11, help="max_iter m of section h (default %(default)s)")
     ap.add_argument("--bf16", action="store_true", help="section h also times dtype='bfloat16' (CPUs with AMX or "
                     "AVX512-BF16 only)")
@@ -438,6 +467,17 @@ def main(argv=None):
         for name, sec in r["seconds"].items():
             stab = r["stability"].get(name)
             print(f"    {name}: {sec:.1f} s" + ("" if stab is None else f", stability {stab:.3f}"), flush=True)
+
+    if "v" in sections:
+        n, d, k = (20_000, 64, 10) if quick else (args.copies_rows, 64, 100)
+        print(f"\n(v) the classifier step with 3 augmented copies (--augment 3): FeatureClusterer(n_clusters={k}, "
+              f"method='kmeans', space='pca').fit on a {n:,} x {d} Gaussian mixture, then refit_classifier(X, copies)",
+              flush=True)
+        r = res["classifier_with_copies"] = classifier_with_copies(n, d, k)
+        print(f"  fit {r['fit_s']:.1f} s | copy filter alone {r['filter_s']:.1f} s (kept "
+              f"{', '.join(f'{x:.2f}' for x in r['kept_share'])}) | "
+              f"refit_classifier {r['refit_s']:.1f} s ({r['classifier']}, {r['epochs']} epochs) | ACC "
+              f"{r['acc_before']:.3f} -> {r['acc_after']:.3f} | peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
 
     if "c" in sections:
         n, d, k, mi = (200_000, 64, 20, 2) if quick else (5_000_000, 256, 100, 3)

@@ -233,8 +233,12 @@ def test_many_clusters_use_the_batched_solver(monkeypatch):
     calls = []
     real = classify.ovr_squared_hinge
     monkeypatch.setattr(classify, "ovr_squared_hinge", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
-    monkeypatch.setattr(classify, "TORCH_SVM_CLASSES", 5)
+    monkeypatch.setattr(classify, "TORCH_SVM_MIN_CLASSES", 6)
     X, y = make_blobs(600, centers=8, n_features=6, random_state=0)
     clf = PseudoLabelClassifier(kind="svm", self_training=0).fit(X.astype(np.float32), y)
     assert calls and set(calls) == {8}
     assert hungarian_accuracy(y, clf.predict(X)) > 0.95
+    calls.clear()
+    X, y = make_blobs(600, centers=5, n_features=6, random_state=0)  # fewer clusters: liblinear
+    PseudoLabelClassifier(kind="svm", self_training=0).fit(X.astype(np.float32), y)
+    assert calls == []
