@@ -305,16 +305,18 @@ def test_copies_are_made_in_parts_with_the_same_features(shape_images, monkeypat
     originals = np.zeros((7, 3072), np.float32)
     m = ImageClusterer(backbone="baseline/pixels", n_clusters=2, progress=False, num_workers=0)
     whole = m._copies_features(bbs, paths, originals, 2)
-    real, seen = visclust.augment.write_copies, []
+    real, seen, writers = visclust.augment.write_copies, [], []
 
     def count_then_write(paths, directory, view, **kw):
         seen.append(sum(len(files) for _, _, files in os.walk(directory)))  # copies still on disk
+        writers.append(kw["workers"])
         return real(paths, directory, view, **kw)
 
     monkeypatch.setattr(visclust.augment, "write_copies", count_then_write)
     monkeypatch.setattr(visclust.model, "COPY_CHUNK_IMAGES", 3)
     parts = m._copies_features(bbs, paths, originals, 2)
     assert seen == [0] * 6  # 2 copies x 3 parts (3 + 3 + 1 images), each part deleted before the next
+    assert writers == [0] * 6  # num_workers=0: no process is started to write them either
     assert all(np.array_equal(a, b) for a, b in zip(whole, parts))
     assert not np.array_equal(whole[0], whole[1])
 

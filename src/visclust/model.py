@@ -455,7 +455,8 @@ class ImageClusterer(BaseEstimator):
         Template for the clustering stage (its ``n_clusters`` is replaced by ``n_clusters``).
     batch_size : int, default 64
     num_workers : int, optional
-        Decoding processes (default: one per spare core).
+        Decoding processes (default: one per spare core). With ``augment``, also the
+        processes that write the copies (default: one per core; 0 writes them in this process).
     device : str, optional
         Default CUDA when available, else CPU.
     progress : bool, optional
@@ -625,7 +626,8 @@ class ImageClusterer(BaseEstimator):
                     part = f", images {s + 1}-{min(s + step, len(paths))} of {len(paths)}" if len(paths) > step else ""
                     what = f"augmented copy {view + 1}/{n_copies}{part}"
                     copies = write_copies(paths[s:s + step], tmp, view, seed=seed, short_side=2 * short,
-                                          progress=self.progress, desc=f"{what}: writing", start=s)
+                                          progress=self.progress, desc=f"{what}: writing", start=s,
+                                          workers=self.num_workers)
                     made = [c for c in copies if c is not None]
                     parts = [extract_features(bb, made, batch_size=self.batch_size, num_workers=self.num_workers,
                                               device=self.device, progress=self.progress, engine=self.engine,
