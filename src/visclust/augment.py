@@ -134,7 +134,7 @@ def write_copies(paths: Sequence[str], directory: str | os.PathLike, view: int, 
     """
     import torch
 
-    from .features import _progress_bar
+    from .features import _collate, _progress_bar
 
     out_dir = os.path.join(os.fspath(directory), str(int(view)))
     os.makedirs(out_dir, exist_ok=True)
@@ -146,7 +146,7 @@ def write_copies(paths: Sequence[str], directory: str | os.PathLike, view: int, 
         batches = (ds[b] for b in range(len(ds)))
     else:
         batches = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=min(nw, len(ds)),
-                                              collate_fn=_as_list, persistent_workers=False)
+                                              collate_fn=_collate, persistent_workers=False)
     written: list[str | None] = []
     bar = _progress_bar(len(paths), progress, desc)
     try:
@@ -158,10 +158,6 @@ def write_copies(paths: Sequence[str], directory: str | os.PathLike, view: int, 
         if bar is not None:
             bar.close()
     return written
-
-
-def _as_list(batch):
-    return list(batch)
 
 
 def _write_copy(path: str, out: str, rng: np.random.Generator, short_side: int | None) -> str | None:
