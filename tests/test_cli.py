@@ -27,6 +27,27 @@ def test_fit_auto_says_which_number_of_clusters_it_chose(tmp_path, shape_images,
     assert r.returncode == 0 and "--clusters auto" not in r.stderr and "pipeline:" not in r.stderr, r.stderr
 
 
+def test_fit_on_many_images_clusters_a_sample_and_says_so(tmp_path, cli):
+    images = make_shape_images(tmp_path / "img", n_per_class=150, size=24)
+    out = tmp_path / "fit.csv"
+    # 3 clusters: at least 300 rows in the sample, whatever --max-cluster-rows says below that
+    r = cli("fit", images, "--clusters", "3", "--backbone", "baseline/pixels", "--max-cluster-rows", "200",
+            "--output", tmp_path / "m.vcm", "--assignments", out)
+    assert r.returncode == 0, r.stderr
+    assert "clustered: a random 300 of 450 images (--max-cluster-rows); the classifier assigned the others" \
+        in r.stderr, r.stderr
+    assert len(rows(out)) == 450
+    r = cli("evaluate", "--assignments", out, "--labels", "folders", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["acc"] == 1.0, r.stdout + r.stderr
+    # the saved model keeps the record: a report made later says it too
+    r = cli("report", tmp_path / "m.vcm", "--assignments", out, "--output", tmp_path / "r.html", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "clustered: a random 300 of 450 images" in (tmp_path / "r.html").read_text()
+    r = cli("fit", images, "--clusters", "3", "--backbone", "baseline/pixels", "--max-cluster-rows", "0",
+            "--output", tmp_path / "n.vcm")
+    assert r.returncode == 0 and "clustered:" not in r.stderr, r.stderr
+
+
 def test_fit_predict_evaluate_round_trip(tmp_path, shape_images, cli):
     model, fitcsv = tmp_path / "m.vcm", tmp_path / "fit.csv"
     r = cli("fit", shape_images, "--clusters", "3", "--backbone", "baseline/pixels", "--output", model,

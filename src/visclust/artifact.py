@@ -94,6 +94,7 @@ def _collect(model) -> tuple[dict, dict[str, np.ndarray]]:
             "pipeline": getattr(fc, "pipeline_", None),
             "pipeline_scores": getattr(fc, "pipeline_scores_", {}),
             "whiten_scores": {str(k): v for k, v in getattr(fc, "whiten_scores_", {}).items()},
+            "sample_rows": list(fc.sample_rows_) if getattr(fc, "sample_rows_", None) else None,
             "cluster_sizes": np.bincount(fc.labels_[fc.labels_ >= 0], minlength=fc.n_clusters_).tolist(),
         },
         **extra,
@@ -309,6 +310,8 @@ def load_model(path: str | os.PathLike, weights: str | list | None = None):
             fc.classifier_.agreement_ = {str(k): float(v) for k, v in agree.items()} if isinstance(agree, dict) else {}
             kept = record.get("copies_kept")
             fc.classifier_.copies_kept_ = float(kept) if isinstance(kept, (int, float)) else None
+        sample = fcm.get("sample_rows")  # absent before 2026-12-06: every row was clustered
+        fc.sample_rows_ = (int(sample[0]), int(sample[1])) if isinstance(sample, list) and len(sample) == 2 else None
         fc.cluster_centers_ = arrays["cluster_centers"]
         fc.n_clusters_ = int(fcm["n_clusters"])
         fc.n_features_in_ = int(fcm["n_features_in"])

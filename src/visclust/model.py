@@ -40,6 +40,18 @@ GMM_MAX_CELLS = 20_000_000
 #: backbone's resize size: median 289 KB, largest 852 KB for the shared 512 px photos (about
 #: 3 GB for 10,000), 2 KB for CIFAR-10's 32 x 32 images (``benchmarks/copies.py``).
 COPY_CHUNK_IMAGES = 10_000
+#: ``max_cluster_rows``: the clustering (the whitening test, PCA, UMAP, the candidates and
+#: their stability, the classifier's training) runs on a random sample of at most this many
+#: rows, or ``SAMPLE_ROWS_PER_CLUSTER * k`` when that is more; the classifier then assigns
+#: every row. Two reasons, measured on CIFAR-10 train's 50,000 images (docs/benchmarks.md,
+#: "Large collections"; docs/scaling.md for the time): the stability criterion was set and checked on collections of
+#: 1,797-10,000 images, and on 50,000 K-means in the PCA space became as reproducible as the
+#: UMAP candidates (0.88 against 0.82-0.84) and was chosen in one of two seeds, at ACC 0.444,
+#: where samples of 10,000 or 20,000 chose UMAP in every seed (0.505-0.522); and time: one
+#: UMAP embedding of 200,000 rows takes minutes on 2 CPU cores, and the selection computes 3.
+MAX_CLUSTER_ROWS = 20_000
+#: ... at least this many rows per cluster in that sample.
+SAMPLE_ROWS_PER_CLUSTER = 100
 
 
 def _index_of(runs, labels) -> int:
@@ -119,6 +131,13 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         Candidates for ``n_clusters='auto'``.
     n_init : int, default 10
         K-means restarts when a single pipeline is fitted (no selection).
+    max_cluster_rows : int or None, default 20000
+        On more rows than this, the clustering (the whole selection, and the classifier's
+        training) runs on a random sample of ``max(max_cluster_rows, 100 * n_clusters)`` rows,
+        and the trained classifier assigns every row, as :meth:`predict` would: the time of
+        everything but that assignment no longer grows with the collection, and the stability
+        criterion compares candidates at the sizes it was checked on (:data:`MAX_CLUSTER_ROWS`).
+        ``None`` clusters every row.
     random_state : int or None, default 0
 
     Attributes
@@ -126,7 +145,14 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     labels_ : ndarray (n_samples,)
         Final assignment of each training row (the classifier's prediction).
     cluster_labels_ : ndarray (n_samples,)
-        The clustering the classifier was trained from (-1 = noise for HDBSCAN).
+        The clustering the classifier was trained from (-1 = noise for HDBSCAN); rows outside
+        the clustering's sample (``sample_index_``) have the classifier's assignment.
+    sample_index_ : ndarray of int or None
+        The rows the clustering saw when it ran on a sample (``max_cluster_rows``), else None
+        (not saved in the model file).
+    sample_rows_ : tuple (clustered, rows) or None
+        How many rows were clustered and how many were fitted, when the clustering ran on a
+        sample (saved in the model file; :func:`describe_sample` says it in words).
     confidence_ : ndarray (n_samples,)
     n_clusters_ : int
     cluster_centers_ : ndarray (n_clusters_, n_components_)
@@ -155,7 +181,8 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     def __init__(self, n_clusters=8, method: str = "auto", space: str = "auto", n_components: int | None = 64,
                  whiten="auto", umap_components: int | None = 10, learned_step: bool = False,
                  candidates=None, n_runs: int = 3, confident_fraction: float = 0.5, self_training: int = 2,
-                 classifier: str = "auto", reject_threshold: float = 0.0, k_range=(2, 30), n_init: int = 10, random_state: int | None = 0):
+                 classifier: str = "auto", reject_threshold: float = 0.0, k_range=(2, 30), n_init: int = 10,
+                 max_cluster_rows: int | None = MAX_CLUSTER_ROWS, random_state: int | None = 0):
         self.n_clusters = n_clusters
         self.method = method
         self.space = space
@@ -171,6 +198,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         self.reject_threshold = reject_threshold
         self.k_range = k_range
         self.n_init = n_init
+        self.max_cluster_rows = max_cluster_rows
         self.random_state = random_state
 
     def _validate_params(self) -> int | None:
@@ -197,6 +225,9 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             raise InputError(f"whiten must be True, False or 'auto', got {self.whiten!r}")
         if not isinstance(self.n_runs, (int, np.integer)) or isinstance(self.n_runs, bool) or self.n_runs < 2:
             raise InputError(f"n_runs must be an integer >= 2, got {self.n_runs!r}")
+        m = self.max_cluster_rows
+        if m is not None and (not isinstance(m, (int, np.integer)) or isinstance(m, bool) or m < 1):
+            raise InputError(f"max_cluster_rows must be a positive integer or None (every row), got {m!r}")
         self._candidate_list()
         return k
 
@@ -250,6 +281,9 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         if k is not None and len(X) < k:
             raise InputError(f"{len(X)} samples cannot form {k} clusters; use fewer clusters or more data")
         self.n_features_in_ = X.shape[1]
+        self.sample_index_ = self._cluster_sample(len(X), k)
+        self.sample_rows_ = None if self.sample_index_ is None else (len(self.sample_index_), len(X))
+        X_all, X = X, (X if self.sample_index_ is None else X[self.sample_index_])
         self.whiten_scores_ = {}
         if self.whiten == "auto":
             self.reducer_, self.whiten_scores_ = self._choose_whitening(X, k)
@@ -297,7 +331,36 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             rank = np.argsort(np.argsort(margin, kind="stable"), kind="stable") / max(len(margin) - 1, 1)
             margin = agreement(runs, self.cluster_labels_) + 0.5 * rank
         self._train_score = margin  # how typical each row is of its cluster; for refit_classifier, not saved
-        return self._fit_classifier(Z)
+        self._fit_classifier(Z)
+        if self.sample_index_ is not None:
+            self._assign_all(X_all)
+        return self
+
+    def _cluster_sample(self, n: int, k: int | None) -> np.ndarray | None:
+        """Sorted indices of the rows to cluster, or None for all (``max_cluster_rows``)."""
+        if self.max_cluster_rows is None:
+            return None
+        per_cluster = SAMPLE_ROWS_PER_CLUSTER * (k if k is not None else int(self.k_range[1]))
+        m = max(int(self.max_cluster_rows), per_cluster)
+        if n <= m:
+            return None
+        rng = np.random.default_rng(0 if self.random_state is None else int(self.random_state))
+        return np.sort(rng.choice(n, m, replace=False))
+
+    def _assign_all(self, X) -> None:
+        """After a fit on a sample: every row of ``X`` assigned by the trained classifier.
+        Rows outside the sample rank below the sample's in ``_train_score`` (by their
+        confidence), so :meth:`refit_classifier` trains on the clustered rows first."""
+        idx = self.sample_index_
+        Z = self.reducer_.transform(X)
+        best, conf = self.classifier_.predict_with_confidence(Z)
+        clusters = self.classifier_.classes_[best].astype(np.int64)
+        clusters[idx] = self.cluster_labels_
+        score = (conf - 1.0) + (float(self._train_score.min()) - 1.0)  # below every clustered row's
+        score[idx] = self._train_score
+        self.cluster_labels_, self._train_score = clusters, score
+        self.labels_, self.confidence_ = self._labels_from(best, conf)
+        self.cluster_centers_ = cluster_means(Z, self.labels_, self.n_clusters_)
 
     def _fit_classifier(self, Z, views=()):
         self.classifier_ = PseudoLabelClassifier(self.confident_fraction, self.self_training, kind=self.classifier,
@@ -339,7 +402,9 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         return self._fit_classifier(self.transform(X), [self.transform(v) for v in views])
 
     def _assign(self, Z, views=()):
-        best, conf = self.classifier_.predict_with_confidence(Z, list(views))
+        return self._labels_from(*self.classifier_.predict_with_confidence(Z, list(views)))
+
+    def _labels_from(self, best, conf):
         labels = self.classifier_.classes_[best].astype(np.int64)
         if self.reject_threshold > 0:
             labels = np.where(conf < self.reject_threshold, -1, labels)
@@ -374,6 +439,15 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         from .artifact import save_model
 
         save_model(self, path)
+
+
+def describe_sample(fc) -> str | None:
+    """``fit``'s line when the clustering ran on a sample (``max_cluster_rows``), else None."""
+    sample = getattr(fc, "sample_rows_", None)
+    if not sample:
+        return None
+    return (f"clustered: a random {sample[0]:,} of {sample[1]:,} images (--max-cluster-rows); "
+            "the classifier assigned the others")
 
 
 def _as_features(X) -> np.ndarray:

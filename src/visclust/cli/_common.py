@@ -131,6 +131,7 @@ def describe_choices(model) -> list[str]:
     """What a fitted ImageClusterer chose without labels, one line each: the view (input
     size, pixels), the pipeline, the number of clusters, what assigns the images."""
     from ..classify import describe_classifier
+    from ..model import describe_sample
     from ..select import describe_k_choice
 
     lines = []
@@ -143,6 +144,9 @@ def describe_choices(model) -> list[str]:
         lines.append(describe_choice("pipeline", fc.pipeline_, scores))
     if getattr(fc, "k_scores_", None):
         lines.append(describe_k_choice(fc.k_scores_))
+    line = describe_sample(fc)
+    if line:
+        lines.append(line)
     line = describe_classifier(getattr(fc, "classifier_", None))
     if line:
         lines.append(line)

@@ -45,6 +45,10 @@ def register(sub) -> None:
                         "mirror, colour), those that still look like the collection; each copy costs one more feature "
                         "extraction: +0.015-0.024 ACC on CIFAR-10, within 0.005 on digits, symbols and garments; with "
                         "--classifier svm +0.03 on CIFAR-10 but lower elsewhere (default %(default)s: off)")
+    g.add_argument("--max-cluster-rows", type=int, default=None, metavar="N",
+                   help="on more images than N (or 100 per cluster, if more), cluster a random sample of that many "
+                        "and let the trained classifier assign the rest; 0 = cluster every image (default 20,000: "
+                        "visclust.model.MAX_CLUSTER_ROWS)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     add_store_options(p)
     add_runtime_options(p)
@@ -68,7 +72,8 @@ def run(args) -> int:
     clusterer = FeatureClusterer(method=args.method, space=args.space, learned_step=args.learned_step,
                                  n_components=args.pca or None, umap_components=args.umap or None,
                                  classifier=args.classifier, reject_threshold=args.reject, k_range=parse_k_range(args.k_range),
-                                 random_state=args.seed)
+                                 random_state=args.seed,
+                                 **({} if args.max_cluster_rows is None else {"max_cluster_rows": args.max_cluster_rows or None}))
     model = ImageClusterer(backbone=backbone_arg(args), weights=weights_arg(args), pretrained=not args.random_weights,
                            n_clusters=args.clusters, clusterer=clusterer, batch_size=args.batch_size,
                            num_workers=args.workers, device=args.device, progress=progress_flag(args),

@@ -456,7 +456,7 @@ def report_model(model, assignments: Assignments, output: str | os.PathLike, *, 
     """
     from ..classify import describe_classifier
     from ..io import resolve_labels
-    from ..model import _check_fitted
+    from ..model import _check_fitted, describe_sample
 
     _check_fitted(model, "feature_clusterer_")
     t = time.perf_counter()
@@ -492,6 +492,9 @@ def report_model(model, assignments: Assignments, output: str | os.PathLike, *, 
     rule = describe_classifier(getattr(fc, "classifier_", None))
     if rule:
         info["classifier"] = rule.split(": ", 1)[1]
+    sample = describe_sample(fc)
+    if sample:
+        info["clustered"] = sample.split(": ", 1)[1]
     info.update(model_info or {})
     skipped = list(assignments.skipped) + [s for s in res.skipped if s not in assignments.skipped]
     stats = write_report(output, kept, Z, centers=getattr(fc, "cluster_centers_", None), labels=y,
