@@ -72,9 +72,10 @@ def load_dataset(name: str, cache: Path):
         X, y, _ = image_features(folder, cache)
         return X, y, f"{folder.name} (never used for tuning; labels = subfolders), MobileNetV2 features (1280-d)"
     if name.startswith("folder:"):
-        folder = Path(name[7:])
-        X, y, _ = image_features(folder, cache)
-        return X, y, f"{folder} (labels = subfolders), MobileNetV2 features"
+        path, _, size = name[7:].partition("@")  # folder:PATH@N: at input size N
+        folder = Path(path)
+        X, y, _ = image_features(folder, cache, input_size=int(size) if size else None)
+        return X, y, f"{folder} (labels = subfolders), MobileNetV2 features" + (f" at {size} x {size} px" if size else "")
     raise SystemExit(f"unknown dataset '{name}': use mnist, cifar10, digits, blobs, fashion-mnist, emoji, NAME@N (one of "
                      "mnist, cifar10, fashion-mnist, emoji at input size N) or folder:PATH "
                      "(mnist, cifar10 and folder:PATH with +pixels: also raw pixels, concatenated)")
@@ -132,21 +133,24 @@ def run_dataset(name: str, args) -> str:
         for m, v in scores(y, base).items():
             rows["original design: features + K-means"][m].append(v)
         t0 = time.perf_counter()
-        fc = FeatureClusterer(k, random_state=seed, learned_step=args.learned_step).fit(X)
+        fc = FeatureClusterer(k, random_state=seed, learned_step=args.learned_step, **args.default_params).fit(X)
         times["**default** (`fit --clusters K`)"].append(time.perf_counter() - t0)
         chosen.append(fc.pipeline_)
         for m, v in scores(y, fc.labels_).items():
             rows["**default** (`fit --clusters K`)"][m].append(v)
         for m, v in scores(y, fc.cluster_labels_).items():
             rows["default before the SVM (chosen clustering)"][m].append(v)
+        y_runs = y if fc.sample_index_ is None else y[fc.sample_index_]  # the runs cover the clustered rows
         for cand, runs in fc.selection_.runs.items():
             for m in ("acc", "nmi", "ari"):
-                rows[f"candidate {cand}"][m].append(np.mean([scores(y, r)[m] for r in runs]))
+                rows[f"candidate {cand}"][m].append(np.mean([scores(y_runs, r)[m] for r in runs]))
             rows[f"candidate {cand}"]["stability"].append(fc.selection_.scores[cand])
         print(f"  {name} seed {seed}: default ACC {rows['**default** (`fit --clusters K`)']['acc'][-1]:.3f} "
               f"({fc.pipeline_}), K-means {rows['original design: features + K-means']['acc'][-1]:.3f}, "
               f"{times['**default** (`fit --clusters K`)'][-1]:.0f} s", file=sys.stderr, flush=True)
-    out = [f"### {desc}: n = {len(X)}, K = {k}, {args.seeds} seeds", "",
+    m = args.default_params.get("max_cluster_rows", "default")
+    sampled = "" if m == "default" else f", the default with max_cluster_rows={m}"
+    out = [f"### {desc}: n = {len(X)}, K = {k}, {args.seeds} seeds{sampled}", "",
            "| pipeline | ACC | NMI | ARI | stability (label-free) | time per fit (s) |", "|---|---|---|---|---|---|"]
     for row, vals in rows.items():
         stab = fmt(vals["stability"]) if vals.get("stability") else ""
@@ -170,8 +174,8 @@ def run_dataset(name: str, args) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=None,
-                   help="mnist cifar10 digits blobs fashion-mnist emoji folder:PATH, NAME@N for image collections "
-                        "at input size N (default: mnist cifar10 digits)")
+                   help="mnist cifar10 digits blobs fashion-mnist emoji folder:PATH, NAME@N or folder:PATH@N for image "
+                        "collections at input size N (default: mnist cifar10 digits)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per pipeline (default 5; 2 with --quick)")
     p.add_argument("--quick", action="store_true", help="2 seeds, at most 2,000 rows per dataset")
     p.add_argument("--auto-k", action="store_true", help="also run --clusters auto once per dataset")
@@ -179,7 +183,10 @@ def main(argv=None) -> int:
                    help="only --clusters auto, once per seed (chosen K against the true K)")
     p.add_argument("--learned-step", action="store_true", help="let the default also try the autoencoder space")
     p.add_argument("--cache", type=Path, default=Path(os.environ.get("VISCLUST_BENCH_CACHE", "/tmp/visclust-bench")))
+    p.add_argument("--max-cluster-rows", type=int, default=None, metavar="N",
+                   help="the default clusters a random sample of N rows (0: every row; default: the library's)")
     args = p.parse_args(argv)
+    args.default_params = {} if args.max_cluster_rows is None else {"max_cluster_rows": args.max_cluster_rows or None}
     args.seeds = args.seeds or (2 if args.quick else 5)
     datasets = args.datasets or (["digits", "mnist"] if args.quick else ["mnist", "cifar10", "digits"])
     args.cache.mkdir(parents=True, exist_ok=True)

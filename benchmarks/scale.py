@@ -232,6 +232,24 @@ def classifier_with_copies(n, d, k, n_copies=3):
             "acc_after": external_scores(y, fc.labels_)["acc"], "peak_rss_mb": peak_rss_bytes() / 2**20}
 
 
+def sampled_default_fit(n, d, k, max_cluster_rows="default"):
+    """The default ``FeatureClusterer(n_clusters=k)`` (every candidate, UMAP included) on a
+    Gaussian mixture of ``n`` rows, clustering a sample of ``max_cluster_rows`` (None: every
+    row; 'default': the library's), timed, with its ACC against the mixture's components and
+    this process's peak RSS."""
+    from visclust.evaluate import external_scores
+    from visclust.model import FeatureClusterer
+
+    X, y = mixture(n, d, k, seed=0, std=1.5)
+    reset_peak_rss()
+    params = {} if max_cluster_rows == "default" else {"max_cluster_rows": max_cluster_rows}
+    t, fc = timed(lambda: FeatureClusterer(n_clusters=k, random_state=0, **params).fit(X), 1)
+    sample = fc.sample_index_
+    return {"n": n, "d": d, "k": k, "max_cluster_rows": max_cluster_rows, "fit_s": t, "pipeline": fc.pipeline_,
+            "clustered_rows": n if sample is None else len(sample), "classifier": fc.classifier_.kind_,
+            "acc": external_scores(y, fc.labels_)["acc"], "peak_rss_mb": peak_rss_bytes() / 2**20}
+
+
 def write_npy_chunkwise(path, n, d, k_true, chunk=200_000, seed=0):
     """Write an (n, d) float32 .npy of mixture data without mapping it (RSS stays one chunk)."""
     rng = np.random.default_rng(seed)
@@ -383,9 +401,15 @@ def main(argv=None):
     ap.add_argument("--skip-out-of-core", action="store_true", help="skip (c)")
     ap.add_argument("--sections", default="ambpcdh", help="which parts to run: a (Lloyd timing), m (peak memory), "
                     "b (k=1000), p (the whole fit, classifier step included, at k=1000), q (the default fit, automatic "
-                    "choice, at k=1000), v (the classifier step with augmented copies, 1,000,000 rows), c (out of core), d (CUDA), "
+                    "choice, at k=1000), v (the classifier step with augmented copies, 1,000,000 rows), s (the default fit on "
+                    "--sample-rows rows, clustering a sample), c (out of core), d (CUDA), "
                     "h (Hamerly vs scikit-learn); default %(default)s")
     ap.add_argument("--copies-rows", type=int, default=1_000_000, help="rows of section v (default %(default)s)")
+    ap.add_argument("--sample-rows", default="200000,1000000",
+                    help="rows of section s, comma-separated (default %(default)s)")
+    ap.add_argument("--sample-full-upto", type=int, default=200_000,
+                    help="section s also clusters every row (max_cluster_rows=None) up to this many rows "
+                         "(default %(default)s)")
     ap.add_argument("--hamerly-iters", type=int, default=11, help="max_iter m of section h (default %(default)s)")
     ap.add_argument("--bf16", action="store_true", help="section h also times dtype='bfloat16' (CPUs with AMX or "
                     "AVX512-BF16 only)")
@@ -478,6 +502,19 @@ def main(argv=None):
               f"{', '.join(f'{x:.2f}' for x in r['kept_share'])}) | "
               f"refit_classifier {r['refit_s']:.1f} s ({r['classifier']}, {r['epochs']} epochs) | ACC "
               f"{r['acc_before']:.3f} -> {r['acc_after']:.3f} | peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+
+    if "s" in sections:
+        sizes = [20_000] if quick else [int(x) for x in args.sample_rows.split(",")]
+        for n in sizes:
+            for m in ["default"] + ([None] if n <= args.sample_full_upto else []):
+                what = "every row" if m is None else "a sample (the default max_cluster_rows)"
+                print(f"\n(s) the default FeatureClusterer(n_clusters=10).fit on a {n:,} x 64 Gaussian mixture "
+                      f"(10 components, noise 1.5), clustering {what}", flush=True)
+                r = sampled_default_fit(n, 64, 10, m)
+                res.setdefault("sampled_default_fit", []).append(r)
+                print(f"  fit {r['fit_s']:.1f} s | clustered {r['clustered_rows']:,} rows | chose {r['pipeline']} | "
+                      f"classifier {r['classifier']} | ACC {r['acc']:.3f} | peak RSS {r['peak_rss_mb']:.0f} MB",
+                      flush=True)
 
     if "c" in sections:
         n, d, k, mi = (200_000, 64, 20, 2) if quick else (5_000_000, 256, 100, 3)
