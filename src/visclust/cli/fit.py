@@ -66,8 +66,13 @@ def parse_k_range(text: str) -> tuple[int, int]:
 
 
 def run(args) -> int:
+    from ..exceptions import InputError
     from ..io import write_assignments
     from ..model import FeatureClusterer, ImageClusterer
+
+    if args.max_cluster_rows is not None and args.max_cluster_rows < 0:
+        raise InputError(f"--max-cluster-rows must be a number of images, or 0 to cluster every image; "
+                         f"got {args.max_cluster_rows}")
 
     clusterer = FeatureClusterer(method=args.method, space=args.space, learned_step=args.learned_step,
                                  n_components=args.pca or None, umap_components=args.umap or None,
