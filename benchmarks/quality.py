@@ -140,7 +140,7 @@ def run_dataset(name: str, args) -> str:
             rows["**default** (`fit --clusters K`)"][m].append(v)
         for m, v in scores(y, fc.cluster_labels_).items():
             rows["default before the SVM (chosen clustering)"][m].append(v)
-        y_runs = y if fc.sample_index_ is None else y[fc.sample_index_]  # the runs cover the clustered rows
+        y_runs = y if fc.selection_index_ is None else y[fc.selection_index_]  # the runs cover those rows
         for cand, runs in fc.selection_.runs.items():
             for m in ("acc", "nmi", "ari"):
                 rows[f"candidate {cand}"][m].append(np.mean([scores(y_runs, r)[m] for r in runs]))

@@ -34,15 +34,15 @@ def test_fit_on_many_images_clusters_a_sample_and_says_so(tmp_path, cli):
     r = cli("fit", images, "--clusters", "3", "--backbone", "baseline/pixels", "--max-cluster-rows", "200",
             "--output", tmp_path / "m.vcm", "--assignments", out)
     assert r.returncode == 0, r.stderr
-    assert "clustered: a random 300 of 450 images (--max-cluster-rows); the classifier assigned the others" \
-        in r.stderr, r.stderr
+    assert "clustered: chose the pipeline on a random 300 of 450 images (--max-cluster-rows), then clustered all " \
+        "of them with it" in r.stderr, r.stderr
     assert len(rows(out)) == 450
     r = cli("evaluate", "--assignments", out, "--labels", "folders", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["acc"] == 1.0, r.stdout + r.stderr
     # the saved model keeps the record: a report made later says it too
     r = cli("report", tmp_path / "m.vcm", "--assignments", out, "--output", tmp_path / "r.html", "--quiet")
     assert r.returncode == 0, r.stderr
-    assert "clustered: a random 300 of 450 images" in (tmp_path / "r.html").read_text()
+    assert "chose the pipeline on a random 300 of 450 images" in (tmp_path / "r.html").read_text()
     r = cli("fit", images, "--clusters", "3", "--backbone", "baseline/pixels", "--max-cluster-rows", "0",
             "--output", tmp_path / "n.vcm")
     assert r.returncode == 0 and "clustered:" not in r.stderr, r.stderr

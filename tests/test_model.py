@@ -130,33 +130,45 @@ def test_bad_parameters_say_what_to_do(blobs, params, match):
         FeatureClusterer(**{"n_clusters": 3, **params}).fit(blobs[0])
 
 
-def test_large_collections_are_clustered_on_a_sample_and_assigned_by_the_classifier():
-    """Above max_cluster_rows (and 100 rows per cluster) the whole clustering runs on a random
-    sample, exactly as a fit on those rows alone would, and the classifier assigns the rest."""
+def test_large_collections_choose_on_a_sample_cluster_more_rows_and_assign_the_rest(monkeypatch):
+    """Above max_cluster_rows (and 100 rows per cluster) the pipeline is chosen on a random
+    sample exactly as a fit on those rows alone would choose it; the winner then clusters up
+    to FINAL_CLUSTER_ROWS rows, and the classifier assigns any others."""
+    from visclust import model
+
     X, y = make_blobs(1500, centers=3, n_features=24, cluster_std=1.0, center_box=(-8, 8), random_state=1)
     X = X.astype(np.float32)
-    assert FeatureClusterer(3, max_cluster_rows=1500, **FAST).fit(X).sample_index_ is None
+    whole = FeatureClusterer(3, max_cluster_rows=1500, **FAST).fit(X)
+    assert whole.selection_index_ is None and whole.sample_index_ is None and whole.sample_rows_ is None
+    monkeypatch.setattr(model, "FINAL_CLUSTER_ROWS", 900)
     fc = FeatureClusterer(3, max_cluster_rows=400, **FAST).fit(X)
-    idx = fc.sample_index_
-    assert len(idx) == 400 and np.array_equal(idx, np.unique(idx)) and idx[-1] < 1500
+    sel, idx = fc.selection_index_, fc.sample_index_
+    assert len(sel) == 400 and np.array_equal(sel, np.unique(sel)) and sel[-1] < 1500
+    assert len(idx) == 900 and np.array_equal(idx, np.unique(idx)) and idx[-1] < 1500
+    assert fc.sample_rows_ == (400, 900, 1500)
     assert all(len(r) == 400 for runs in fc.selection_.runs.values() for r in runs)
-    alone = FeatureClusterer(3, max_cluster_rows=None, **FAST).fit(X[idx])
-    np.testing.assert_array_equal(fc.cluster_labels_[idx], alone.cluster_labels_)
+    alone = FeatureClusterer(3, max_cluster_rows=None, **FAST).fit(X[sel])
+    assert fc.pipeline_ == alone.pipeline_ and fc.pipeline_scores_ == alone.pipeline_scores_
     np.testing.assert_array_equal(fc.reducer_.components_, alone.reducer_.components_)
     assert fc.labels_.shape == fc.confidence_.shape == fc.cluster_labels_.shape == (1500,)
     np.testing.assert_array_equal(fc.labels_, fc.predict(X))
     rest = np.setdiff1d(np.arange(1500), idx)
     np.testing.assert_array_equal(fc.cluster_labels_[rest], fc.labels_[rest])
-    assert hungarian_accuracy(y, fc.labels_) == 1.0
+    assert hungarian_accuracy(y, fc.labels_) == 1.0 and hungarian_accuracy(y[idx], fc.cluster_labels_[idx]) == 1.0
     np.testing.assert_allclose(fc.cluster_centers_, [fc.transform(X)[fc.labels_ == c].mean(0) for c in range(3)],
                                rtol=1e-4, atol=1e-5)
     # 100 rows per cluster at least: 5 clusters need 500
-    assert len(FeatureClusterer(5, max_cluster_rows=400, **FAST).fit(X).sample_index_) == 500
+    assert len(FeatureClusterer(5, max_cluster_rows=400, **FAST).fit(X).selection_index_) == 500
     # copies train on every row, the clustered ones ranked first
     score = fc._train_score
     assert score.shape == (1500,) and score[rest].max() < score[idx].min()
     fc.refit_classifier(X, [X + 0.01])
     assert fc.labels_.shape == (1500,) and hungarian_accuracy(y, fc.labels_) == 1.0
+    # a collection below FINAL_CLUSTER_ROWS: chosen on the sample, then every row clustered
+    monkeypatch.setattr(model, "FINAL_CLUSTER_ROWS", 100_000)
+    fc = FeatureClusterer(3, max_cluster_rows=400, **FAST).fit(X)
+    assert fc.sample_index_ is None and fc.sample_rows_ == (400, 1500, 1500)
+    assert hungarian_accuracy(y, fc.cluster_labels_) == 1.0 and fc._train_score.shape == (1500,)
 
 
 def test_predict_before_fit_and_wrong_width(blobs):

@@ -311,7 +311,7 @@ def load_model(path: str | os.PathLike, weights: str | list | None = None):
             kept = record.get("copies_kept")
             fc.classifier_.copies_kept_ = float(kept) if isinstance(kept, (int, float)) else None
         sample = fcm.get("sample_rows")  # absent before 2026-12-06: every row was clustered
-        fc.sample_rows_ = (int(sample[0]), int(sample[1])) if isinstance(sample, list) and len(sample) == 2 else None
+        fc.sample_rows_ = tuple(int(x) for x in sample) if isinstance(sample, list) and len(sample) == 3 else None
         fc.cluster_centers_ = arrays["cluster_centers"]
         fc.n_clusters_ = int(fcm["n_clusters"])
         fc.n_features_in_ = int(fcm["n_features_in"])

@@ -50,6 +50,12 @@ COPY_CHUNK_IMAGES = 10_000
 #: where samples of 10,000 or 20,000 chose UMAP in every seed (0.505-0.522); and time: one
 #: UMAP embedding of 200,000 rows takes minutes on 2 CPU cores, and the selection computes 3.
 MAX_CLUSTER_ROWS = 20_000
+#: After choosing on that sample, the chosen pipeline clusters once more a random sample of
+#: up to this many rows (every row of a smaller collection); the classifier assigns the rest.
+#: UMAP's candidates are more accurate on more rows: on CIFAR-10 train, chosen on 20,000
+#: rows, the winner clustering all 50,000 gave ACC 0.528 / 0.533 (two seeds) against 0.511 /
+#: 0.522 with the 20,000 clustered alone (docs/benchmarks.md, "Large collections").
+FINAL_CLUSTER_ROWS = 100_000
 #: ... at least this many rows per cluster in that sample.
 SAMPLE_ROWS_PER_CLUSTER = 100
 
@@ -132,12 +138,13 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     n_init : int, default 10
         K-means restarts when a single pipeline is fitted (no selection).
     max_cluster_rows : int or None, default 20000
-        On more rows than this, the clustering (the whole selection, and the classifier's
-        training) runs on a random sample of ``max(max_cluster_rows, 100 * n_clusters)`` rows,
-        and the trained classifier assigns every row, as :meth:`predict` would: the time of
-        everything but that assignment no longer grows with the collection, and the stability
-        criterion compares candidates at the sizes it was checked on (:data:`MAX_CLUSTER_ROWS`).
-        ``None`` clusters every row.
+        On more rows than this, the pipeline is chosen (PCA, every candidate and its stability)
+        on a random sample of ``max(max_cluster_rows, 100 * n_clusters)`` rows, so the
+        stability criterion compares candidates at the sizes it was checked on
+        (:data:`MAX_CLUSTER_ROWS`); the chosen pipeline then clusters once more up to
+        :data:`FINAL_CLUSTER_ROWS` rows, and the trained classifier assigns any others, as
+        :meth:`predict` would. The time of everything but that assignment stops growing with
+        the collection. ``None`` chooses and clusters on every row.
     random_state : int or None, default 0
 
     Attributes
@@ -146,13 +153,17 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         Final assignment of each training row (the classifier's prediction).
     cluster_labels_ : ndarray (n_samples,)
         The clustering the classifier was trained from (-1 = noise for HDBSCAN); rows outside
-        the clustering's sample (``sample_index_``) have the classifier's assignment.
+        the clustered sample (``sample_index_``) have the classifier's assignment.
+    selection_index_ : ndarray of int or None
+        The rows the pipeline was chosen on (PCA, the candidates, their stability) when there
+        were more than ``max_cluster_rows``, else None.
     sample_index_ : ndarray of int or None
-        The rows the clustering saw when it ran on a sample (``max_cluster_rows``), else None
-        (not saved in the model file).
-    sample_rows_ : tuple (clustered, rows) or None
-        How many rows were clustered and how many were fitted, when the clustering ran on a
-        sample (saved in the model file; :func:`describe_sample` says it in words).
+        The rows the chosen pipeline then clustered when there were more than
+        :data:`FINAL_CLUSTER_ROWS` (the classifier assigned the others), else None. Neither
+        index is saved in the model file.
+    sample_rows_ : tuple (chosen on, clustered, rows) or None
+        Those three counts when the pipeline was chosen on a sample (saved in the model file;
+        :func:`describe_sample` says it in words).
     confidence_ : ndarray (n_samples,)
     n_clusters_ : int
     cluster_centers_ : ndarray (n_clusters_, n_components_)
@@ -281,9 +292,8 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         if k is not None and len(X) < k:
             raise InputError(f"{len(X)} samples cannot form {k} clusters; use fewer clusters or more data")
         self.n_features_in_ = X.shape[1]
-        self.sample_index_ = self._cluster_sample(len(X), k)
-        self.sample_rows_ = None if self.sample_index_ is None else (len(self.sample_index_), len(X))
-        X_all, X = X, (X if self.sample_index_ is None else X[self.sample_index_])
+        self.selection_index_ = self.sample_index_ = self._cluster_sample(len(X), k)
+        X_all, X = X, (X if self.selection_index_ is None else X[self.selection_index_])
         self.whiten_scores_ = {}
         if self.whiten == "auto":
             self.reducer_, self.whiten_scores_ = self._choose_whitening(X, k)
@@ -305,7 +315,10 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
                             "kmeans")
             k, self.k_scores_ = choose_n_clusters(spaces[ks], self.k_range, k_method, random_state=seed)
         cands = self._candidate_list(len(X), k)
-        if len(cands) == 1:
+        sampled = self.selection_index_ is not None
+        if len(cands) == 1 and sampled:
+            self.pipeline_, self.pipeline_scores_ = cands[0].name, {}  # clustered below, on more rows
+        elif len(cands) == 1:
             c = cands[0]
             E = spaces[c.space][0] if c.space in spaces else embed(Z, c.space, seed, umap_components=umap_dims)
             self.cluster_labels_ = cluster_features(E, k, c.method, random_state=self.random_state, n_init=self.n_init)
@@ -319,11 +332,19 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             i = _index_of(sel.runs[sel.best.name], sel.labels)
             space = sel.spaces[sel.best.space][i]
             runs = [r for j, r in enumerate(sel.runs[sel.best.name]) if j != i]
+        if sampled:  # the chosen pipeline once more, on up to FINAL_CLUSTER_ROWS rows
+            best = Candidate.parse(self.pipeline_)
+            self.sample_index_ = self._random_rows(len(X_all), max(FINAL_CLUSTER_ROWS, len(X)), seed + 1)
+            Z = self.reducer_.transform(X_all if self.sample_index_ is None else X_all[self.sample_index_])
+            space = embed(Z, best.space, seed, umap_components=umap_dims)
+            self.cluster_labels_ = cluster_features(space, k, best.method, random_state=self.random_state,
+                                                    n_init=self.n_init)
+            runs = []
         self.cluster_labels_ = _compact(self.cluster_labels_)
         found = int(self.cluster_labels_.max()) + 1 if (self.cluster_labels_ >= 0).any() else 0
         if found < 1:
             warnings.warn("the clustering found no cluster (all points are noise); every row is one group", stacklevel=2)
-            self.cluster_labels_ = np.zeros(len(X), np.int64)
+            self.cluster_labels_ = np.zeros(len(Z), np.int64)
             found = 1
         margin = centroid_margin(space, self.cluster_labels_, cluster_means(space, self.cluster_labels_, found))
         if runs:
@@ -332,20 +353,27 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             margin = agreement(runs, self.cluster_labels_) + 0.5 * rank
         self._train_score = margin  # how typical each row is of its cluster; for refit_classifier, not saved
         self._fit_classifier(Z)
+        self.sample_rows_ = None
+        if sampled:
+            self.sample_rows_ = (len(X), len(Z), len(X_all))
         if self.sample_index_ is not None:
             self._assign_all(X_all)
         return self
 
     def _cluster_sample(self, n: int, k: int | None) -> np.ndarray | None:
-        """Sorted indices of the rows to cluster, or None for all (``max_cluster_rows``)."""
+        """Sorted indices of the rows to choose the pipeline on, or None for all (``max_cluster_rows``)."""
         if self.max_cluster_rows is None:
             return None
         per_cluster = SAMPLE_ROWS_PER_CLUSTER * (k if k is not None else int(self.k_range[1]))
-        m = max(int(self.max_cluster_rows), per_cluster)
+        return self._random_rows(n, max(int(self.max_cluster_rows), per_cluster),
+                                 0 if self.random_state is None else int(self.random_state))
+
+    @staticmethod
+    def _random_rows(n: int, m: int, seed: int) -> np.ndarray | None:
+        """Sorted indices of ``m`` random rows of ``n``, or None when ``n <= m`` (all)."""
         if n <= m:
             return None
-        rng = np.random.default_rng(0 if self.random_state is None else int(self.random_state))
-        return np.sort(rng.choice(n, m, replace=False))
+        return np.sort(np.random.default_rng(seed).choice(n, m, replace=False))
 
     def _assign_all(self, X) -> None:
         """After a fit on a sample: every row of ``X`` assigned by the trained classifier.
@@ -446,8 +474,10 @@ def describe_sample(fc) -> str | None:
     sample = getattr(fc, "sample_rows_", None)
     if not sample:
         return None
-    return (f"clustered: a random {sample[0]:,} of {sample[1]:,} images (--max-cluster-rows); "
-            "the classifier assigned the others")
+    chosen, clustered, rows = sample
+    then = ("then clustered all of them with it" if clustered >= rows else
+            f"then clustered a random {clustered:,} with it; the classifier assigned the others")
+    return f"clustered: chose the pipeline on a random {chosen:,} of {rows:,} images (--max-cluster-rows), {then}"
 
 
 def _as_features(X) -> np.ndarray:
