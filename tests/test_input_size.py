@@ -15,6 +15,8 @@ from visclust.features import (accepts_input_size, backbone_at_size, small_image
 from visclust.cli._common import describe_choices
 from visclust.model import ImageClusterer
 
+from conftest import make_shape_images
+
 IMAGENET = Preprocess(input_size=224, resize_size=256)
 
 
@@ -160,3 +162,58 @@ def test_every_registered_network_passes_or_fails_the_size_test_as_its_architect
     with torch.inference_mode():
         f = small.module(x).reshape(2, -1)
     assert f.shape == (2, bb.feature_dim) and torch.isfinite(f).all() and (f[0] != f[1]).any()
+
+
+class _CountingClusterer(ImageClusterer):
+    """An ImageClusterer that notes how many images each extraction was asked for."""
+
+    def _extract_each(self, backbones, paths):
+        self.extracted.append(([(bb.name, bb.preprocess.input_size) for bb in backbones], len(paths)))
+        return super()._extract_each(backbones, paths)
+
+
+def test_views_of_a_large_collection_are_compared_on_the_sample_and_only_the_winner_is_extracted_whole(tmp_path):
+    from sklearn.base import clone
+
+    from visclust.features import concat_features, extract_features
+    from visclust.model import FeatureClusterer
+
+    root = make_shape_images(tmp_path / "many", n_per_class=110, size=24)  # 330 images, 96 px candidate
+    fc = FeatureClusterer(umap_components=None, max_cluster_rows=1)  # chooses on 100 rows per cluster: 300
+    m = _CountingClusterer(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters=3, clusterer=fc,
+                           engine="torch", num_workers=0)
+    m.extracted = []
+    m.fit([root])
+    net, small, pixels = ("torchvision/mobilenet_v2", 224), ("torchvision/mobilenet_v2", 96), ("baseline/pixels", 32)
+    first = next(k for k in m.view_scores_ if k.endswith("+pixels"))[:-len("+pixels")]  # the better size
+    assert list(m.view_scores_) == ["backbone", "backbone@96px", first + "+pixels"]
+    assert m.view_ in (first, first + "+pixels")
+    winner = [small if "96px" in m.view_ else net] + ([pixels] if "pixels" in m.view_ else [])
+    # every view on the same 300 images; the other 30 only for the winner
+    assert m.extracted == [([net], 300), ([small], 300), ([pixels], 300), (winner, 30)]
+    f = m.feature_clusterer_
+    assert f.sample_rows_ == (300, 330, 330) and len(f.selection_index_) == 300 and len(m.labels_) == 330
+    assert m.paths_ == sorted(m.paths_) and len(set(m.paths_)) == 330
+
+    # the same scores and labels as fitting each view's features of the whole collection
+    paths = m.paths_
+    bb = create_backbone("torchvision/mobilenet_v2", pretrained=False)
+    feats = {"backbone": extract_features(bb, paths, engine="torch", num_workers=0),
+             "backbone@96px": extract_features(small_image_backbone(bb, paths), paths, engine="torch", num_workers=0)}
+    feats[first + "+pixels"] = concat_features(
+        [feats[first], extract_features(create_backbone("baseline/pixels"), paths, num_workers=0)])
+    whole = {name: clone(fc).set_params(n_clusters=3).fit(r.features) for name, r in feats.items()}
+    for name, score in m.view_scores_.items():
+        assert score == pytest.approx(whole[name].pipeline_scores_[whole[name].pipeline_], abs=1e-9), name
+    np.testing.assert_array_equal(m.labels_, whole[m.view_].labels_)
+    np.testing.assert_array_equal(f.selection_index_, whole[m.view_].selection_index_)
+
+
+def test_merge_results_keeps_the_input_order():
+    from visclust.features import FeatureResult, merge_results
+
+    a = FeatureResult(np.array([[1, 1], [3, 3]], np.float32), ["a", "c"], [("e", "bad")])
+    b = FeatureResult(np.array([[2, 2], [4, 4]], np.float32), ["b", "d"], [("x", "gone")])
+    r = merge_results([a, b], ["a", "b", "x", "c", "d", "e"])
+    assert r.paths == ["a", "b", "c", "d"] and r.skipped == [("x", "gone"), ("e", "bad")]
+    np.testing.assert_array_equal(r.features[:, 0], [1, 2, 3, 4])

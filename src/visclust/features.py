@@ -92,6 +92,26 @@ def concat_features(results: Sequence[FeatureResult]) -> FeatureResult:
     return FeatureResult(np.hstack(blocks), order, skipped)
 
 
+def merge_results(results: Sequence[FeatureResult], order: Sequence[str]) -> FeatureResult:
+    """The rows of several results for different images (same backbones) as one result, in
+    the order of ``order`` (the input paths); the skipped images too, in that order."""
+    where = {}
+    for j, r in enumerate(results):
+        for i, p in enumerate(r.paths):
+            where[p] = (j, i)
+    kept = [p for p in order if p in where]
+    dim = next((np.shape(r.features)[1] for r in results if np.ndim(r.features) == 2), 0)
+    out = np.empty((len(kept), dim), np.float32)
+    src = np.asarray([where[p] for p in kept], np.int64).reshape(-1, 2)
+    for j, r in enumerate(results):
+        mine = src[:, 0] == j
+        if mine.any():
+            out[mine] = r.features[src[mine, 1]]
+    rank = {p: i for i, p in enumerate(order)}
+    skipped = sorted((s for r in results for s in r.skipped), key=lambda s: rank.get(s[0], len(rank)))
+    return FeatureResult(out, kept, skipped)
+
+
 @dataclass
 class ExtractStats:
     """What one extraction into a store did."""

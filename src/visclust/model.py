@@ -287,13 +287,31 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def fit(self, X, y=None):
         """Fit on ``X`` of shape (n_samples, n_features). ``y`` is ignored."""
+        k, X = self._checked_input(X)
+        index = self._cluster_sample(len(X), k)
+        state = self._select(X if index is None else X[index], k, sampled=index is not None)
+        return self._finish(X, index, state)
+
+    def _checked_input(self, X):
         k = self._validate_params()
         X = _as_features(X)
         if k is not None and len(X) < k:
             raise InputError(f"{len(X)} samples cannot form {k} clusters; use fewer clusters or more data")
         self.n_features_in_ = X.shape[1]
-        self.selection_index_ = self.sample_index_ = self._cluster_sample(len(X), k)
-        X_all, X = X, (X if self.selection_index_ is None else X[self.selection_index_])
+        return k, X
+
+    def _select_on(self, X, sampled: bool) -> dict:
+        """Steps 1-4 of :meth:`fit` alone: the reducer, the chosen pipeline and its stability
+        (``pipeline_scores_``) on ``X``, either the whole collection or (``sampled``) the
+        sample of a larger one, exactly as ``fit`` chooses on its sample. Returns what
+        :meth:`_finish` needs to cluster and classify the collection with that choice, so
+        :class:`ImageClusterer` compares views without fitting the losing ones whole."""
+        k, X = self._checked_input(X)
+        return self._select(X, k, sampled)
+
+    def _select(self, X, k, sampled: bool) -> dict:
+        """Reduce ``X``, choose K and the pipeline on it; cluster it too unless ``sampled``
+        (then :meth:`_finish` clusters the collection the sample came from)."""
         self.whiten_scores_ = {}
         if self.whiten == "auto":
             self.reducer_, self.whiten_scores_ = self._choose_whitening(X, k)
@@ -315,14 +333,15 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
                             "kmeans")
             k, self.k_scores_ = choose_n_clusters(spaces[ks], self.k_range, k_method, random_state=seed)
         cands = self._candidate_list(len(X), k)
-        sampled = self.selection_index_ is not None
+        state = {"k": k, "rows": len(X), "Z": Z, "space": None, "runs": []}
         if len(cands) == 1 and sampled:
-            self.pipeline_, self.pipeline_scores_ = cands[0].name, {}  # clustered below, on more rows
+            self.pipeline_, self.pipeline_scores_ = cands[0].name, {}  # clustered by _finish, on more rows
         elif len(cands) == 1:
             c = cands[0]
             E = spaces[c.space][0] if c.space in spaces else embed(Z, c.space, seed, umap_components=umap_dims)
             self.cluster_labels_ = cluster_features(E, k, c.method, random_state=self.random_state, n_init=self.n_init)
-            self.pipeline_, self.pipeline_scores_, space, runs = c.name, {}, E, []
+            self.pipeline_, self.pipeline_scores_ = c.name, {}
+            state["space"] = E
         else:
             sel = select_pipeline(Z, k, cands, n_runs=self.n_runs, random_state=seed, umap_components=umap_dims,
                                   spaces=spaces)
@@ -330,11 +349,21 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             self.pipeline_, self.pipeline_scores_ = sel.best.name, dict(sel.scores)
             self.selection_ = sel  # every candidate's runs, e.g. to report them; not saved
             i = _index_of(sel.runs[sel.best.name], sel.labels)
-            space = sel.spaces[sel.best.space][i]
-            runs = [r for j, r in enumerate(sel.runs[sel.best.name]) if j != i]
-        if sampled:  # the chosen pipeline once more, on up to FINAL_CLUSTER_ROWS rows
+            state["space"] = sel.spaces[sel.best.space][i]
+            state["runs"] = [r for j, r in enumerate(sel.runs[sel.best.name]) if j != i]
+        return state
+
+    def _finish(self, X_all, index, state: dict):
+        """The rest of :meth:`fit` after :meth:`_select`: on a sample (``index``: the rows of
+        ``X_all`` the selection saw, or None for all of them), the chosen pipeline clusters up
+        to ``FINAL_CLUSTER_ROWS`` rows; then the classifier, and the assignment of every row."""
+        k, Z, space, runs = state["k"], state["Z"], state["space"], state["runs"]
+        seed = 0 if self.random_state is None else int(self.random_state)
+        self.selection_index_ = self.sample_index_ = index
+        if index is not None:  # the chosen pipeline once more, on up to FINAL_CLUSTER_ROWS rows
             best = Candidate.parse(self.pipeline_)
-            self.sample_index_ = self._random_rows(len(X_all), max(FINAL_CLUSTER_ROWS, len(X)), seed + 1)
+            umap_dims = int(self.umap_components) if self.umap_components is not None else 10
+            self.sample_index_ = self._random_rows(len(X_all), max(FINAL_CLUSTER_ROWS, state["rows"]), seed + 1)
             Z = self.reducer_.transform(X_all if self.sample_index_ is None else X_all[self.sample_index_])
             space = embed(Z, best.space, seed, umap_components=umap_dims)
             self.cluster_labels_ = cluster_features(space, k, best.method, random_state=self.random_state,
@@ -352,10 +381,10 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             rank = np.argsort(np.argsort(margin, kind="stable"), kind="stable") / max(len(margin) - 1, 1)
             margin = agreement(runs, self.cluster_labels_) + 0.5 * rank
         self._train_score = margin  # how typical each row is of its cluster; for refit_classifier, not saved
-        self._fit_classifier(Z)
+        self._fit_classifier(Z, assign=self.sample_index_ is None)  # else _assign_all assigns every row once
         self.sample_rows_ = None
-        if sampled:
-            self.sample_rows_ = (len(X), len(Z), len(X_all))
+        if index is not None:
+            self.sample_rows_ = (state["rows"], len(Z), len(X_all))
         if self.sample_index_ is not None:
             self._assign_all(X_all)
         return self
@@ -390,15 +419,17 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         self.labels_, self.confidence_ = self._labels_from(best, conf)
         self.cluster_centers_ = cluster_means(Z, self.labels_, self.n_clusters_)
 
-    def _fit_classifier(self, Z, views=()):
+    def _fit_classifier(self, Z, views=(), assign: bool = True):
         self.classifier_ = PseudoLabelClassifier(self.confident_fraction, self.self_training, kind=self.classifier,
                                                  random_state=self.random_state)
         self.classifier_.fit(Z, self.cluster_labels_, self._train_score, views=list(views))
+        self.n_clusters_ = len(self.classifier_.classes_)
+        if not assign:
+            return self
         keep = getattr(self.classifier_, "copies_keep_", None)
         if views and keep is not None:  # the network averages over the copies it kept only
             views = [np.where(m[:, None], v, Z) for v, m in zip(views, keep)]
         self.labels_, self.confidence_ = self._assign(Z, views)
-        self.n_clusters_ = len(self.classifier_.classes_)
         self.cluster_centers_ = cluster_means(Z, self.labels_, self.n_clusters_)
         return self
 
@@ -531,6 +562,21 @@ def view_wins(base_score: float, other_score: float, gain: float = VIEW_GAIN) ->
     return enough and other_score > base_score
 
 
+def _joined(parts):
+    """One FeatureResult from the results of several backbones (side by side) or of one."""
+    from .features import concat_features
+
+    return parts[0] if len(parts) == 1 else concat_features(parts)
+
+
+def _check_some(res) -> None:
+    if len(res.paths) == 0:
+        from .exceptions import NoImagesError
+
+        first = res.skipped[0][1] if res.skipped else "-"
+        raise NoImagesError(f"none of the {len(res.skipped)} images could be read (first: {first})")
+
+
 def _chosen_score(fc) -> float:
     """Stability of the pipeline a fitted FeatureClusterer chose (its selection's score)."""
     return float(fc.pipeline_scores_.get(fc.pipeline_, float("-inf")))
@@ -581,7 +627,11 @@ class ImageClusterer(BaseEstimator):
         natural photos, and the score tells which on the user's own images. Applies only
         when the selection compares candidates (``method`` or ``space`` 'auto'), K is given, ``baseline/pixels`` is not already a backbone and ``fit`` is
         not given precomputed ``features``; it doubles the clustering time. True: always
-        concatenate; False: never.
+        concatenate; False: never. On more images than the clusterer's ``max_cluster_rows``
+        the views (with ``input_size='auto'`` too) are compared on the random sample its
+        selection chooses on, the same images for each view: only that sample is extracted
+        for the views that lose, and only the winner is extracted, clustered and held in
+        memory for every image.
     input_size : {'auto', 'backbone'} or int, default 'auto'
         Size of the network's input. ``'backbone'``: the backbone's own preprocessing (e.g.
         resize to 256, centre-crop 224). An int N: every image resized to N x N, no crop (for
@@ -747,6 +797,62 @@ class ImageClusterer(BaseEstimator):
                 out.append(feats)
         return out
 
+    def _features_of(self, backbones, paths):
+        """Features of ``paths`` from every backbone, side by side when there are several."""
+        return _joined(self._extract_each(backbones, paths))
+
+    def _fit_views(self, fc, bbs, alt, use_pixels, paths):
+        """Choose the view (the input size ``alt`` on small images, the pixels beside) by the
+        stability of each view's chosen pipeline, then fit ``fc`` on the winner alone.
+
+        On a collection larger than ``fc``'s ``max_cluster_rows`` the views are compared on
+        the random sample its selection would choose on (the same images for every view, so
+        the same scores as a fit of each view whole): only that sample is extracted for the
+        views that lose, and only the winner's features of the whole collection are computed
+        and held in memory. Returns ``(fitted fc, backbones, features, view name)``.
+        """
+        from .backbones import create_backbone
+        from .features import merge_results
+
+        index = fc._cluster_sample(len(paths), fc._validate_params())
+        rows = paths if index is None else [paths[i] for i in index]
+        sampled = index is not None
+        views, states = {}, {}
+
+        def add(name, backbones, parts):
+            res = _joined(parts)
+            _check_some(res)
+            f = clone(fc)
+            views[name] = (backbones, parts, res)
+            states[name] = (f, f._select_on(res.features, sampled))
+            return _chosen_score(f)
+
+        base = "backbone"
+        scores = {base: add(base, bbs, self._extract_each(bbs, rows))}
+        if alt is not None:  # the backbone at a smaller input size: kept if more stable
+            name = f"backbone@{alt[0].preprocess.input_size}px"
+            scores[name] = add(name, alt, self._extract_each(alt, rows))
+            if view_wins(scores[base], scores[name], gain=0.0):  # no dearer
+                base = name
+        if use_pixels:  # the winner so far with the raw pixels beside; kept if clearly more stable
+            px = create_backbone("baseline/pixels")
+            vbbs, vparts, vres = views[base]
+            name = base + "+pixels"
+            scores[name] = add(name, vbbs + [px], vparts + self._extract_each([px], list(vres.paths)))
+            if view_wins(scores[base], scores[name]):
+                base = name
+        self.view_scores_ = scores
+        (wbbs, _, wres), (f, state) = views[base], states[base]
+        views.clear()  # the losing views' features are not needed any more
+        if not sampled:
+            return f._finish(wres.features, None, state), wbbs, wres, base
+        chosen = set(wres.paths) | {p for p, _ in wres.skipped}
+        rest = self._features_of(wbbs, [p for p in paths if p not in chosen])
+        res = merge_results([wres, rest], paths)
+        at = {p: i for i, p in enumerate(res.paths)}
+        index = np.asarray([at[p] for p in wres.paths], np.int64)  # the rows the selection saw
+        return f._finish(res.features, index, state), wbbs, res, base
+
     def extract(self, inputs):
         """Features of the images in ``inputs`` (files, directories, list files)."""
         from .features import concat_features
@@ -761,12 +867,10 @@ class ImageClusterer(BaseEstimator):
         ``features`` may pass a precomputed :class:`visclust.features.FeatureResult` for
         ``X`` (from a feature store) so nothing is computed twice.
         """
-        from .exceptions import NoImagesError
-
         template = self.clusterer if self.clusterer is not None else FeatureClusterer()
         if not isinstance(template, FeatureClusterer):
             raise InputError("clusterer must be a visclust.FeatureClusterer")
-        from .features import backbone_at_size, check_input_size, concat_features
+        from .features import backbone_at_size, check_input_size
 
         fc = clone(template).set_params(n_clusters=self.n_clusters)
         fc._validate_params()
@@ -789,43 +893,23 @@ class ImageClusterer(BaseEstimator):
         use_pixels = self.pixels is not False and features is None and "baseline/pixels" not in names
         if use_pixels and self.pixels == "auto":
             use_pixels = compares
-        if features is not None:
-            parts, res = None, features
+        paths = collect_inputs(X) if features is None else None
+        if isinstance(size, int) and features is None:  # every backbone at that size (baseline/* keep theirs)
+            bbs = [backbone_at_size(bb, size) for bb in bbs]
+        alt = self._small_image_view(bbs, paths) if size == "auto" and features is None and compares else None
+        self.view_scores_, base = {}, "backbone"
+        if alt is not None or (use_pixels and self.pixels == "auto"):
+            fc, bbs, res, base = self._fit_views(fc, bbs, alt, use_pixels, paths)
         else:
-            if isinstance(size, int):  # every backbone at that size (baseline/* keep theirs)
-                bbs = [backbone_at_size(bb, size) for bb in bbs]
-            parts = self._extract_each(bbs, collect_inputs(X))
-            res = parts[0] if len(parts) == 1 else concat_features(parts)
-        if len(res.paths) == 0:
-            raise NoImagesError(f"none of the {len(res.skipped)} images could be read (first: {res.skipped[0][1] if res.skipped else '-'})")
-        self.view_scores_, fitted, base = {}, False, "backbone"
-        alt = self._small_image_view(bbs, res.paths) if size == "auto" and features is None and compares else None
-        if alt is not None:  # the backbone at a smaller input size: kept if more stable
-            alt_parts = self._extract_each(alt, list(res.paths))
-            fc_alt = clone(fc).fit(alt_parts[0].features)
-            fc.fit(res.features)
-            fitted = True
-            name = f"backbone@{alt[0].preprocess.input_size}px"
-            self.view_scores_ = {"backbone": _chosen_score(fc), name: _chosen_score(fc_alt)}
-            if view_wins(self.view_scores_["backbone"], self.view_scores_[name], gain=0.0):  # no dearer
-                fc, bbs, parts, res, base = fc_alt, alt, alt_parts, alt_parts[0], name
-        if use_pixels:
-            from .backbones import create_backbone
+            if features is not None:
+                res = features
+            else:
+                if use_pixels:  # pixels=True: always side by side
+                    from .backbones import create_backbone
 
-            px = create_backbone("baseline/pixels")
-            both = concat_features(parts + self._extract_each([px], list(res.paths)))
-            if self.pixels is True:
-                bbs, res = bbs + [px], both
-            else:  # both views, each with its own label-free selection; the more stable one stays
-                with_px = clone(fc).fit(both.features)
-                if not fitted:
-                    fc.fit(res.features)
-                    fitted = True
-                self.view_scores_[base] = _chosen_score(fc)
-                self.view_scores_[base + "+pixels"] = _chosen_score(with_px)
-                if view_wins(self.view_scores_[base], self.view_scores_[base + "+pixels"]):
-                    fc, bbs, res, base = with_px, bbs + [px], both, base + "+pixels"
-        if not fitted:
+                    bbs = bbs + [create_backbone("baseline/pixels")]
+                res = self._features_of(bbs, paths)
+            _check_some(res)
             fc.fit(res.features)
         if augment:
             fc.refit_classifier(res.features, self._copies_features(bbs, list(res.paths), res.features, augment))
