@@ -167,9 +167,9 @@ def test_every_registered_network_passes_or_fails_the_size_test_as_its_architect
 class _CountingClusterer(ImageClusterer):
     """An ImageClusterer that notes how many images each extraction was asked for."""
 
-    def _extract_each(self, backbones, paths):
+    def _extract_each(self, backbones, paths, desc=None):
         self.extracted.append(([(bb.name, bb.preprocess.input_size) for bb in backbones], len(paths)))
-        return super()._extract_each(backbones, paths)
+        return super()._extract_each(backbones, paths, desc=desc)
 
 
 def test_views_of_a_large_collection_are_compared_on_the_sample_and_only_the_winner_is_extracted_whole(tmp_path):
@@ -217,3 +217,26 @@ def test_merge_results_keeps_the_input_order():
     r = merge_results([a, b], ["a", "b", "x", "c", "d", "e"])
     assert r.paths == ["a", "b", "c", "d"] and r.skipped == [("x", "gone"), ("e", "bad")]
     np.testing.assert_array_equal(r.features[:, 0], [1, 2, 3, 4])
+
+
+def test_chosen_features_are_computed_in_chunks_into_one_array(tmp_path, shape_images, monkeypatch):
+    import visclust.model as model_module
+    from visclust.features import concat_features
+    from visclust.io import collect_inputs
+
+    (shape_images / "red_disc" / "broken.png").write_bytes(b"not a png")
+    paths = collect_inputs([shape_images])
+    m = _CountingClusterer(backbone=["torchvision/mobilenet_v2", "baseline/pixels"], pretrained=False,
+                           engine="torch", num_workers=0)
+    m.extracted = []
+    bbs = m.get_backbones()
+    whole = concat_features(m._extract_each(bbs, paths))
+    monkeypatch.setattr(model_module, "FIT_CHUNK_IMAGES", 7)
+    sample = m._features_of(bbs, paths[::5][:6])  # 6 images: one chunk
+    for known in (None, sample):
+        m.extracted = []
+        r = m._features_of(bbs, paths, known=known)
+        assert r.paths == whole.paths and r.skipped == whole.skipped and len(r.paths) == 36
+        np.testing.assert_allclose(r.features, whole.features, rtol=1e-5, atol=1e-6)
+        counts = [n for (_, n) in m.extracted]
+        assert len(counts) == 6 and sum(counts) == 37 - (0 if known is None else 6)  # 6 chunks; the sample once

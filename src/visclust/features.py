@@ -93,8 +93,9 @@ def concat_features(results: Sequence[FeatureResult]) -> FeatureResult:
 
 
 def merge_results(results: Sequence[FeatureResult], order: Sequence[str]) -> FeatureResult:
-    """The rows of several results for different images (same backbones) as one result, in
-    the order of ``order`` (the input paths); the skipped images too, in that order."""
+    """The rows of several results for different images (same backbones) as one result: the
+    images of ``order`` (input paths) that any of them read, and those they skipped, in the
+    order of ``order``; other rows are left out."""
     where = {}
     for j, r in enumerate(results):
         for i, p in enumerate(r.paths):
@@ -108,7 +109,7 @@ def merge_results(results: Sequence[FeatureResult], order: Sequence[str]) -> Fea
         if mine.any():
             out[mine] = r.features[src[mine, 1]]
     rank = {p: i for i, p in enumerate(order)}
-    skipped = sorted((s for r in results for s in r.skipped), key=lambda s: rank.get(s[0], len(rank)))
+    skipped = sorted((s for r in results for s in r.skipped if s[0] in rank), key=lambda s: rank[s[0]])
     return FeatureResult(out, kept, skipped)
 
 

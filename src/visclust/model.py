@@ -40,16 +40,25 @@ GMM_MAX_CELLS = 20_000_000
 #: backbone's resize size: median 289 KB, largest 852 KB for the shared 512 px photos (about
 #: 3 GB for 10,000), 2 KB for CIFAR-10's 32 x 32 images (``benchmarks/copies.py``).
 COPY_CHUNK_IMAGES = 10_000
-#: ``max_cluster_rows``: the clustering (the whitening test, PCA, UMAP, the candidates and
-#: their stability, the classifier's training) runs on a random sample of at most this many
-#: rows, or ``SAMPLE_ROWS_PER_CLUSTER * k`` when that is more; the classifier then assigns
-#: every row. Two reasons, measured on CIFAR-10 train's 50,000 images (docs/benchmarks.md,
-#: "Large collections"; docs/scaling.md for the time): the stability criterion was set and checked on collections of
-#: 1,797-10,000 images, and on 50,000 K-means in the PCA space became as reproducible as the
-#: UMAP candidates (0.88 against 0.82-0.84) and was chosen in one of two seeds, at ACC 0.444,
-#: where samples of 10,000 or 20,000 chose UMAP in every seed (0.505-0.522); and time: one
-#: UMAP embedding of 200,000 rows takes minutes on 2 CPU cores, and the selection computes 3.
-MAX_CLUSTER_ROWS = 20_000
+
+#: ``fit`` computes the chosen features of a larger collection this many images at a time,
+#: into one array, when they come from several backbones side by side (the pixels beside the
+#: network) or add to a sample already computed: no step holds the whole collection's
+#: features twice (one part per backbone, then their concatenation; or the rest, then the
+#: merge with the sample). One backbone alone is extracted in one go (its own output array).
+FIT_CHUNK_IMAGES = 100_000
+#: ``max_cluster_rows``: the choice of pipeline (the whitening test, PCA, UMAP, the candidates
+#: and their stability) and of the view (``ImageClusterer``'s input-size and pixels tests) runs
+#: on a random sample of at most this many rows, or ``SAMPLE_ROWS_PER_CLUSTER * k`` when that
+#: is more. The stability criterion was set and checked on collections of 1,797-10,000 images,
+#: and its scores are not comparable across sizes: K-means in the PCA space grows more
+#: reproducible with more rows (it cuts an elongated cloud the same way every time) while the
+#: UMAP candidates do not. On CIFAR-10 train (docs/benchmarks.md, "Large collections"), chosen
+#: on every one of its 50,000 rows it won one seed of two at ACC 0.444; chosen on 20,000 rows
+#: of its features at the backbone's 224 px it won two seeds of three (stability 0.92-0.93,
+#: ACC 0.43-0.44 against UMAP's 0.47), and on 10,000 none of three. Also time: one UMAP
+#: embedding of 200,000 rows takes minutes on 2 CPU cores, and the selection computes 3.
+MAX_CLUSTER_ROWS = 10_000
 #: After choosing on that sample, the chosen pipeline clusters once more a random sample of
 #: up to this many rows (every row of a smaller collection); the classifier assigns the rest.
 #: UMAP's candidates are more accurate on more rows: on CIFAR-10 train, chosen on 20,000
@@ -137,7 +146,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         Candidates for ``n_clusters='auto'``.
     n_init : int, default 10
         K-means restarts when a single pipeline is fitted (no selection).
-    max_cluster_rows : int or None, default 20000
+    max_cluster_rows : int or None, default 10000
         On more rows than this, the pipeline is chosen (PCA, every candidate and its stability)
         on a random sample of ``max(max_cluster_rows, 100 * n_clusters)`` rows, so the
         stability criterion compares candidates at the sizes it was checked on
@@ -752,11 +761,12 @@ class ImageClusterer(BaseEstimator):
         bb = small_image_backbone(backbones[0], paths) if len(backbones) == 1 else None
         return None if bb is None else [bb]
 
-    def _extract_each(self, backbones, paths) -> list:
+    def _extract_each(self, backbones, paths, desc: str | None = None) -> list:
         from .features import extract_features
 
         return [extract_features(bb, paths, batch_size=self.batch_size, num_workers=self.num_workers,
-                                 device=self.device, progress=self.progress, engine=self.engine, store=self.store)
+                                 device=self.device, progress=self.progress, engine=self.engine, store=self.store,
+                                 desc=None if desc is None else f"{bb.name}, {desc}")
                 for bb in backbones]
 
     def _copies_features(self, backbones, paths: list, originals: np.ndarray, n_copies: int) -> list:
@@ -797,9 +807,28 @@ class ImageClusterer(BaseEstimator):
                 out.append(feats)
         return out
 
-    def _features_of(self, backbones, paths):
-        """Features of ``paths`` from every backbone, side by side when there are several."""
-        return _joined(self._extract_each(backbones, paths))
+    def _features_of(self, backbones, paths, known=None):
+        """Features of ``paths`` from every backbone, side by side when there are several, in
+        the order of ``paths``; the rows (and skipped images) of ``known``, a result of the
+        same backbones, are not computed again. See :data:`FIT_CHUNK_IMAGES`."""
+        from .features import FeatureResult, merge_results
+
+        if known is None and (len(backbones) == 1 or len(paths) <= FIT_CHUNK_IMAGES):
+            return _joined(self._extract_each(backbones, paths))
+        done = set() if known is None else set(known.paths) | {p for p, _ in known.skipped}
+        out, kept, skipped, step = None, [], [], FIT_CHUNK_IMAGES
+        for s in range(0, len(paths), step):
+            chunk = paths[s:s + step]
+            todo = [p for p in chunk if p not in done]
+            desc = f"images {s + 1}-{s + len(chunk)} of {len(paths)}" if len(paths) > step else None
+            parts = [_joined(self._extract_each(backbones, todo, desc=desc))] if todo else []
+            part = merge_results(parts + ([] if known is None else [known]), chunk)
+            if out is None:
+                out = np.empty((len(paths), part.features.shape[1]), np.float32)
+            out[len(kept):len(kept) + len(part.paths)] = part.features
+            kept += part.paths
+            skipped += part.skipped
+        return FeatureResult(out[:len(kept)], kept, skipped)
 
     def _fit_views(self, fc, bbs, alt, use_pixels, paths):
         """Choose the view (the input size ``alt`` on small images, the pixels beside) by the
@@ -812,7 +841,6 @@ class ImageClusterer(BaseEstimator):
         and held in memory. Returns ``(fitted fc, backbones, features, view name)``.
         """
         from .backbones import create_backbone
-        from .features import merge_results
 
         index = fc._cluster_sample(len(paths), fc._validate_params())
         rows = paths if index is None else [paths[i] for i in index]
@@ -846,9 +874,7 @@ class ImageClusterer(BaseEstimator):
         views.clear()  # the losing views' features are not needed any more
         if not sampled:
             return f._finish(wres.features, None, state), wbbs, wres, base
-        chosen = set(wres.paths) | {p for p, _ in wres.skipped}
-        rest = self._features_of(wbbs, [p for p in paths if p not in chosen])
-        res = merge_results([wres, rest], paths)
+        res = self._features_of(wbbs, paths, known=wres)  # the sample's rows are not computed again
         at = {p: i for i, p in enumerate(res.paths)}
         index = np.asarray([at[p] for p in wres.paths], np.int64)  # the rows the selection saw
         return f._finish(res.features, index, state), wbbs, res, base

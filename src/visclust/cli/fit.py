@@ -48,7 +48,7 @@ def register(sub) -> None:
     g.add_argument("--max-cluster-rows", type=int, default=None, metavar="N",
                    help="on more images than N (or 100 per cluster, if more), choose the pipeline on a random sample "
                         "of that many, cluster up to 100,000 with it and let the trained classifier assign the rest; "
-                        "0 = choose and cluster on every image (default 20,000: visclust.model.MAX_CLUSTER_ROWS)")
+                        "0 = choose and cluster on every image (default 10,000: visclust.model.MAX_CLUSTER_ROWS)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     add_store_options(p)
     add_runtime_options(p)
