@@ -240,3 +240,13 @@ def test_chosen_features_are_computed_in_chunks_into_one_array(tmp_path, shape_i
         np.testing.assert_allclose(r.features, whole.features, rtol=1e-5, atol=1e-6)
         counts = [n for (_, n) in m.extracted]
         assert len(counts) == 6 and sum(counts) == 37 - (0 if known is None else 6)  # 6 chunks; the sample once
+
+
+def test_pixels_on_go_beside_each_input_size_compared_and_predict_computes_them(tmp_path, shape_images):
+    m = ImageClusterer(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters=3, engine="torch",
+                       num_workers=0, pixels=True).fit([shape_images])  # 48 x 48 images: 192 is the candidate
+    assert set(m.view_scores_) == {"backbone+pixels", "backbone@192px+pixels"}
+    assert [c.name for c in m.backbone_configs_] == ["torchvision/mobilenet_v2", "baseline/pixels"]
+    assert m.feature_clusterer_.n_features_in_ == 1280 + 3 * 32 * 32
+    m.save(tmp_path / "m.vcm")
+    np.testing.assert_array_equal(ImageClusterer.load(tmp_path / "m.vcm").predict([shape_images]), m.labels_)

@@ -855,15 +855,17 @@ class ImageClusterer(BaseEstimator):
             states[name] = (f, f._select_on(res.features, sampled))
             return _chosen_score(f)
 
-        base = "backbone"
-        scores = {base: add(base, bbs, self._extract_each(bbs, rows))}
+        px = create_backbone("baseline/pixels") if use_pixels else None
+        always = use_pixels and self.pixels is True  # pixels=True: beside every view, not tested
+        extra, suffix = ([px], "+pixels") if always else ([], "")
+        base = "backbone" + suffix
+        scores = {base: add(base, bbs + extra, self._extract_each(bbs + extra, rows))}
         if alt is not None:  # the backbone at a smaller input size: kept if more stable
-            name = f"backbone@{alt[0].preprocess.input_size}px"
-            scores[name] = add(name, alt, self._extract_each(alt, rows))
+            name = f"backbone@{alt[0].preprocess.input_size}px" + suffix
+            scores[name] = add(name, alt + extra, self._extract_each(alt + extra, rows))
             if view_wins(scores[base], scores[name], gain=0.0):  # no dearer
                 base = name
-        if use_pixels:  # the winner so far with the raw pixels beside; kept if clearly more stable
-            px = create_backbone("baseline/pixels")
+        if use_pixels and not always:  # the winner so far with the raw pixels beside; kept if clearly more stable
             vbbs, vparts, vres = views[base]
             name = base + "+pixels"
             scores[name] = add(name, vbbs + [px], vparts + self._extract_each([px], list(vres.paths)))
