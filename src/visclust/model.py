@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin, clone
@@ -17,10 +16,10 @@ from sklearn.utils.validation import check_is_fitted as _sk_check_is_fitted
 from sklearn.exceptions import NotFittedError as _SkNotFittedError
 
 from .classify import PseudoLabelClassifier, centroid_margin
-from .cluster import METHODS, _compact, check_method, cluster_features, cluster_means
+from .cluster import _compact, check_method, cluster_features, cluster_means
 from .exceptions import InputError, NotFittedError, WeightsUnavailableError
 from .io import Assignments, collect_inputs
-from .reduce import Reducer, umap_embedding
+from .reduce import Reducer
 from .select import SPACES, Candidate, agreement, choose_n_clusters, embed, embed_runs, select_pipeline
 
 #: Algorithms ``method='auto'`` chooses among (HDBSCAN and spectral are available by name:
