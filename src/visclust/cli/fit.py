@@ -46,8 +46,9 @@ def register(sub) -> None:
                         "extraction: +0.015-0.024 ACC on CIFAR-10, within 0.005 on digits, symbols and garments; with "
                         "--classifier svm +0.03 on CIFAR-10 but lower elsewhere (default %(default)s: off)")
     g.add_argument("--max-cluster-rows", type=int, default=None, metavar="N",
-                   help="on more images than N (or 100 per cluster, if more), choose the pipeline on a random sample "
-                        "of that many, cluster up to 100,000 with it and let the trained classifier assign the rest; "
+                   help="on more images than N (or 100 per cluster, if more), choose the pipeline, the input size and "
+                        "the pixels on a random sample of that many (only the chosen features are then computed for "
+                        "every image), cluster up to 100,000 with it and let the trained classifier assign the rest; "
                         "0 = choose and cluster on every image (default 10,000: visclust.model.MAX_CLUSTER_ROWS)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     add_store_options(p)
