@@ -72,6 +72,10 @@ def main(argv=None) -> None:
                 start = external_scores(y, m.feature_clusterer_.cluster_labels_)["acc"]
                 print(f"| {name} | {seed} | clustering before the classifier | | {start:.3f} | |", flush=True)
             views = ", ".join(f"{k} {v:.3f}" for k, v in m.view_scores_.items()) or "-"
+            support = getattr(m, "view_support_", None)  # the pixels' neighbour-support test, when it ran
+            if support:
+                views += " (support among the backbone's neighbours: " + \
+                    ", ".join(f"{k} {v:.2f}" for k, v in support.items()) + ")"
             kept = " + ".join(f"{c.name.split('/')[-1]}@{c.preprocess.input_size}px" for c in m.backbone_configs_)
             print(f"| {name} | {seed} | {views} | {kept} | {acc:.3f} | {secs:.0f} |", flush=True)
         print(f"| {name} | mean | | | **{np.mean(accs):.3f} ± {np.std(accs):.3f}** | |", flush=True)

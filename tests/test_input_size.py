@@ -250,3 +250,27 @@ def test_pixels_on_go_beside_each_input_size_compared_and_predict_computes_them(
     assert m.feature_clusterer_.n_features_in_ == 1280 + 3 * 32 * 32
     m.save(tmp_path / "m.vcm")
     np.testing.assert_array_equal(ImageClusterer.load(tmp_path / "m.vcm").predict([shape_images]), m.labels_)
+
+
+def test_pixels_that_group_photos_by_colour_are_refused(tmp_path, cifar_test_dir, mobilenet_weights):
+    """On 300 CIFAR-10 photos of 3 classes the raw pixels make a partition by colour more
+    reproducible than the backbone's (so the stability test alone would keep them, and ACC
+    falls from about 0.8 to 0.6); the backbone's own neighbours do not support it."""
+    from visclust.evaluate import hungarian_accuracy
+    from visclust.model import PIXELS_SUPPORT, view_wins
+
+    for c in ("cat", "ship", "frog"):
+        (tmp_path / c).mkdir()
+        for f in sorted((cifar_test_dir / c).iterdir())[:100]:
+            (tmp_path / c / f.name).symlink_to(f)
+    m = ImageClusterer(weights=str(mobilenet_weights), n_clusters=3, input_size="backbone", num_workers=0,
+                       progress=False).fit([tmp_path])
+    scores, support = m.view_scores_, m.view_support_
+    assert view_wins(scores["backbone"], scores["backbone+pixels"])  # more stable by the pixels' margin
+    assert support["backbone+pixels"] < PIXELS_SUPPORT * support["backbone"]
+    assert m.view_ == "backbone"
+    assert [c.name for c in m.backbone_configs_] == ["torchvision/mobilenet_v2"]  # predict computes no pixels
+    truth = [p.split("/")[-2] for p in m.paths_]
+    assert hungarian_accuracy(truth, m.labels_) > 0.7
+    line = describe_choices(m)[0]
+    assert "backbone+pixels was more stable but not kept" in line, line

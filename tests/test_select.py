@@ -10,6 +10,7 @@ from visclust.cluster import select_n_clusters
 from visclust.evaluate import hungarian_accuracy
 from visclust.exceptions import InputError
 from visclust.select import (Candidate, agreement, align_to, choose_n_clusters, describe_k_choice, medoid_run,
+                             neighbour_support,
                              other_levels, select_pipeline, stability,
                              subsample_run)
 
@@ -125,3 +126,17 @@ def test_choose_n_clusters_uses_every_embedding_and_checks_its_input():
         choose_n_clusters([X], (1, 6))
     with pytest.raises(InputError, match="too few"):
         choose_n_clusters([X[:6]], (4, 6))
+
+
+def test_neighbour_support_tells_groups_the_space_shows_from_ones_it_does_not():
+    X, y = make_blobs(600, centers=4, n_features=6, cluster_std=1.0, random_state=2)
+    assert neighbour_support(X, y) > 0.95  # the blobs: every neighbour agrees
+    other = np.random.default_rng(0).integers(0, 4, len(X))  # a partition the space knows nothing of
+    assert abs(neighbour_support(X, other)) < 0.1
+    # half the points of every blob moved to another group: about half the support
+    half = np.where(np.arange(len(X)) % 2 == 0, y, (y + 1) % 4)
+    assert 0.1 < neighbour_support(X, half) < 0.6
+    # noise (-1) is left out; the same with or without it
+    noisy = np.where(np.arange(len(X)) % 10 == 0, -1, y)
+    assert neighbour_support(X, noisy) > 0.95
+    assert np.isnan(neighbour_support(X[:4], y[:4]))  # too few rows to hold any out

@@ -555,6 +555,21 @@ def backbone_specs(backbone, weights) -> list[tuple[str, str | None]]:
 #: this share of the first view's disagreement between runs (1 - stability).
 VIEW_GAIN = 0.25
 
+#: The raw pixels, when they are more stable, must also keep at least this share of the backbone
+#: partition's support among the backbone's own neighbours (:func:`visclust.select.neighbour_support`):
+#: on photos the pixels make a partition by colour reproducible, one the backbone's neighbours
+#: do not share. The same quarter as :data:`VIEW_GAIN`, here as the most the pixels may lose.
+PIXELS_SUPPORT = 1.0 - VIEW_GAIN
+
+
+def pixels_supported(base_support: float, pixels_support: float) -> bool:
+    """Whether the pixels view's partition keeps enough of the backbone partition's support among
+    the backbone's neighbours (:data:`PIXELS_SUPPORT`); a support that could not be measured
+    (too few rows) does not refuse the pixels."""
+    if not (np.isfinite(base_support) and np.isfinite(pixels_support)):
+        return True
+    return pixels_support >= PIXELS_SUPPORT * base_support - 1e-12
+
 
 def view_wins(base_score: float, other_score: float, gain: float = VIEW_GAIN) -> bool:
     """Whether another view's stability beats the base view's by enough.
@@ -684,6 +699,11 @@ class ImageClusterer(BaseEstimator):
         images: the smaller input size), and with ``pixels='auto'`` the winner of those with
         the pixels added (``'backbone+pixels'`` or ``'backbone@128px+pixels'``); empty when no
         comparison ran.
+    view_support_ : dict {str: float}
+        When the pixels view was the more stable: the support of its partition and of the view
+        without pixels among the latter's neighbours (:func:`visclust.select.neighbour_support`);
+        the pixels are kept only if theirs is at least :data:`PIXELS_SUPPORT` of the other's.
+        Empty otherwise.
     view_ : str or None
         The view kept, one of ``view_scores_``' keys (None when no comparison ran; not saved
         in the model file).
@@ -869,7 +889,10 @@ class ImageClusterer(BaseEstimator):
             name = base + "+pixels"
             scores[name] = add(name, vbbs + [px], vparts + self._extract_each([px], list(vres.paths)))
             if view_wins(scores[base], scores[name]):
-                base = name
+                support = self._neighbour_supports(states[base], states[name], vres.paths, views[name][2].paths)
+                self.view_support_ = {base: support[0], name: support[1]}
+                if pixels_supported(*support):
+                    base = name
         self.view_scores_ = scores
         (wbbs, _, wres), (f, state) = views[base], states[base]
         views.clear()  # the losing views' features are not needed any more
@@ -879,6 +902,19 @@ class ImageClusterer(BaseEstimator):
         at = {p: i for i, p in enumerate(res.paths)}
         index = np.asarray([at[p] for p in wres.paths], np.int64)  # the rows the selection saw
         return f._finish(res.features, index, state), wbbs, res, base
+
+    @staticmethod
+    def _neighbour_supports(base_state, pixels_state, base_paths, pixels_paths) -> tuple[float, float]:
+        """Support of the base view's chosen partition and of the pixels view's among the base
+        view's neighbours (its reduced features of the rows both views saw)."""
+        from .select import neighbour_support
+
+        (fb, sb), (fp, _) = base_state, pixels_state
+        at = {p: i for i, p in enumerate(base_paths)}
+        rows = np.asarray([at[p] for p in pixels_paths], np.int64)  # the pixels view's rows among the base's
+        seed = fb.random_state
+        return (neighbour_support(sb["Z"][rows], np.asarray(fb.cluster_labels_)[rows], random_state=seed),
+                neighbour_support(sb["Z"][rows], np.asarray(fp.cluster_labels_), random_state=seed))
 
     def extract(self, inputs):
         """Features of the images in ``inputs`` (files, directories, list files)."""
@@ -924,7 +960,7 @@ class ImageClusterer(BaseEstimator):
         if isinstance(size, int) and features is None:  # every backbone at that size (baseline/* keep theirs)
             bbs = [backbone_at_size(bb, size) for bb in bbs]
         alt = self._small_image_view(bbs, paths) if size == "auto" and features is None and compares else None
-        self.view_scores_, base = {}, "backbone"
+        self.view_scores_, self.view_support_, base = {}, {}, "backbone"
         if alt is not None or (use_pixels and self.pixels == "auto"):
             fc, bbs, res, base = self._fit_views(fc, bbs, alt, use_pixels, paths)
         else:

@@ -127,6 +127,19 @@ def describe_choice(kind: str, chosen: str, scores: dict) -> str:
     return f"{kind}: chose {chosen} (stability {float(scores[chosen]):.3f}{rest})"
 
 
+def describe_support(view: str, support: dict | None) -> str:
+    """What the neighbour-support test of the pixels view said (nothing when it did not run)."""
+    from ..model import PIXELS_SUPPORT
+
+    if not support:
+        return ""
+    (base, b), (pixels, p) = support.items()
+    said = (f"; {pixels} kept its groups' support among the backbone's neighbours: {p:.2f} vs {b:.2f}" if view == pixels
+            else f"; {pixels} was more stable but not kept: its groups are not the backbone's (support among "
+                 f"the backbone's neighbours {p:.2f} vs {b:.2f}, at least {PIXELS_SUPPORT:.2f}x needed)")
+    return said
+
+
 def describe_choices(model) -> list[str]:
     """What a fitted ImageClusterer chose without labels, one line each: the view (input
     size, pixels), the pipeline, the number of clusters, what assigns the images."""
@@ -137,7 +150,7 @@ def describe_choices(model) -> list[str]:
     lines = []
     view, views = getattr(model, "view_", None), getattr(model, "view_scores_", None) or {}
     if view in views and len(views) > 1:
-        lines.append(describe_choice("features", view, views))
+        lines.append(describe_choice("features", view, views) + describe_support(view, getattr(model, "view_support_", None)))
     fc = model.feature_clusterer_
     scores = getattr(fc, "pipeline_scores_", None) or {}
     if getattr(fc, "pipeline_", None) in scores and len(scores) > 1:
