@@ -193,6 +193,8 @@ def test_views_of_a_large_collection_are_compared_on_the_sample_and_only_the_win
     assert m.extracted == [([net], 300), ([small], 300), ([pixels], 300), (winner, 30)]
     f = m.feature_clusterer_
     assert f.sample_rows_ == (300, 330, 330) and len(f.selection_index_) == 300 and len(m.labels_) == 330
+    assert "clustered: chose the view and the pipeline on a random 300 of 330 images (--max-cluster-rows)" \
+        in "\n".join(describe_choices(m))
     assert m.paths_ == sorted(m.paths_) and len(set(m.paths_)) == 330
 
     # the same scores and labels as fitting each view's features of the whole collection

@@ -508,15 +508,17 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         save_model(self, path)
 
 
-def describe_sample(fc) -> str | None:
-    """``fit``'s line when the clustering ran on a sample (``max_cluster_rows``), else None."""
+def describe_sample(fc, views: bool = False) -> str | None:
+    """``fit``'s line when the clustering ran on a sample (``max_cluster_rows``), else None;
+    ``views``: the view (input size, pixels) was chosen on the same sample."""
     sample = getattr(fc, "sample_rows_", None)
     if not sample:
         return None
     chosen, clustered, rows = sample
     then = ("then clustered all of them with it" if clustered >= rows else
             f"then clustered a random {clustered:,} with it; the classifier assigned the others")
-    return f"clustered: chose the pipeline on a random {chosen:,} of {rows:,} images (--max-cluster-rows), {then}"
+    what = "the view and the pipeline" if views else "the pipeline"
+    return f"clustered: chose {what} on a random {chosen:,} of {rows:,} images (--max-cluster-rows), {then}"
 
 
 def _as_features(X) -> np.ndarray:

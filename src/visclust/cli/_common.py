@@ -157,7 +157,7 @@ def describe_choices(model) -> list[str]:
         lines.append(describe_choice("pipeline", fc.pipeline_, scores))
     if getattr(fc, "k_scores_", None):
         lines.append(describe_k_choice(fc.k_scores_))
-    line = describe_sample(fc)
+    line = describe_sample(fc, views=len(views) > 1)
     if line:
         lines.append(line)
     line = describe_classifier(getattr(fc, "classifier_", None))
