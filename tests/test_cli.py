@@ -104,6 +104,32 @@ def test_evaluate_without_labels_gives_internal_scores(tmp_path, shape_images, c
     assert s["silhouette"] > 0.2 and s["davies_bouldin"] > 0 and s["n"] == 36
 
 
+def test_evaluate_scores_the_labelled_images_when_a_labels_csv_names_only_some(tmp_path, shape_images, cli):
+    import csv
+
+    fitcsv = tmp_path / "fit.csv"
+    cli("fit", shape_images, "-k", "3", "--backbone", "baseline/pixels", "-o", tmp_path / "m.vcm",
+        "--assignments", fitcsv, "-q")
+    with open(fitcsv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    labelled = rows[::2]  # every other image labelled, by its folder
+    with open(tmp_path / "some.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        w.writerows([r["path"], r["path"].replace("\\", "/").split("/")[-2]] for r in labelled)
+    r = cli("evaluate", "--assignments", fitcsv, "--labels", tmp_path / "some.csv", "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["n"] == len(labelled) and s["n_unlabelled"] == len(rows) - len(labelled)
+    whole = json.loads(cli("evaluate", "--assignments", fitcsv, "--labels", "folders", "--json").stdout)
+    assert whole["n"] == len(rows) and whole["n_unlabelled"] == 0
+    assert f"scored the {len(labelled)} of {len(rows)} images that have a label" in r.stderr
+    (tmp_path / "none.csv").write_text("path,label\nelsewhere.png,cat\n")
+    r = cli("evaluate", "--assignments", fitcsv, "--labels", tmp_path / "none.csv")
+    assert r.returncode == 2 and "none of the 36 images has a label" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 def test_backbones_lists_names_with_sizes(cli):
     r = cli("backbones", "--json")
     assert r.returncode == 0

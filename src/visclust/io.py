@@ -462,18 +462,26 @@ def read_labels_csv(path: str | os.PathLike) -> dict[str, str]:
     return {_norm(r["path"]): r["label"] for r in rows}
 
 
-def resolve_labels(spec: str, paths: Sequence[str]) -> list[str]:
-    """Labels for ``paths`` from ``spec``: ``'folders'`` or a ``path,label`` CSV file."""
+def resolve_labels(spec: str, paths: Sequence[str], allow_missing: bool = False) -> list:
+    """Labels for ``paths`` from ``spec``: ``'folders'`` or a ``path,label`` CSV file.
+
+    With ``allow_missing`` an image the CSV does not name gets ``None`` (e.g. to score only
+    the images someone labelled); an error either way when it names none of them."""
     if spec == "folders":
         return labels_from_folders(paths)
     table = read_labels_csv(spec)
     missing = [p for p in paths if _norm(p) not in table]
-    if missing:
+    if missing and len(missing) == len(paths):
+        raise LabelsError(
+            f"none of the {len(paths)} images has a label in {spec} (first: {missing[0]}); its 'path' column must "
+            "name the same files (relative to the current directory, or absolute)"
+        )
+    if missing and not allow_missing:
         raise LabelsError(
             f"{len(missing)} of {len(paths)} images have no label in {spec} (first: {missing[0]}); "
             "the CSV needs one 'path,label' row per image"
         )
-    return [table[_norm(p)] for p in paths]
+    return [table.get(_norm(p)) for p in paths]
 
 
 def _norm(p: str) -> str:

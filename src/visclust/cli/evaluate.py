@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 
 def register(sub) -> None:
@@ -11,7 +12,8 @@ def register(sub) -> None:
                        "silhouette, Davies-Bouldin and Calinski-Harabasz in the model's feature space (needs --model).")
     p.add_argument("--assignments", required=True, metavar="CSV", help="CSV written by fit or predict")
     p.add_argument("--labels", metavar="folders|CSV",
-                   help="'folders' (class = parent directory name) or a path,label CSV")
+                   help="'folders' (class = parent directory name) or a path,label CSV (images it does not name "
+                   "are left out of the scores, and counted)")
     p.add_argument("--model", metavar="MODEL", help="model file, for the label-free scores")
     p.add_argument("--weights", action="append", metavar="FILE",
                    help="backbone weights for --model, if not found automatically (once per backbone)")
@@ -31,9 +33,16 @@ def run(args) -> int:
     if len(a) == 0:
         raise InputError(f"{args.assignments} has no rows to evaluate")
     if args.labels:
-        labels = resolve_labels(args.labels, a.paths)
-        scores = external_scores(labels, a.clusters)
-        scores["n_rejected"] = int((a.clusters < 0).sum())
+        labels = resolve_labels(args.labels, a.paths, allow_missing=True)
+        have = np.flatnonzero([label is not None for label in labels])
+        if len(have) < len(labels):  # score the images someone labelled, and say so
+            first = a.paths[next(i for i, label in enumerate(labels) if label is None)]
+            print(f"scored the {len(have)} of {len(labels)} images that have a label in {args.labels}; "
+                  f"{len(labels) - len(have)} have none (first: {first})", file=sys.stderr)
+        clusters = np.asarray(a.clusters)[have]
+        scores = external_scores([labels[i] for i in have], clusters)
+        scores["n_rejected"] = int((clusters < 0).sum())
+        scores["n_unlabelled"] = int(len(labels) - len(have))
     elif args.model:
         from ..model import ImageClusterer
 
