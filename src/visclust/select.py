@@ -182,23 +182,24 @@ def neighbour_support(Z: np.ndarray, labels: np.ndarray, n_neighbors: int = 15, 
     (True, True)
     """
     from sklearn.metrics import cohen_kappa_score
-    from sklearn.neighbors import KNeighborsClassifier
+
+    from .classify import neighbour_votes
 
     Z = np.asarray(Z, np.float32)
     labels = np.asarray(labels)
     keep = np.flatnonzero(labels >= 0)
-    if len(keep) != len(labels):
-        Z, labels = Z[keep], labels[keep]
-    n = len(labels)
-    if n < 6 or len(np.unique(labels)) < 2:
+    Z, labels = Z[keep], labels[keep]
+    classes, codes = np.unique(labels, return_inverse=True)
+    n = len(codes)
+    if n < 6 or len(classes) < 2:
         return float("nan")
     fold = np.random.default_rng(random_state).permutation(n) % 3
-    voted = np.empty_like(labels)
+    voted = np.empty_like(codes)
     for f in range(3):
         test = fold == f
-        knn = KNeighborsClassifier(min(int(n_neighbors), int((~test).sum())))
-        voted[test] = knn.fit(Z[~test], labels[~test]).predict(Z[test])
-    return float(cohen_kappa_score(labels, voted))
+        votes = neighbour_votes(Z[test], Z[~test], codes[~test], len(classes), int(n_neighbors))
+        voted[test] = votes.argmax(1)  # a tie goes to the lower cluster number
+    return float(cohen_kappa_score(codes, voted))
 
 
 def medoid_run(runs: list[np.ndarray]) -> int:
