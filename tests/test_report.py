@@ -138,6 +138,29 @@ def test_map_embedding_methods(method):
     assert map_embedding(X[:5], method)[1] == "pca"  # too few points for a neighbour graph
 
 
+def test_partial_labels_score_the_labelled_images_only(tmp_path):
+    # Two clusters of 6; only 4 images of each have a label. Of the labelled 8, cluster 0 holds
+    # a, a, a, b and cluster 1 b, b, b, b: ACC 7/8 on them (the unlabelled ones would not count).
+    root = make_shape_images(tmp_path / "s", n_per_class=4)
+    paths = sorted(str(p) for p in root.rglob("*.png"))[:12]
+    clusters = np.array([0] * 6 + [1] * 6)
+    labels = ["a", "a", "a", "b", None, None, "b", "b", "b", "b", None, None]
+    Z = np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32)
+    stats = write_report(tmp_path / "r.html", Assignments(paths, clusters, np.ones(12)), Z, labels=labels,
+                         options=ReportOptions(**FAST))
+    html = (tmp_path / "r.html").read_text()
+    assert stats.n_labelled == 8
+    assert re.search(r"<b>0\.875</b><span>ACC</span>", html) and "<b>8 of 12</b><span>labelled (scored)</span>" in html
+    assert "the 8 labelled images of 12" in html and 'alt="confusion matrix"' in html
+    assert "most common class a (75% of 4 labelled)" in section(html, "cluster-0")
+    d = map_data(html)
+    assert d["classes"] == ["a", "b", "no label"] and d["classColors"][-1] == "#9a9a9a"
+    assert sorted(d["l"]) == [0] * 3 + [1] * 5 + [2] * 4
+    with pytest.raises(LabelsError, match="none of the 12 images has a label"):
+        write_report(tmp_path / "r2.html", Assignments(paths, clusters, np.ones(12)), Z, labels=[None] * 12)
+    assert not (tmp_path / "r2.html").exists()
+
+
 def test_bad_inputs_say_what_to_do(tmp_path):
     p = tmp_path / "a.png"
     Image.new("RGB", (8, 8)).save(p)
@@ -166,6 +189,15 @@ def test_cli_report(tmp_path, cli):
     assert re.search(r"report of 24 images in 3 clusters written to .*report\.html: [\d.]+ MB, 42 thumbnails", r.stderr)
     html = out.read_text()
     assert "Skipped images (1)" in html and "bad.jpg" in html and "<span>ACC</span>" in html
+
+    # A CSV that labels some of the images: those are scored, the others shown, and it says so.
+    some = sorted(shapes.rglob("*.png"))[::3]
+    (tmp_path / "some.csv").write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in some))
+    r = cli("report", model, "--assignments", fit_csv, "--output", out, "--labels", tmp_path / "some.csv",
+            "--map", "pca", "--workers", "0", "-q")
+    assert r.returncode == 0, r.stderr
+    assert f"scored the {len(some)} of 24 images that have a label in" in r.stderr and "Traceback" not in r.stderr
+    assert f"<b>{len(some)} of 24</b><span>labelled (scored)</span>" in out.read_text()
 
     r = cli("report", model, "--assignments", fit_csv, "--output", out, "--typical", "-1")
     assert r.returncode == 2 and "typical must be an integer >= 0" in r.stderr and "Traceback" not in r.stderr

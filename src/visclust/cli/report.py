@@ -20,7 +20,7 @@ def register(sub) -> None:
     p.add_argument("--output", "-o", required=True, metavar="HTML", help="report file to write (e.g. report.html)")
     p.add_argument("--labels", metavar="folders|CSV",
                    help="'folders' (class = parent directory name) or a path,label CSV: adds ACC/NMI/ARI and a "
-                   "confusion matrix")
+                   "confusion matrix (images a CSV does not name are shown, not scored)")
     g = p.add_argument_group("report")
     g.add_argument("--map", choices=("auto", "umap", "tsne", "pca"), default="auto",
                    help="2-D map method (default %(default)s: t-SNE up to 5,000 images, UMAP above)")
@@ -64,6 +64,9 @@ def run(args) -> int:
                      progress=progress_flag(args), store=args.store, engine=args.engine)
     stats = report_model(model, a, args.output, labels=args.labels, options=options,
                          model_info={"model": os.path.basename(args.model)})
+    if stats.n_labelled is not None and stats.n_labelled < stats.n_images:  # say it even with --quiet, as evaluate does
+        print(f"scored the {stats.n_labelled} of {stats.n_images} images that have a label in {args.labels}; "
+              f"the others are shown without one", file=sys.stderr)
     if not args.quiet:
         s = stats.seconds
         print(f"report of {stats.n_images} images in {stats.n_clusters} clusters written to {stats.path}: "

@@ -34,6 +34,7 @@ from ._thumbs import atlas_uri, pick_sample, png_data_uri, thumbnail_uris
 __all__ = ["ReportOptions", "ReportStats", "write_report", "report_model", "typicality", "map_embedding"]
 
 UNASSIGNED = "unassigned (-1)"
+UNLABELLED = "no label"
 #: ``map_method='auto'`` uses t-SNE up to this many points, UMAP (when installed) above.
 AUTO_UMAP_ABOVE = 5000
 
@@ -97,6 +98,7 @@ class ReportStats:
     n_map_previews: int
     map_method: str
     seconds: dict = field(default_factory=dict)
+    n_labelled: int | None = None  #: images with a label (scored); None without labels
 
 
 # --------------------------------------------------------------------------- analysis
@@ -200,8 +202,10 @@ def write_report(output: str | os.PathLike, assignments: Assignments, features: 
         (``model.feature_clusterer_.transform(raw)``): typicality and the map use it.
     centers : ndarray (n_clusters, n_features), optional
         Cluster centres in that space (``model.feature_clusterer_.cluster_centers_``).
-    labels : sequence of str, optional
-        True class of each image: adds ACC / NMI / ARI and a confusion matrix.
+    labels : sequence of str or None, optional
+        True class of each image: adds ACC / NMI / ARI and a confusion matrix. ``None`` for
+        an image nobody labelled: the scores, the matrix and each cluster's most common class
+        then count the labelled images only, and the page says how many those are.
     skipped : sequence of (path, reason), optional
         Unreadable images; default ``assignments.skipped``.
     model_info : dict, optional
@@ -229,10 +233,14 @@ def write_report(output: str | os.PathLike, assignments: Assignments, features: 
         raise InputError(f"features must be (n_images, n_features) with one row per assignment ({n}), got shape {Z.shape}")
     if len(clusters) != n or len(conf) != n:
         raise InputError("assignments are inconsistent: paths, clusters and confidence differ in length")
+    labelled = None
     if labels is not None:
-        labels = [str(x) for x in labels]
+        labels = [None if x is None else str(x) for x in labels]
         if len(labels) != n:
             raise LabelsError(f"{len(labels)} labels for {n} images; give one label per assigned image")
+        labelled = np.flatnonzero([x is not None for x in labels])
+        if not len(labelled):
+            raise LabelsError(f"none of the {n} images has a label; pass labels=None for a report without scores")
     skipped = list(assignments.skipped if skipped is None else skipped)
 
     ids = [int(k) for k in np.unique(clusters[clusters >= 0])]
@@ -250,8 +258,9 @@ def write_report(output: str | os.PathLike, assignments: Assignments, features: 
     internal = internal_scores(Z, clusters, random_state=opts.random_state)
     external = matched = None
     if labels is not None:
-        external = external_scores(labels, clusters)
-        matched = match_clusters(labels, clusters)
+        known = [labels[i] for i in labelled]
+        external = external_scores(known, clusters[labelled])
+        matched = match_clusters(known, clusters[labelled])
     timing["scores"] = time.perf_counter() - t
 
     # -- which images get thumbnails
@@ -293,10 +302,12 @@ def write_report(output: str | os.PathLike, assignments: Assignments, features: 
     }
     classes = None
     if labels is not None:
-        classes = sorted(set(labels))
+        classes = sorted(set(known))
         cls_slot = {c: i for i, c in enumerate(classes)}
-        map_data.update(l=[cls_slot[labels[i]] for i in sample], classes=[P.clean(c) for c in classes],
-                        classColors=cluster_colors(len(classes)))
+        unlabelled = len(labelled) < n
+        map_data.update(l=[cls_slot.get(labels[i], len(classes)) for i in sample],
+                        classes=[P.clean(c) for c in classes] + ([UNLABELLED] if unlabelled else []),
+                        classColors=cluster_colors(len(classes)) + (["#9a9a9a"] if unlabelled else []))
 
     # -- plots
     t = time.perf_counter()
@@ -306,7 +317,7 @@ def write_report(output: str | os.PathLike, assignments: Assignments, features: 
              ("Confidence of every image", confidence_plot(conf))]
     confusion = None
     if labels is not None:
-        m, cls_vals, cl_vals = contingency(labels, clusters)
+        m, cls_vals, cl_vals = contingency(known, clusters[labelled])
         cls_order = {c: i for i, c in enumerate(cls_vals)}
         # Columns: clusters matched to classes first, in class order, then the unmatched.
         key = [(cls_order[matched[c]] if c in matched else len(cls_vals), int(c)) for c in cl_vals]
@@ -339,6 +350,8 @@ def write_report(output: str | os.PathLike, assignments: Assignments, features: 
         cards.append((f"{internal['silhouette']:.3f}", "silhouette"))
     if external:
         cards += [(f"{external['acc']:.3f}", "ACC"), (f"{external['nmi']:.3f}", "NMI"), (f"{external['ari']:.3f}", "ARI")]
+        if len(labelled) < n:
+            cards.append((f"{len(labelled):,} of {n:,}", "labelled (scored)"))
     parts.append('<div class="cards">' + "".join(f'<div class="card"><b>{P.text(v)}</b><span>{P.text(k)}</span></div>'
                                                    for v, k in cards) + "</div>")
     toc = "".join(f'<a href="#cluster-{k}"><i style="background:{colors[slot[k]]}"></i>{k} · {len(members[k]):,}</a>'
@@ -367,7 +380,8 @@ def write_report(output: str | os.PathLike, assignments: Assignments, features: 
                   ["Davies-Bouldin (lower is better)", P.fmt(internal.get("davies_bouldin"))],
                   ["Calinski-Harabasz (higher is better)", P.fmt(internal.get("calinski_harabasz"), 1)]]
     if external:
-        score_rows += [["ACC (clusters matched to classes)", P.fmt(external["acc"])], ["NMI", P.fmt(external["nmi"])],
+        of = f", the {len(labelled):,} labelled images of {n:,}" if len(labelled) < n else ""
+        score_rows += [[f"ACC (clusters matched to classes{of})", P.fmt(external["acc"])], ["NMI", P.fmt(external["nmi"])],
                        ["ARI", P.fmt(external["ari"])], ["purity", P.fmt(external["purity"])]]
     conf_html = ""
     if confusion is not None:
@@ -381,9 +395,15 @@ def write_report(output: str | os.PathLike, assignments: Assignments, features: 
         if labels is not None:
             counts: dict[str, int] = {}
             for i in idx:
-                counts[labels[i]] = counts.get(labels[i], 0) + 1
-            top = max(counts, key=counts.get)
-            meta += f" · most common class {top} ({counts[top] / len(idx):.0%})"
+                if labels[i] is not None:
+                    counts[labels[i]] = counts.get(labels[i], 0) + 1
+            n_known = sum(counts.values())
+            if n_known:
+                top = max(counts, key=counts.get)
+                meta += f" · most common class {top} ({counts[top] / n_known:.0%}"
+                meta += ")" if n_known == len(idx) else f" of {n_known:,} labelled)"
+            else:
+                meta += " · no labelled image"
             if k in matched:
                 meta += f" · matched to {matched[k]}"
         parts.append(
@@ -418,7 +438,8 @@ def write_report(output: str | os.PathLike, assignments: Assignments, features: 
     size = _write_atomic(output, doc)
     timing["html"] = time.perf_counter() - t
     timing["total"] = time.perf_counter() - t0
-    return ReportStats(os.fspath(output), size, n, len(ids), n_thumbs, len(sample), int((tile >= 0).sum()), method, timing)
+    return ReportStats(os.fspath(output), size, n, len(ids), n_thumbs, len(sample), int((tile >= 0).sum()), method, timing,
+                       None if labelled is None else len(labelled))
 
 
 def _write_atomic(path: str | os.PathLike, doc: str) -> int:
@@ -443,6 +464,7 @@ def report_model(model, assignments: Assignments, output: str | os.PathLike, *, 
         E.g. ``visclust.io.read_assignments("fit.csv")`` or ``model.assign(...)``.
     output : str or path
     labels : 'folders', a path,label CSV, or a sequence aligned with ``assignments.paths``
+        Images the CSV does not name (or ``None`` in the sequence) are shown but not scored.
     features : FeatureResult, optional
         Raw backbone features of the assigned images (e.g. from a feature store).
     model_info : dict, optional
@@ -475,7 +497,7 @@ def report_model(model, assignments: Assignments, output: str | os.PathLike, *, 
     if labels is None:
         y = None
     elif isinstance(labels, (str, os.PathLike)):
-        y = resolve_labels(os.fspath(labels), kept.paths)
+        y = resolve_labels(os.fspath(labels), kept.paths, allow_missing=True)
     else:
         if len(labels) != len(assignments.paths):
             raise LabelsError(f"{len(labels)} labels for {len(assignments.paths)} assigned images; give one per row")
