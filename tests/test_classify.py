@@ -7,7 +7,7 @@ import pytest
 from sklearn.datasets import make_blobs
 
 from visclust.classify import (PseudoLabelClassifier, centroid_margin, confident_members, fit_temperature,
-                               neighbour_votes)
+                               neighbour_votes, vote_size)
 from visclust.evaluate import hungarian_accuracy
 from visclust.exceptions import InputError
 
@@ -242,3 +242,15 @@ def test_many_clusters_use_the_batched_solver(monkeypatch):
     X, y = make_blobs(600, centers=5, n_features=6, random_state=0)  # fewer clusters: liblinear
     PseudoLabelClassifier(kind="svm", self_training=0).fit(X.astype(np.float32), y)
     assert calls == []
+
+
+def test_the_vote_on_a_few_rows_does_not_hand_every_row_to_the_largest_cluster():
+    # 8 rows in 3 tight groups of 3 / 3 / 2: 15 neighbours would be every reference row, so
+    # the largest group would win every vote and the group of 2 would vanish.
+    X = np.repeat(np.eye(3, 4, dtype=np.float32) * 5, [3, 3, 2], axis=0)
+    X += np.random.default_rng(0).normal(scale=0.1, size=X.shape).astype(np.float32)
+    y = np.repeat([0, 1, 2], [3, 3, 2])
+    clf = PseudoLabelClassifier(kind="knn").fit(X, y)
+    assert vote_size(15, len(clf.reference_), 3) == 2
+    np.testing.assert_array_equal(clf.predict(X), y)
+    assert vote_size(15, 20000, 10) == 15 and vote_size(15, 20000, 1000) == 15 and vote_size(15, 3, 5) == 1

@@ -195,3 +195,17 @@ def test_small_labelled_image_set_with_real_weights(shape_images, mobilenet_weig
     # Known weakness (measured 2026-11-28): the SVM trained on half of each 12-image group
     # in 3 whitened dimensions moves 1 of the 36 images; it must not move more.
     assert hungarian_accuracy(y, fc.labels_) >= 35 / 36
+
+
+@pytest.mark.parametrize("k", ["auto", 3])
+def test_a_handful_of_images_keeps_every_group(k):
+    # 8 feature vectors in 3 groups of 3 / 3 / 2, as 8 photos of a folder give: --clusters auto
+    # once failed here (a 1-d reduced space), and the nearest-neighbour vote gave every row
+    # to the largest group.
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 64)).astype(np.float32) * 3
+    X = np.repeat(centres, [3, 3, 2], axis=0) + rng.normal(scale=0.3, size=(8, 64)).astype(np.float32)
+    y = np.repeat([0, 1, 2], [3, 3, 2])
+    fc = FeatureClusterer(n_clusters=k).fit(X)
+    assert fc.reducer_.n_components_ >= 2
+    assert hungarian_accuracy(y, fc.cluster_labels_) == 1.0 and hungarian_accuracy(y, fc.labels_) == 1.0

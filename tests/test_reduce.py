@@ -246,3 +246,11 @@ def test_umap_embedding_below_4096_rows_equals_umaps_own_exact_path(n_neighbors)
     theirs = umap.UMAP(n_components=3, n_neighbors=n_neighbors, min_dist=0.0, metric="cosine", random_state=5,
                        low_memory=True).fit_transform(X)
     np.testing.assert_array_equal(ours, theirs.astype(np.float32))
+
+
+def test_whitening_few_rows_keeps_two_dimensions_not_a_sign():
+    # 10 rows per whitened dimension would leave 8 rows one: after the final L2 only its sign.
+    X = np.random.default_rng(0).normal(size=(8, 50)).astype(np.float32)
+    Z = Reducer(64, whiten=True).fit(X).transform(X)
+    assert Z.shape == (8, 2) and len(np.unique(Z.round(4), axis=0)) == 8
+    assert Reducer(64, whiten=True).fit(np.vstack([X] * 5)).n_components_ == 4  # 40 rows: 10 per dim

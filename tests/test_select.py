@@ -140,3 +140,11 @@ def test_neighbour_support_tells_groups_the_space_shows_from_ones_it_does_not():
     noisy = np.where(np.arange(len(X)) % 10 == 0, -1, y)
     assert neighbour_support(X, noisy) > 0.95
     assert np.isnan(neighbour_support(X[:4], y[:4]))  # too few rows to hold any out
+
+
+def test_choose_n_clusters_on_a_one_dimensional_embedding():
+    # A few images can be reduced to one dimension; the reference blob is then 1-d too.
+    E = np.concatenate([np.zeros(20), np.full(20, 5.0), np.full(20, 10.0)])[:, None]
+    E += np.random.default_rng(0).normal(scale=0.2, size=E.shape)
+    k, scores = choose_n_clusters([E], (2, 5))
+    assert k == 3 and set(scores) == {2, 3, 4, 5}

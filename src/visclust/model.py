@@ -258,14 +258,16 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             k = int(np.clip(10, self.k_range[0], self.k_range[1]))
         seed = 0 if self.random_state is None else int(self.random_state)
         best, scores = None, {}
+        if len(X) <= k:  # too few rows to judge: plain PCA (whitening amplifies the noise of few rows)
+            return Reducer(self.n_components, False).fit(X), {}
         for whiten in (True, False):
             reducer = Reducer(self.n_components, whiten).fit(X)
             Z = reducer.transform(X)
-            if len(Z) <= k:
-                return reducer, {}
             runs = [subsample_run(Z, k, "kmeans", seed + r, 0.8) for r in range(self.n_runs)]
             scores[whiten] = stability(runs)
-            if best is None or scores[whiten] > scores[best[0]]:
+            # A tie goes to the space that keeps more dimensions (8 photos: both 1.000 on 2
+            # groups, the whitened space 2-d, the plain one 7-d), else to the whitened one.
+            if best is None or (scores[whiten], reducer.n_components_) > (scores[best[0]], best[1].n_components_):
                 best = (whiten, reducer)
         return best[1], scores
 

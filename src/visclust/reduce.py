@@ -94,8 +94,9 @@ class Reducer(TransformerMixin, BaseEstimator):
         k = int(min(self.n_components, X.shape[1], max(len(X) - 1, 1)))
         if self.whiten:
             # Whitening blows sampling noise up to unit variance: with few samples per
-            # dimension the noise directions then drown the real ones. Keep >= 10 per dim.
-            k = max(1, min(k, len(X) // 10))
+            # dimension the noise directions then drown the real ones. Keep >= 10 per dim, but
+            # at least 2 dims: the final L2 would leave one dim nothing but its sign.
+            k = min(k, max(2, len(X) // 10))
         # Directions with (numerically) no variance, e.g. constant pixels, carry only rounding
         # noise; whitening would blow that noise up to unit variance, so they are dropped.
         k = max(1, min(k, int((evals[order] > _RANK_TOL * max(evals.max(), 1e-30)).sum())))

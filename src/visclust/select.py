@@ -183,7 +183,7 @@ def neighbour_support(Z: np.ndarray, labels: np.ndarray, n_neighbors: int = 15, 
     """
     from sklearn.metrics import cohen_kappa_score
 
-    from .classify import neighbour_votes
+    from .classify import neighbour_votes, vote_size
 
     Z = np.asarray(Z, np.float32)
     labels = np.asarray(labels)
@@ -197,7 +197,8 @@ def neighbour_support(Z: np.ndarray, labels: np.ndarray, n_neighbors: int = 15, 
     voted = np.empty_like(codes)
     for f in range(3):
         test = fold == f
-        votes = neighbour_votes(Z[test], Z[~test], codes[~test], len(classes), int(n_neighbors))
+        nn = vote_size(n_neighbors, int((~test).sum()), len(classes))
+        votes = neighbour_votes(Z[test], Z[~test], codes[~test], len(classes), nn)
         voted[test] = votes.argmax(1)  # a tie goes to the lower cluster number
     return float(cohen_kappa_score(codes, voted))
 
@@ -407,7 +408,8 @@ def choose_n_clusters(embeddings, k_range=(2, 30), method: str = "kmeans", *, n_
     if hi < lo:
         raise InputError(f"{n} samples are too few to choose among {k_range[0]}..{k_range[1]} clusters")
     E0 = Es[0].astype(np.float64)
-    null = rng.multivariate_normal(E0.mean(0), np.cov(E0, rowvar=False), size=len(idx)).astype(np.float32)
+    # atleast_2d: np.cov of one column is a scalar (a few images reduced to one dimension)
+    null = rng.multivariate_normal(E0.mean(0), np.atleast_2d(np.cov(E0, rowvar=False)), size=len(idx)).astype(np.float32)
     method = "kmeans" if method == "hdbscan" else method
     seeds = [seed0 + r for r in range(int(n_runs))]
     scores = {}
