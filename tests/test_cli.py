@@ -141,6 +141,8 @@ def test_backbones_lists_names_with_sizes(cli):
 
 @pytest.mark.parametrize("args, message", [
     (["fit", "nowhere/", "-o", "m.vcm", "--backbone", "baseline/pixels"], "does not exist"),
+    # before the network: with no --weights and no network, the typo is what gets reported
+    (["fit", "nowhere/", "-o", "m.vcm"], "input 'nowhere/' does not exist"),
     (["fit", ".", "-o", "m.vcm", "--backbone", "torchvision/resnet5"], "did you mean 'torchvision/resnet50'"),
     (["fit", ".", "-o", "m.vcm", "--backbone", "baseline/pixels", "--method", "kmeens"], "did you mean 'kmeans'"),
     (["fit", ".", "-o", "m.vcm", "--backbone", "baseline/pixels", "-k", "ten"], "positive integer or 'auto'"),

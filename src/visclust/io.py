@@ -77,6 +77,19 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
     return out
 
 
+def check_inputs_exist(inputs) -> None:
+    """Raise the error :func:`expand_input` would for an input that does not exist, before
+    the slow part of a command (loading the network, reading its weights) rather than after."""
+    for item in [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs:
+        p = os.fspath(item)
+        if not os.path.lexists(p):
+            raise _missing_input(p)
+
+
+def _missing_input(p: str) -> InputError:
+    return InputError(f"input '{p}' does not exist; give image files, directories or a .txt list of paths")
+
+
 def expand_input(p: str) -> list[str]:
     """The image paths one input stands for (see :func:`collect_inputs`)."""
     if os.path.isdir(p):
@@ -85,7 +98,7 @@ def expand_input(p: str) -> list[str]:
         return _read_list_file(p)
     if os.path.lexists(p):
         return [p]  # an explicitly named file is taken whatever its extension: decoding decides
-    raise InputError(f"input '{p}' does not exist; give image files, directories or a .txt list of paths")
+    raise _missing_input(p)
 
 
 def no_images_error(inputs) -> NoImagesError:

@@ -37,7 +37,8 @@ def register(sub) -> None:
                    help="confidence below T assigns cluster -1 (default %(default)s: never)")
     g.add_argument("--pixels", choices=("auto", "on", "off"), default="auto",
                    help="also use the raw pixels (32x32), concatenated with the backbone's features: auto = fit "
-                        "with and without them and keep the more reproducible clustering (label-free; doubles the "
+                        "with and without them and keep the more reproducible clustering, if the backbone's own nearest "
+                        "neighbours support its groups (label-free; doubles the "
                         "clustering time, only when --method or --space is auto and --clusters is a number) "
                         "(default %(default)s)")
     g.add_argument("--augment", type=int, default=0, metavar="N",
@@ -68,9 +69,10 @@ def parse_k_range(text: str) -> tuple[int, int]:
 
 def run(args) -> int:
     from ..exceptions import InputError
-    from ..io import write_assignments
+    from ..io import check_inputs_exist, write_assignments
     from ..model import FeatureClusterer, ImageClusterer
 
+    check_inputs_exist(args.inputs)  # before the network and its weights are loaded
     if args.max_cluster_rows is not None and args.max_cluster_rows < 0:
         raise InputError(f"--max-cluster-rows must be a number of images, or 0 to cluster every image; "
                          f"got {args.max_cluster_rows}")

@@ -23,9 +23,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..io import write_assignments
+    from ..io import check_inputs_exist, write_assignments
     from ..model import ImageClusterer
 
+    check_inputs_exist(args.inputs)  # before the network and its weights are loaded
     model = ImageClusterer.load(args.model, weights=weights_arg(args))
     model.set_params(batch_size=args.batch_size, num_workers=args.workers, device=args.device,
                      progress=progress_flag(args), store=args.store, engine=args.engine)
