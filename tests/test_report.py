@@ -283,3 +283,29 @@ def test_report_names_the_next_best_levels_of_clusters_auto(tmp_path):
     nxt = other_levels(fc.k_scores_)
     want = f"{fc.n_clusters_} (--clusters auto" + (f"; next best {', '.join(map(str, nxt))})" if nxt else ")")
     assert want in html, re.findall(r"clusters[^<]{0,80}", html)
+
+
+@pytest.mark.slow
+def test_partial_labels_in_a_real_browser(browser, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.support.ui import Select
+
+    root = make_shape_images(tmp_path / "s", n_per_class=4)
+    paths = sorted(str(p) for p in root.rglob("*.png"))
+    n = len(paths)
+    labels = [Path(p).parent.name if i % 2 else None for i, p in enumerate(paths)]
+    Z = np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32)
+    out = tmp_path / "r.html"
+    write_report(out, Assignments(paths, np.arange(n) % 3, np.ones(n)), Z, labels=labels, options=ReportOptions(**FAST))
+    browser.get(out.as_uri())
+    Select(browser.find_element("id", "colour-by")).select_by_value("class")
+    canvas = browser.find_element("id", "map")
+    browser.execute_script("arguments[0].scrollIntoView({block:'center'})", canvas)
+    dx, dy = browser.execute_script(
+        "var D=JSON.parse(document.getElementById('map-data').textContent),i=D.p.indexOf(arguments[0]),"
+        "r=document.getElementById('map').getBoundingClientRect();"
+        "return [12+D.x[i]/4095*(r.width-24)-r.width/2, 12+(1-D.y[i]/4095)*(r.height-24)-r.height/2];", paths[0])
+    ActionChains(browser).move_to_element_with_offset(canvas, round(dx), round(dy)).click().perform()
+    assert browser.find_element("css selector", "#info .path").text == paths[0]
+    assert "class no label" in browser.find_element("css selector", "#info .fields").text
+    assert browser.get_log("browser") == []
