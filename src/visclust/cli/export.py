@@ -32,7 +32,7 @@ def run(args) -> int:
         if result.reused:
             extra.append(f"{result.reused} already in place")
         more = f" ({'; '.join(extra)})" if extra else ""
-        print(f"exported {len(result.rows)} images into {folders} folders under {result.root} as "
+        print(f"exported {len(result.rows)} images into {folders} folder{'' if folders == 1 else 's'} under {result.root} as "
               f"{'links' if args.mode == 'symlink' else 'copies'}{more}; list in {result.csv_path}", file=sys.stderr)
         if result.missing:
             print(f"not exported: {len(result.missing)} image(s):", file=sys.stderr)
