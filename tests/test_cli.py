@@ -27,6 +27,24 @@ def test_fit_auto_says_which_number_of_clusters_it_chose(tmp_path, shape_images,
     assert r.returncode == 0 and "--clusters auto" not in r.stderr and "pipeline:" not in r.stderr, r.stderr
 
 
+def test_fit_on_duplicated_images_says_how_many_groups_it_found(tmp_path, shape_images, cli):
+    # 3 distinct images, 12 copies each: 5 clusters cannot be found, and auto must not claim 6.
+    import shutil
+
+    folder = tmp_path / "dups"
+    folder.mkdir()
+    for i, src in enumerate(sorted(shape_images.rglob("*.png"))[::8][:3]):
+        for j in range(12):
+            shutil.copy(src, folder / f"{i}-{j}.png")
+    r = cli("fit", folder, "--clusters", "5", "--backbone", "baseline/pixels", "--output", tmp_path / "m.vcm")
+    assert r.returncode == 0, r.stderr
+    assert "fitted 36 images in 3 clusters" in r.stderr
+    assert "asked for 5 clusters, the clustering found 3" in r.stderr and "Warning" not in r.stderr, r.stderr
+    r = cli("fit", folder, "--clusters", "auto", "--k-range", "2:6", "--backbone", "baseline/pixels",
+            "--output", tmp_path / "m.vcm")
+    assert r.returncode == 0 and "--clusters auto chose 3 of 2..3" in r.stderr and "Warning" not in r.stderr, r.stderr
+
+
 def test_fit_on_many_images_clusters_a_sample_and_says_so(tmp_path, cli):
     images = make_shape_images(tmp_path / "img", n_per_class=150, size=24)
     out = tmp_path / "fit.csv"

@@ -148,3 +148,11 @@ def test_choose_n_clusters_on_a_one_dimensional_embedding():
     E += np.random.default_rng(0).normal(scale=0.2, size=E.shape)
     k, scores = choose_n_clusters([E], (2, 5))
     assert k == 3 and set(scores) == {2, 3, 4, 5}
+
+
+def test_choose_n_clusters_stops_where_the_rows_run_out_of_distinct_points():
+    # 4 distinct points, 50 copies each (a folder of duplicated images): K-means at k > 4
+    # returns 4 clusters in every run, which once scored as "exact" and chose k = 30.
+    E = np.repeat(np.random.default_rng(0).normal(size=(4, 6)) * 5, 50, axis=0)
+    k, scores = choose_n_clusters([E], (2, 30))
+    assert k == 4 and max(scores) == 4

@@ -105,8 +105,13 @@ def kmeans_labels(X, n_clusters, *, random_state=0, n_init=10) -> np.ndarray:
                 warnings.simplefilter("ignore")
                 return np.asarray(km.fit(X).labels_, np.int64)
     from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
 
-    return KMeans(n_clusters, n_init=n_init, random_state=random_state).fit_predict(X).astype(np.int64)
+    with warnings.catch_warnings():
+        # Fewer distinct points than clusters (duplicate images): the labels say it (fewer
+        # clusters), and the selection runs K-means hundreds of times, each would warn.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return KMeans(n_clusters, n_init=n_init, random_state=random_state).fit_predict(X).astype(np.int64)
 
 
 #: Rows per block of an ``(n_rows, n_cols)`` matrix that is computed a block at a time

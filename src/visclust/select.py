@@ -414,7 +414,12 @@ def choose_n_clusters(embeddings, k_range=(2, 30), method: str = "kmeans", *, n_
     seeds = [seed0 + r for r in range(int(n_runs))]
     scores = {}
     for k in range(lo, hi + 1):
-        data = stability([subsample_run(Es[r % len(Es)], k, method, s, subsample) for r, s in enumerate(seeds)])
+        runs = [subsample_run(Es[r % len(Es)], k, method, s, subsample) for r, s in enumerate(seeds)]
+        if method == "kmeans" and k > lo and min(len(np.unique(r[r >= 0])) for r in runs) < k:
+            # The rows hold fewer than k distinct points (duplicate images): K-means returns
+            # fewer clusters, identically in every run, which would count as exact; larger k too.
+            break
+        data = stability(runs)
         ref = stability([subsample_run(null, k, method, s, subsample) for s in seeds])
         # Well-separated groups are reproduced exactly at their number and also when whole
         # groups are merged: the finest partition reproduced exactly ranks first.

@@ -95,6 +95,9 @@ def run(args) -> int:
         write_assignments(args.assignments, a)
     if not args.quiet:
         print(f"fitted {cluster_summary(a, model.n_clusters_)}; model written to {args.output}", file=sys.stderr)
+        if str(args.clusters).isdigit() and model.n_clusters_ < int(args.clusters):
+            print(f"asked for {args.clusters} clusters, the clustering found {model.n_clusters_}: the features hold "
+                  "no more distinct groups (identical images, e.g. duplicates, are never split)", file=sys.stderr)
         for line in describe_choices(model):  # what was chosen without labels, and the runners-up
             print(line, file=sys.stderr)
     return report_skipped(a, args.assignments or args.output, args.quiet)
