@@ -209,3 +209,12 @@ def test_a_handful_of_images_keeps_every_group(k):
     fc = FeatureClusterer(n_clusters=k).fit(X)
     assert fc.reducer_.n_components_ >= 2
     assert hungarian_accuracy(y, fc.cluster_labels_) == 1.0 and hungarian_accuracy(y, fc.labels_) == 1.0
+
+
+def test_one_cluster_needs_no_choice():
+    # --clusters 1 once fitted every candidate (a Gaussian mixture of one image failed).
+    X = np.random.default_rng(0).normal(size=(50, 16)).astype(np.float32)
+    fc = FeatureClusterer(1).fit(X[:1])
+    assert fc.labels_.tolist() == [0] and fc.n_clusters_ == 1
+    fc = FeatureClusterer(1).fit(X)
+    assert (fc.labels_ == 0).all() and fc.pipeline_scores_ == {} and (fc.predict(X[:5]) == 0).all()

@@ -328,6 +328,10 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         else:
             self.reducer_ = Reducer(self.n_components, bool(self.whiten)).fit(X)
         Z = self.reducer_.transform(X)
+        if k == 1:  # one group: nothing to choose, and a mixture cannot even be fitted to one image
+            self.pipeline_, self.pipeline_scores_, self.k_scores_ = "pca+kmeans", {}, {}
+            self.cluster_labels_ = np.zeros(len(X), np.int64)
+            return {"k": 1, "rows": len(X), "Z": Z, "space": Z, "runs": []}
         cands = self._candidate_list(len(X))
         umap_dims = int(self.umap_components) if self.umap_components is not None else 10
         seed = 0 if self.random_state is None else int(self.random_state)
@@ -940,7 +944,6 @@ class ImageClusterer(BaseEstimator):
         from .features import backbone_at_size, check_input_size
 
         fc = clone(template).set_params(n_clusters=self.n_clusters)
-        fc._validate_params()
         augment = self.augment
         if isinstance(augment, bool) or not isinstance(augment, (int, np.integer)) or augment < 0:
             raise InputError(f"augment must be a whole number of copies >= 0, got {augment!r}")
@@ -956,7 +959,8 @@ class ImageClusterer(BaseEstimator):
         bbs = list(self.get_backbones())
         names = [bb.name for bb in bbs]
         size = check_input_size(self.input_size)
-        compares = self.n_clusters != "auto" and "auto" in (fc.method, fc.space)  # the selection gives a score
+        k = fc._validate_params()
+        compares = k is not None and k > 1 and "auto" in (fc.method, fc.space)  # the selection gives a score
         use_pixels = self.pixels is not False and features is None and "baseline/pixels" not in names
         if use_pixels and self.pixels == "auto":
             use_pixels = compares

@@ -109,7 +109,8 @@ def cluster_summary(assignments: Assignments, n_clusters: int | None = None) -> 
     c = assignments.clusters
     sizes = np.bincount(c[c >= 0]) if (c >= 0).any() else np.zeros(0, int)
     used = int((sizes > 0).sum())
-    parts = [f"{len(assignments)} images in {used} cluster{'' if used == 1 else 's'}"]
+    n = len(assignments)
+    parts = [f"{n} image{'' if n == 1 else 's'} in {used} cluster{'' if used == 1 else 's'}"]
     if n_clusters is not None and used < n_clusters:
         parts[0] += f" ({n_clusters - used} of the model's {n_clusters} got none)"
     if (c < 0).any():
