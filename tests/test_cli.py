@@ -5,6 +5,7 @@ import json
 import pickle
 import re
 
+import numpy as np
 import pytest
 
 from conftest import make_shape_images
@@ -99,6 +100,28 @@ def test_fit_predict_evaluate_round_trip(tmp_path, shape_images, cli):
     assert cli("predict", model, shape_images, "--output", again, "-q").returncode == 0
     assert [(x["path"], x["cluster"], x["confidence"]) for x in rows(again)] == \
            [(x["path"], x["cluster"], x["confidence"]) for x in fitted]
+
+
+def test_predict_reject_novel_marks_images_unlike_the_training_images(tmp_path, shape_images, cli):
+    from PIL import Image
+
+    model = tmp_path / "m.vcm"
+    assert cli("fit", shape_images, "-k", "3", "--backbone", "baseline/pixels", "-o", model, "-q").returncode == 0
+    new = make_shape_images(tmp_path / "new", n_per_class=5, seed=7)  # the same three kinds
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):  # unlike any training image: coloured noise
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(odd / f"noise{i}.png")
+    out = tmp_path / "p.csv"
+    r = cli("predict", model, new, odd, "-o", out)
+    assert r.returncode == 0 and all(x["cluster"] != "-1" for x in rows(out)), r.stderr
+    r = cli("predict", model, new, odd, "-o", out, "--reject-novel")
+    assert r.returncode == 0, r.stderr
+    got = {x["path"]: x["cluster"] for x in rows(out)}
+    assert all(got[str(p)] == "-1" for p in odd.iterdir())
+    assert sum(got[str(p)] != "-1" for p in new.rglob("*.png")) >= 13
+    assert "fit no cluster (-1)" in r.stderr
 
 
 def test_inputs_mix_files_dirs_and_list_files(tmp_path, shape_images, cli):

@@ -218,3 +218,40 @@ def test_one_cluster_needs_no_choice():
     assert fc.labels_.tolist() == [0] and fc.n_clusters_ == 1
     fc = FeatureClusterer(1).fit(X)
     assert (fc.labels_ == 0).all() and fc.pipeline_scores_ == {} and (fc.predict(X[:5]) == 0).all()
+
+
+def test_reject_novel_marks_rows_unlike_the_training_rows(blobs, tmp_path):
+    from visclust.artifact import load_model
+
+    X, _ = blobs
+    fc = FeatureClusterer(4, **FAST).fit(X[:300])
+    held = X[300:]  # like the training rows
+    far = np.random.default_rng(1).normal(size=(20, X.shape[1])).astype(np.float32) * 8  # like none of them
+    assert np.mean(fc.novelty(held) > 1) <= 0.03 and (fc.novelty(far) > 1).all()
+    assert (fc.predict(far) >= 0).all()  # off by default: the confidence alone never rejects these
+    fc.set_params(reject_novel=True)
+    assert (fc.predict(far) == -1).all() and np.mean(fc.predict(held) >= 0) >= 0.97
+    assert (fc.labels_ >= 0).all()  # the training rows' own assignments are not touched
+    fc.save(tmp_path / "m.vcm")
+    fc2 = load_model(tmp_path / "m.vcm")
+    assert fc2.reject_novel and fc2.novelty_thresholds_ == fc.novelty_thresholds_
+    np.testing.assert_array_equal(fc2.novelty(far), fc.novelty(far))
+    # A model file without the training rows (written before they were kept): a clear error.
+    del fc.novelty_thresholds_
+    fc.save(tmp_path / "old.vcm")
+    with pytest.raises(InputError, match="refit it"):
+        load_model(tmp_path / "old.vcm").predict(far)
+
+
+def test_novelty_sees_rows_the_projection_hides():
+    # Training rows in a 6-d subspace of 40 dims. New rows: training rows plus a large part
+    # outside that subspace. Their projections land among the training rows; their distance
+    # from the subspace (the residual) gives them away.
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.normal(size=(40, 6)))[0].T
+    X = (make_blobs(400, centers=3, n_features=6, random_state=0)[0] @ basis).astype(np.float32)
+    fc = FeatureClusterer(3, **FAST).fit(X)
+    off = X[:30] + 2.0 * rng.normal(size=(30, 40)).astype(np.float32) @ (np.eye(40) - basis.T @ basis)
+    assert fc.reducer_.n_components_ == 6
+    assert np.median(fc.reducer_.residual(off)) > 10 * max(fc.novelty_thresholds_[1], 1e-3)
+    assert (fc.novelty(off) > 1).all()

@@ -254,3 +254,16 @@ def test_whitening_few_rows_keeps_two_dimensions_not_a_sign():
     Z = Reducer(64, whiten=True).fit(X).transform(X)
     assert Z.shape == (8, 2) and len(np.unique(Z.round(4), axis=0)) == 8
     assert Reducer(64, whiten=True).fit(np.vstack([X] * 5)).n_components_ == 4  # 40 rows: 10 per dim
+
+
+def test_residual_is_the_distance_from_the_principal_subspace():
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.normal(size=(20, 3)))[0].T  # 3 orthonormal rows in 20-d
+    X = (rng.normal(size=(200, 3)) @ basis + 5 * basis[0]).astype(np.float32)
+    r = Reducer(3, whiten=False, normalize=False).fit(X)
+    assert np.abs(r.residual(X)).max() < 1e-4
+    off = np.zeros(20, np.float32)
+    off[np.argmin(np.abs(basis).sum(0))] = 1.0
+    off -= basis.T @ (basis @ off)  # a unit step orthogonal to the subspace
+    step = off / np.linalg.norm(off)
+    np.testing.assert_allclose(r.residual(X[:5] + 2 * step), 2.0, rtol=1e-4)

@@ -71,6 +71,8 @@ def _collect(model) -> tuple[dict, dict[str, np.ndarray]]:
     arrays = {f"reducer.{k}": v for k, v in fc.reducer_.to_arrays().items()}
     arrays.update({f"classifier.{k}": v for k, v in fc.classifier_.to_arrays().items()})
     arrays["cluster_centers"] = fc.cluster_centers_
+    if getattr(fc, "novelty_thresholds_", None) is not None:
+        arrays["novelty.reference"] = fc.novelty_reference_
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     for k, v in arrays.items():
         if v.dtype not in (np.float32, np.float64, np.int64):
@@ -95,6 +97,8 @@ def _collect(model) -> tuple[dict, dict[str, np.ndarray]]:
             "pipeline_scores": getattr(fc, "pipeline_scores_", {}),
             "whiten_scores": {str(k): v for k, v in getattr(fc, "whiten_scores_", {}).items()},
             "sample_rows": list(fc.sample_rows_) if getattr(fc, "sample_rows_", None) else None,
+            # None: too few training rows, nothing is novel (JSON has no infinity)
+            "novelty_thresholds": [t if np.isfinite(t) else None for t in getattr(fc, "novelty_thresholds_", ())],
             "cluster_sizes": np.bincount(fc.labels_[fc.labels_ >= 0], minlength=fc.n_clusters_).tolist(),
         },
         **extra,
@@ -313,6 +317,10 @@ def load_model(path: str | os.PathLike, weights: str | list | None = None):
         sample = fcm.get("sample_rows")  # absent before 2026-12-06: every row was clustered
         fc.sample_rows_ = tuple(int(x) for x in sample) if isinstance(sample, list) and len(sample) == 3 else None
         fc.cluster_centers_ = arrays["cluster_centers"]
+        if "novelty.reference" in arrays:  # absent before 2026-12-06: novelty() then asks for a refit
+            near, residual = fcm["novelty_thresholds"]
+            fc.novelty_reference_ = arrays["novelty.reference"]
+            fc.novelty_thresholds_ = tuple(float("inf") if t is None else float(t) for t in (near, residual))
         fc.n_clusters_ = int(fcm["n_clusters"])
         fc.n_features_in_ = int(fcm["n_features_in"])
         fc.k_scores_ = {int(k): float(v) for k, v in fcm.get("k_scores", {}).items()}
@@ -366,6 +374,9 @@ def _check_consistent(fc, path: str) -> None:
     if (r.mean_.shape != (d,) or r.scale_.shape != (k,) or c.coef_.shape[1] != inner or c.intercept_.shape != (c.coef_.shape[0],)
             or c.classes_.shape != (c.coef_.shape[0],) or fc.n_features_in_ != d
             or fc.cluster_centers_.shape != (fc.n_clusters_, k)
+            or (getattr(fc, "novelty_thresholds_", None) is not None
+                and (fc.novelty_reference_.ndim != 2 or fc.novelty_reference_.shape[1] != k
+                     or not all(t >= 0 for t in fc.novelty_thresholds_)))
             or c.reference_.ndim != 2 or c.reference_.shape[1] != k or c.reference_labels_.shape != (len(c.reference_),)
             or (c.kind_ == "knn" and len(c.reference_) == 0)
             or (len(c.reference_labels_) and not (0 <= c.reference_labels_.min() and

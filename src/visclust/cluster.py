@@ -162,6 +162,29 @@ def nearest_center(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
     return out
 
 
+def nearest_distance(X: np.ndarray, reference: np.ndarray, exclude_self: bool = False) -> np.ndarray:
+    """Euclidean distance from each row of ``X`` to its nearest row of ``reference``, a block
+    of :func:`block_rows` rows at a time. ``exclude_self``: ``X`` is ``reference`` and each
+    row's own zero distance does not count (its nearest *other* row)."""
+    import torch
+
+    R = torch.from_numpy(np.ascontiguousarray(reference, np.float32))
+    r_sq = (R * R).sum(1)
+    step = block_rows(len(R))
+    out = np.empty(len(X), np.float32)
+    if len(R) < (2 if exclude_self else 1):
+        out[:] = np.inf
+        return out
+    for s in range(0, len(X), step):
+        x = torch.from_numpy(np.ascontiguousarray(X[s:s + step], np.float32))
+        d = torch.addmm(r_sq, x, R.T, alpha=-2)  # ||r||^2 - 2 x.r
+        if exclude_self:
+            d[torch.arange(len(x)), torch.arange(s, s + len(x))] = float("inf")
+        best = d.min(1).values + (x * x).sum(1)
+        out[s:s + len(x)] = best.clamp_min(0).sqrt().numpy()
+    return out
+
+
 def _compact(labels: np.ndarray) -> np.ndarray:
     """Renumber labels to 0..m-1 in order of first appearance, keeping -1."""
     labels = np.asarray(labels, np.int64)

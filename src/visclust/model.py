@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_is_fitted as _sk_check_is_fitted
 from sklearn.exceptions import NotFittedError as _SkNotFittedError
 
 from .classify import PseudoLabelClassifier, centroid_margin
-from .cluster import _compact, check_method, cluster_features, cluster_means
+from .cluster import _compact, check_method, cluster_features, cluster_means, nearest_distance
 from .exceptions import InputError, NotFittedError, WeightsUnavailableError
 from .io import Assignments, collect_inputs
 from .reduce import Reducer
@@ -64,6 +64,13 @@ MAX_CLUSTER_ROWS = 10_000
 #: rows, the winner clustering all 50,000 gave ACC 0.528 / 0.533 (two seeds) against 0.511 /
 #: 0.522 with the 20,000 clustered alone (docs/benchmarks.md, "Large collections").
 FINAL_CLUSTER_ROWS = 100_000
+#: ``reject_novel``: the model keeps up to this many training rows (in the reduced space) and
+#: two distances that NOVELTY_QUANTILE of training rows stay within: to their nearest other
+#: kept row, and from the principal subspace (measured out of sample: PCA fitted on 4/5 of
+#: the rows, the residuals of the other fifth, 5 folds). A new row beyond either fits no
+#: cluster. 5,000 x 64 float32 = 1.3 MB in the model file.
+NOVELTY_ROWS = 5_000
+NOVELTY_QUANTILE = 0.995
 #: ... at least this many rows per cluster in that sample.
 SAMPLE_ROWS_PER_CLUSTER = 100
 
@@ -141,6 +148,12 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         :class:`~visclust.classify.PseudoLabelClassifier`.
     reject_threshold : float, default 0.0
         Rows whose confidence is below this get cluster -1 ("fits no cluster").
+    reject_novel : bool, default False
+        :meth:`predict` gives cluster -1 to rows unlike the training rows (:meth:`novelty` >
+        1): farther from the nearest of (up to :data:`NOVELTY_ROWS`) training rows, or from
+        their principal subspace, than 99.5% of training rows are. The confidence says which cluster a row
+        resembles most, not whether it resembles any: a photo given to a model of digits and
+        symbols can get 0.99. Not applied to the training rows' ``labels_``.
     k_range : tuple of int, default (2, 30)
         Candidates for ``n_clusters='auto'``.
     n_init : int, default 10
@@ -178,6 +191,10 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         Mean of each cluster in the reduced space.
     reducer_ : Reducer
     classifier_ : PseudoLabelClassifier
+    novelty_reference_ : ndarray (at most NOVELTY_ROWS, n_components_)
+        Training rows in the reduced space, for :meth:`novelty`.
+    novelty_thresholds_ : tuple (nearest, residual)
+        The distances 99.5% of training rows stay within (:meth:`novelty`).
     pipeline_ : str
         The pipeline used, ``'SPACE+METHOD'``.
     pipeline_scores_ : dict {str: float}
@@ -200,7 +217,8 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     def __init__(self, n_clusters=8, method: str = "auto", space: str = "auto", n_components: int | None = 64,
                  whiten="auto", umap_components: int | None = 10, learned_step: bool = False,
                  candidates=None, n_runs: int = 3, confident_fraction: float = 0.5, self_training: int = 2,
-                 classifier: str = "auto", reject_threshold: float = 0.0, k_range=(2, 30), n_init: int = 10,
+                 classifier: str = "auto", reject_threshold: float = 0.0, reject_novel: bool = False,
+                 k_range=(2, 30), n_init: int = 10,
                  max_cluster_rows: int | None = MAX_CLUSTER_ROWS, random_state: int | None = 0):
         self.n_clusters = n_clusters
         self.method = method
@@ -215,6 +233,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         self.self_training = self_training
         self.classifier = classifier
         self.reject_threshold = reject_threshold
+        self.reject_novel = reject_novel
         self.k_range = k_range
         self.n_init = n_init
         self.max_cluster_rows = max_cluster_rows
@@ -234,6 +253,8 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             raise InputError(f"n_clusters must be a positive integer or 'auto', got {self.n_clusters!r}")
         if not 0.0 <= float(self.reject_threshold) < 1.0:
             raise InputError(f"reject_threshold must be in [0, 1), got {self.reject_threshold}")
+        if self.reject_novel not in (True, False):
+            raise InputError(f"reject_novel must be True or False, got {self.reject_novel!r}")
         if self.umap_components is not None and int(self.umap_components) < 1:
             raise InputError(f"umap_components must be a positive integer or None, got {self.umap_components}")
         if self.space not in ("auto",) + SPACES:
@@ -396,6 +417,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             margin = agreement(runs, self.cluster_labels_) + 0.5 * rank
         self._train_score = margin  # how typical each row is of its cluster; for refit_classifier, not saved
         self._fit_classifier(Z, assign=self.sample_index_ is None)  # else _assign_all assigns every row once
+        self._fit_novelty(X_all if self.sample_index_ is None else X_all[self.sample_index_], Z, seed)
         self.sample_rows_ = None
         if index is not None:
             self.sample_rows_ = (state["rows"], len(Z), len(X_all))
@@ -474,6 +496,47 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
                              "call fit(X) first")
         return self._fit_classifier(self.transform(X), [self.transform(v) for v in views])
 
+    def _fit_novelty(self, X, Z, seed: int) -> None:
+        """Keep training rows ``Z`` (reduced; ``X`` the same rows raw) and the thresholds of
+        :meth:`novelty`. Few rows (< 20) give infinite thresholds: nothing is novel."""
+        rows = self._random_rows(len(Z), NOVELTY_ROWS, seed + 2)
+        self.novelty_reference_ = np.ascontiguousarray(Z if rows is None else Z[rows], np.float32)
+        Xr = X if rows is None else X[rows]
+        near = residual = float("inf")
+        if len(Xr) >= 20:
+            d = nearest_distance(self.novelty_reference_, self.novelty_reference_, exclude_self=True)
+            near = float(np.quantile(d, NOVELTY_QUANTILE))
+            # The reducer's own rows lie closer to its subspace than new rows like them do:
+            # their residuals come from reducers fitted without them (the model's dimensions).
+            if self.reducer_.n_components is not None:  # no PCA (--pca 0): no subspace to leave
+                fold = np.random.default_rng(seed + 3).permutation(len(Xr)) % 5
+                res = np.empty(len(Xr), np.float32)
+                for f in range(5):
+                    red = Reducer(self.reducer_.n_components_, whiten=False, normalize=self.reducer_.normalize)
+                    res[fold == f] = red.fit(Xr[fold != f]).residual(Xr[fold == f])
+                residual = float(np.quantile(res, NOVELTY_QUANTILE))
+        self.novelty_thresholds_ = (near, residual)
+
+    def novelty(self, X) -> np.ndarray:
+        """How unlike the training rows each row of ``X`` is, the larger of two ratios: its
+        distance to the nearest kept training row (reduced space) over the distance that
+        99.5% of those rows are within of their nearest other one; and its distance from the
+        principal subspace (:meth:`Reducer.residual`) over the one 99.5% of training rows
+        stay within when the subspace was fitted without them. Above 1: unlike nearly every
+        training row; ``reject_novel=True`` makes :meth:`predict` give those -1. The second
+        ratio sees what the projection hides: a digit given to a model of photos projects
+        among the photos but lies far from their subspace."""
+        X = _as_features(X)
+        return self._novelty_of(X, self.transform(X))
+
+    def _novelty_of(self, X, Z) -> np.ndarray:
+        if getattr(self, "novelty_thresholds_", None) is None:
+            raise InputError("this model file was written before visclust kept training rows for novelty "
+                             "(2026-12-06); refit it to use reject_novel / --reject-novel")
+        # a floor: features of no more dimensions than the subspace leave only rounding in it
+        near, residual = (max(t, 1e-3) for t in self.novelty_thresholds_)
+        return np.maximum(nearest_distance(Z, self.novelty_reference_) / near, self.reducer_.residual(X) / residual)
+
     def _assign(self, Z, views=()):
         return self._labels_from(*self.classifier_.predict_with_confidence(Z, list(views)))
 
@@ -494,7 +557,12 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def predict_with_confidence(self, X):
         """Cluster (-1 when rejected) and confidence in [0, 1] for each row."""
-        return self._assign(self.transform(X))
+        X = _as_features(X)
+        Z = self.transform(X)
+        labels, conf = self._assign(Z)
+        if self.reject_novel:
+            labels = np.where(self._novelty_of(X, Z) > 1.0, -1, labels)
+        return labels, conf
 
     def predict(self, X):
         return self.predict_with_confidence(X)[0]

@@ -122,6 +122,18 @@ class Reducer(TransformerMixin, BaseEstimator):
             out[s:s + _CHUNK] = ((c - self.mean_) @ self.components_.T) / self.scale_
         return l2_normalize(out) if self.normalize else out
 
+    def residual(self, X) -> np.ndarray:
+        """Distance of each (L2-normalised, centred) row from the principal subspace: the part
+        of it the projection throws away. Large for rows unlike those the reducer was fitted on
+        (a digit given to a model of photos), which the projection itself cannot show."""
+        check_is_fitted(self, "components_")
+        X = _check_matrix(X)
+        out = np.empty(len(X), np.float32)
+        for s in range(0, len(X), _CHUNK):
+            c = (l2_normalize(X[s:s + _CHUNK]) if self.normalize else np.asarray(X[s:s + _CHUNK], np.float32)) - self.mean_
+            out[s:s + _CHUNK] = np.linalg.norm(c - (c @ self.components_.T) @ self.components_, axis=1)
+        return out
+
     @property
     def n_components_(self) -> int:
         return len(self.components_)

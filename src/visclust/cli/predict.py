@@ -16,6 +16,10 @@ def register(sub) -> None:
     p.add_argument("--output", "-o", required=True, metavar="CSV", help="assignments CSV to write (path,cluster,confidence)")
     p.add_argument("--reject", type=float, default=None, metavar="T",
                    help="confidence below T assigns cluster -1 (default: the model's own threshold)")
+    p.add_argument("--reject-novel", action="store_true",
+                   help="assign cluster -1 to images unlike the training images: farther from the nearest one, or "
+                        "from the space they span, than 99.5%% of the training images are (the confidence only "
+                        "says which cluster an image resembles most, not whether it resembles any)")
     add_backbone_options(p, default=None)
     add_store_options(p)
     add_runtime_options(p)
@@ -23,6 +27,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..exceptions import InputError
     from ..io import check_inputs_exist, write_assignments
     from ..model import ImageClusterer
 
@@ -33,6 +38,11 @@ def run(args) -> int:
     if args.reject is not None:
         model.feature_clusterer_.set_params(reject_threshold=args.reject)
         model.feature_clusterer_._validate_params()
+    if args.reject_novel:
+        model.feature_clusterer_.set_params(reject_novel=True)
+        if getattr(model.feature_clusterer_, "novelty_thresholds_", None) is None:
+            raise InputError(f"{args.model} was written before visclust kept training images for --reject-novel "
+                             "(2026-12-06); refit it with `visclust fit` to use it")
     a = model.assign(args.inputs)
     write_assignments(args.output, a)
     if not args.quiet:
