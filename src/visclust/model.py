@@ -19,7 +19,7 @@ from .classify import PseudoLabelClassifier, centroid_margin
 from .cluster import _compact, check_method, cluster_features, cluster_means, nearest_distance
 from .exceptions import InputError, NotFittedError, WeightsUnavailableError
 from .io import Assignments, collect_inputs
-from .reduce import Reducer
+from .reduce import Reducer, heldout_residuals
 from .select import SPACES, Candidate, agreement, choose_n_clusters, embed, embed_runs, select_pipeline
 
 #: Algorithms ``method='auto'`` chooses among (HDBSCAN and spectral are available by name:
@@ -509,11 +509,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             # The reducer's own rows lie closer to its subspace than new rows like them do:
             # their residuals come from reducers fitted without them (the model's dimensions).
             if self.reducer_.n_components is not None:  # no PCA (--pca 0): no subspace to leave
-                fold = np.random.default_rng(seed + 3).permutation(len(Xr)) % 5
-                res = np.empty(len(Xr), np.float32)
-                for f in range(5):
-                    red = Reducer(self.reducer_.n_components_, whiten=False, normalize=self.reducer_.normalize)
-                    res[fold == f] = red.fit(Xr[fold != f]).residual(Xr[fold == f])
+                res = heldout_residuals(Xr, self.reducer_.n_components_, self.reducer_.normalize, random_state=seed + 3)
                 residual = float(np.quantile(res, NOVELTY_QUANTILE))
         self.novelty_thresholds_ = (near, residual)
 
