@@ -1008,6 +1008,7 @@ class ImageClusterer(BaseEstimator):
         from .features import backbone_at_size, check_input_size
 
         fc = clone(template).set_params(n_clusters=self.n_clusters)
+        k = fc._validate_params()  # before the backbone is built (its weights may be downloaded)
         augment = self.augment
         if isinstance(augment, bool) or not isinstance(augment, (int, np.integer)) or augment < 0:
             raise InputError(f"augment must be a whole number of copies >= 0, got {augment!r}")
@@ -1023,7 +1024,6 @@ class ImageClusterer(BaseEstimator):
         bbs = list(self.get_backbones())
         names = [bb.name for bb in bbs]
         size = check_input_size(self.input_size)
-        k = fc._validate_params()
         compares = k is not None and k > 1 and "auto" in (fc.method, fc.space)  # the selection gives a score
         use_pixels = self.pixels is not False and features is None and "baseline/pixels" not in names
         if use_pixels and self.pixels == "auto":
