@@ -118,9 +118,12 @@ class Reducer(TransformerMixin, BaseEstimator):
             raise InputError(f"features have {X.shape[1]} columns but the reducer was fitted on {self.n_features_in_}")
         out = np.empty((len(X), len(self.components_)), np.float32)
         for s in range(0, len(X), _CHUNK):
-            c = l2_normalize(X[s:s + _CHUNK]) if self.normalize else np.asarray(X[s:s + _CHUNK], np.float32)
-            out[s:s + _CHUNK] = ((c - self.mean_) @ self.components_.T) / self.scale_
+            out[s:s + _CHUNK] = (self._centred(X[s:s + _CHUNK]) @ self.components_.T) / self.scale_
         return l2_normalize(out) if self.normalize else out
+
+    def _centred(self, rows) -> np.ndarray:
+        """``rows`` L2-normalised (when ``normalize``) and centred: what the components project."""
+        return (l2_normalize(rows) if self.normalize else np.asarray(rows, np.float32)) - self.mean_
 
     def residual(self, X) -> np.ndarray:
         """Distance of each (L2-normalised, centred) row from the principal subspace: the part
@@ -130,7 +133,7 @@ class Reducer(TransformerMixin, BaseEstimator):
         X = _check_matrix(X)
         out = np.empty(len(X), np.float32)
         for s in range(0, len(X), _CHUNK):
-            c = (l2_normalize(X[s:s + _CHUNK]) if self.normalize else np.asarray(X[s:s + _CHUNK], np.float32)) - self.mean_
+            c = self._centred(X[s:s + _CHUNK])
             out[s:s + _CHUNK] = np.linalg.norm(c - (c @ self.components_.T) @ self.components_, axis=1)
         return out
 
@@ -218,8 +221,9 @@ def heldout_residuals(X: np.ndarray, n_components: int, normalize: bool = True, 
     rows (``n_folds`` folds): what :meth:`Reducer.residual` gives new rows like these, which lie
     farther from a subspace than the rows it was fitted on. Randomized SVD per fold (Halko et
     al.; scikit-learn's ``randomized_svd``), so thousands of features cost seconds, not the
-    minutes of exact ones (4,352 features, 6,000 rows, 5 folds of 4,000 of them: 98.6 s exact, 3.4 s
-    randomized, the 99.5% quantile 0.3126 against 0.3152)."""
+    minutes of exact ones (the novelty step of a fit on 6,000 rows of 4,352 features, 5,000 kept,
+    each fold's PCA on 4,000: 98.6 s exact, 3.4 s randomized; the 99.5% quantile 0.3126 against
+    0.3152)."""
     from sklearn.utils.extmath import randomized_svd
 
     C = l2_normalize(X) if normalize else np.asarray(X, np.float32)
