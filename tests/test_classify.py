@@ -7,7 +7,7 @@ import pytest
 from sklearn.datasets import make_blobs
 
 from visclust.classify import (PseudoLabelClassifier, centroid_margin, confident_members, fit_temperature,
-                               neighbour_votes, vote_size)
+                               neighbour_votes, vote_size, NEAREST_TIE_BREAK)
 from visclust.evaluate import hungarian_accuracy
 from visclust.exceptions import InputError
 
@@ -129,14 +129,14 @@ def test_blockwise_outputs_equal_the_whole_matrix(small_blocks, kind):
         votes = np.zeros((n, k))
         for i, nn in enumerate(np.argsort(d2, 1)[:, :5]):
             np.add.at(votes[i], arrays["reference_labels"][nn], 1)
+            votes[i, arrays["reference_labels"][nn[0]]] += NEAREST_TIE_BREAK
         dec = np.log((votes + 0.5) / (5 + 0.5 * k))
     np.testing.assert_allclose(clf.decision_function(X), dec, rtol=1e-5, atol=1e-5)
     proba = _softmax(dec.astype(np.float64) * 1.7)
     np.testing.assert_allclose(clf.predict_proba(X), proba, rtol=1e-5, atol=1e-9)
     best, conf = clf.predict_with_confidence(X)
-    if kind == "svm":  # the vote has ties; the SVM's random decision values do not
-        assert best.tolist() == proba.argmax(1).tolist()
-        assert clf.predict(X).tolist() == (10 + proba.argmax(1)).tolist()
+    assert best.tolist() == proba.argmax(1).tolist()  # no ties: the vote's go to the nearest row's class
+    assert clf.predict(X).tolist() == (10 + proba.argmax(1)).tolist()
     np.testing.assert_allclose(conf, proba.max(1), rtol=1e-5)
     if kind == "svm":
         top, margin = clf._best_and_margin(X)
@@ -151,8 +151,24 @@ def test_neighbour_votes_count_the_nearest_reference_rows(small_blocks):
     lab = rng.integers(0, 6, 400)
     votes = neighbour_votes(Z, ref, lab, 6, 9)
     nn = np.argsort(((Z[:, None] - ref[None]) ** 2).sum(2), 1)[:, :9]
-    expect = np.stack([np.bincount(lab[row], minlength=6) for row in nn])
-    assert votes.dtype == np.float32 and (votes == expect).all()
+    expect = np.stack([np.bincount(lab[row], minlength=6) for row in nn]).astype(np.float32)
+    expect[np.arange(600), lab[nn[:, 0]]] += NEAREST_TIE_BREAK  # the nearest one's class
+    assert votes.dtype == np.float32
+    np.testing.assert_array_equal(votes, expect)
+
+
+def test_a_tied_vote_goes_to_the_nearest_neighbours_cluster():
+    # A cluster of one row (class 1) at 0 beside a cluster of eight (class 0) from 1 on, and
+    # eight more (class 2) far away. With 2 voters the lone row's voters are itself and its
+    # neighbour, one vote each: the tie went to class 0, the lower number, and class 1 vanished.
+    X = np.array([[0.0, 0.0]] + [[1.0 + 0.01 * i, 0.0] for i in range(8)] + [[9.0 + 0.01 * i, 9.0] for i in range(8)],
+                 np.float32)
+    y = np.array([1] + [0] * 8 + [2] * 8)
+    for x, nearest in [(0.0, 1), (0.45, 1), (0.503, 0)]:  # voters: the rows at 0 and 1, one vote each
+        votes = neighbour_votes(np.array([[x, 0.0]], np.float32), X, y, 3, 2)
+        assert votes[0, :2].round().tolist() == [1, 1] and votes.argmax(1)[0] == nearest
+    clf = PseudoLabelClassifier(kind="knn", n_neighbors=2).fit(X, y)
+    np.testing.assert_array_equal(clf.predict(X), y)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

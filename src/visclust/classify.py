@@ -59,11 +59,19 @@ def confident_members(scores: np.ndarray, labels: np.ndarray, fraction: float, m
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
 
 
+#: Added to the vote of the class of each row's nearest reference row, so that a tie between
+#: classes goes to the nearest neighbour's class instead of the lower class number; less than
+#: one vote, so it never overturns a majority. (With 2 voters, an image in a cluster of its own
+#: and one other, the tie used to give its image to the other cluster.)
+NEAREST_TIE_BREAK = 1e-3
+
+
 def neighbour_votes(Z: np.ndarray, reference: np.ndarray, reference_labels: np.ndarray, n_classes: int,
                     n_neighbors: int) -> np.ndarray:
     """How many of the ``n_neighbors`` nearest reference rows (Euclidean) of each row of
-    ``Z`` belong to each class: ``(len(Z), n_classes)`` float32. The distances are computed
-    a cache-sized block of rows at a time (:func:`visclust.cluster.block_rows`)."""
+    ``Z`` belong to each class, plus :data:`NEAREST_TIE_BREAK` for the nearest one's class:
+    ``(len(Z), n_classes)`` float32. The distances are computed a cache-sized block of rows at
+    a time (:func:`visclust.cluster.block_rows`)."""
     import torch
 
     from .cluster import block_rows
@@ -82,9 +90,13 @@ def neighbour_votes(Z: np.ndarray, reference: np.ndarray, reference_labels: np.n
     for s in range(0, len(Z), step):
         z = torch.from_numpy(np.ascontiguousarray(Z[s:s + step]))
         d = torch.addmm(ref_sq, z, ref.T, alpha=-2, out=buf[:len(z)])  # + |z|^2, the same for every reference row
-        nn = torch.topk(d, k, dim=1, largest=False, sorted=False).indices
-        cell = (torch.arange(len(z))[:, None] * n_classes + lab[nn]).flatten()  # (row, class) of each neighbour
-        out_t[s:s + len(z)].view(-1).index_add_(0, cell, torch.ones(len(cell)))
+        near = torch.topk(d, k, dim=1, largest=False, sorted=False)
+        nn = near.indices
+        row = torch.arange(len(z))
+        cell = (row[:, None] * n_classes + lab[nn]).flatten()  # (row, class) of each neighbour
+        block = out_t[s:s + len(z)]
+        block.view(-1).index_add_(0, cell, torch.ones(len(cell)))
+        block[row, lab[nn[row, near.values.argmin(1)]]] += NEAREST_TIE_BREAK
     return out
 
 

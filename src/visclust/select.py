@@ -199,7 +199,7 @@ def neighbour_support(Z: np.ndarray, labels: np.ndarray, n_neighbors: int = 15, 
         test = fold == f
         nn = vote_size(n_neighbors, int((~test).sum()), len(classes))
         votes = neighbour_votes(Z[test], Z[~test], codes[~test], len(classes), nn)
-        voted[test] = votes.argmax(1)  # a tie goes to the lower cluster number
+        voted[test] = votes.argmax(1)  # a tie goes to the nearest neighbour's cluster
     return float(cohen_kappa_score(codes, voted))
 
 
