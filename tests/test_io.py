@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from visclust.exceptions import ImageReadError, InputError, NoImagesError
-from visclust.io import (Assignments, atomic_output, collect_inputs, load_image, read_assignments, write_assignments,
-                         write_csv_atomic)
+from visclust.io import (Assignments, atomic_output, collect_inputs, load_image, read_assignments, work_folder,
+                         write_assignments, write_csv_atomic)
 
 
 def png(path, color=(10, 200, 10)):
@@ -104,6 +104,22 @@ def test_temporaries_of_dead_writers_are_removed_live_ones_kept(tmp_path):
         p.write_text("partial")
     write_csv_atomic(tmp_path / "a.csv", ("path",), [("x",)])
     assert sorted(os.listdir(tmp_path)) == sorted(["a.csv", alive.name, other.name])
+
+
+def test_work_folders_of_killed_processes_are_removed_by_the_next_one(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = tmp_path / f"visclust-umap-{2**22 + 12345}-x"  # above any pid_max: no such process
+    alive = tmp_path / f"visclust-umap-{os.getppid()}-y"
+    other = tmp_path / f"visclust-copies-{2**22 + 12345}-z"
+    for p in (dead, alive, other):
+        (p / "sub").mkdir(parents=True)
+        (p / "sub" / "X.npy").write_bytes(b"rows")
+    with work_folder("visclust-umap-") as tmp:
+        assert os.path.basename(tmp).startswith(f"visclust-umap-{os.getpid()}-") and os.path.isdir(tmp)
+        assert sorted(os.listdir(tmp_path)) == sorted([alive.name, other.name, os.path.basename(tmp)])
+    assert sorted(os.listdir(tmp_path)) == sorted([alive.name, other.name])
 
 
 def test_written_files_get_normal_permissions(tmp_path):

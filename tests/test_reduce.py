@@ -147,7 +147,9 @@ def test_umap_children_die_with_the_process_that_started_them(tmp_path):
         reduce.umap_embedding = lambda *a, **k: time.sleep(600)  # this process is busy too
         reduce.umap_embeddings(np.random.default_rng(0).normal(size=(20, 4)), [0, 1])
         """)
-    fit = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, PIDFILE=str(pidfile)))
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    fit = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, PIDFILE=str(pidfile), TMPDIR=str(temp)))
     try:
         for _ in range(600):
             if pidfile.exists() and pidfile.read_text():
@@ -173,6 +175,19 @@ def test_umap_children_die_with_the_process_that_started_them(tmp_path):
     else:
         os.kill(child, signal.SIGKILL)
         pytest.fail("the UMAP child outlived the process that started it")
+    # the killed fit could not delete its temporary folder (its data, the size of X): the
+    # next fit's does
+    left = [p.name for p in temp.iterdir()]
+    assert len(left) == 1 and left[0].startswith(f"visclust-umap-{fit.pid}-")
+    import tempfile
+
+    from visclust.io import work_folder
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tempfile, "tempdir", str(temp))
+        with work_folder("visclust-umap-"):
+            pass
+    assert list(temp.iterdir()) == []
 
 
 def test_umaps_compiled_code_is_cached_on_disk_and_gives_the_same_embedding(tmp_path):

@@ -600,20 +600,41 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb", **open_kwargs):
                 os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def work_folder(prefix: str):
+    """A private temporary folder, ``<temp>/<prefix><pid>-*``, deleted on leaving the block.
+
+    A process killed inside the block (``kill -9``, the out-of-memory killer) cannot delete
+    its folder; the next ``work_folder`` of the same ``prefix``, in any process, deletes the
+    folders of processes that no longer run, so such leftovers do not pile up.
+    """
+    root = tempfile.gettempdir()
+    _remove_stale_temporaries(root, prefix)
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-", dir=root) as tmp:
+        yield tmp
+
+
 def _remove_stale_temporaries(directory: str, prefix: str) -> None:
-    """Delete ``prefix<pid>-*`` files whose writer no longer runs (left by ``kill -9``)."""
+    """Delete ``prefix<pid>-*`` files or folders whose writer no longer runs (left by ``kill -9``)."""
+    import shutil
+
     try:
-        names = [n for n in os.listdir(directory) if n.startswith(prefix)]
+        entries = [e for e in os.scandir(directory) if e.name.startswith(prefix)]
     except OSError:
         return
-    for name in names:
-        pid = name[len(prefix):].split("-", 1)[0]
+    for entry in entries:
+        pid = entry.name[len(prefix):].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _process_exists(int(pid)):
             with contextlib.suppress(OSError):
-                os.unlink(os.path.join(directory, name))
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
 
 
 def _process_exists(pid: int) -> bool:
+    if os.name != "posix":  # os.kill(pid, 0) would end the process on Windows: assume it runs
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -866,16 +866,15 @@ class ImageClusterer(BaseEstimator):
         copy in the order of ``paths`` (:mod:`visclust.augment`). A copy that cannot be made
         or read gets its original's row of ``originals``, so no row is lost. Copies are
         written, extracted and deleted ``COPY_CHUNK_IMAGES`` images at a time."""
-        import tempfile
-
         from .augment import write_copies
         from .features import concat_features, extract_features
+        from .io import work_folder
 
         seed = int(getattr(self.clusterer, "random_state", 0) or 0)
         short = max(bb.preprocess.resize_size or bb.preprocess.input_size for bb in backbones)
         out = []
         step = COPY_CHUNK_IMAGES
-        with tempfile.TemporaryDirectory(prefix="visclust-copies-") as tmp:
+        with work_folder("visclust-copies-") as tmp:
             for view in range(n_copies):
                 feats = np.array(originals, np.float32)
                 for s in range(0, len(paths), step):  # the disk holds one part's copies at a time

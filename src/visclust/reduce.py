@@ -329,13 +329,14 @@ def umap_embeddings(X: np.ndarray, seeds, n_components: int = 10, n_neighbors: i
     if n_children <= 0:
         return [umap_embedding(X, random_state=s, **params) for s in seeds]
     import subprocess
-    import tempfile
     import warnings
+
+    from .io import work_folder
 
     # the children import modules from where this process does, in the same order
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     out: dict[int, np.ndarray] = {}
-    with tempfile.TemporaryDirectory(prefix="visclust-umap-") as tmp:
+    with work_folder("visclust-umap-") as tmp:  # a fit killed here leaves it for the next one to delete
         data = os.path.join(tmp, "X.npy")
         np.save(data, X)
         children = {}
