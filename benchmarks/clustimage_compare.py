@@ -17,6 +17,11 @@ Labels are the names of each image's parent folder and are used only to score. P
 (Hungarian), NMI, ARI and the wall time of ``fit_transform`` with K fixed to the true number
 of classes (``min_clust = max_clust = K``) and, with ``--auto-k``, with clustimage's own
 choice of K in 3..25.
+
+clustimage's thumbnail cache is turned off (its only change from the defaults): clustimage
+1.7.1 keys it by file name alone, in one folder for all runs, so folders such as CIFAR-10's
+``<class>/0000.jpg`` were read as a tenth of their images. Results before 2026-12-06 were
+measured with it on and are wrong for every folder whose file names repeat.
 """
 
 from __future__ import annotations
@@ -75,7 +80,10 @@ def main(argv=None) -> int:
     k = len(set(truth.values()))
     runs = [("K = true K", k, k)] + ([("K chosen by clustimage (3..25)", 3, 25)] if args.auto_k else [])
     for name, lo, hi in runs:
-        cl = Clustimage(method=args.method, verbose=50)
+        # clustimage's thumbnail cache (on by default) names a thumbnail by the image's file name
+        # alone, in one folder shared by every run: cat/0001.jpg and dog/0001.jpg, or two
+        # collections' 0001.png, are then read as one image. Off, each file is read itself.
+        cl = Clustimage(method=args.method, verbose=50, use_thumbnail_cache=False)
         t0 = time.perf_counter()
         res = cl.fit_transform(paths, min_clust=lo, max_clust=hi)
         secs = time.perf_counter() - t0

