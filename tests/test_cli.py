@@ -254,3 +254,7 @@ def test_the_fit_summary_says_how_many_of_the_models_clusters_got_no_image():
     assert cluster_summary(a, 4).startswith("4 images in 2 clusters (2 of the model's 4 got none), 1 fit no cluster")
     assert cluster_summary(a, 2).startswith("4 images in 2 clusters, 1 fit no cluster")
     assert cluster_summary(a).startswith("4 images in 2 clusters, 1 fit no cluster")
+    none = Assignments(["a", "b"], np.array([-1, -1]), np.array([0.3, 0.2]))
+    assert cluster_summary(none, 4) == "2 images, none in a cluster: all fit no cluster (-1)"
+    assert cluster_summary(Assignments(["a"], np.array([-1]), np.array([0.3]))) == \
+        "1 image, none in a cluster: it fits no cluster (-1)"
