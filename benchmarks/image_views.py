@@ -48,15 +48,15 @@ def main(argv=None) -> None:
     print(f"<!-- python benchmarks/image_views.py --seeds {args.seeds} --first-seed {args.first_seed} --input-size "
           f"{args.input_size} --pixels {args.pixels} --augment {args.augment} --classifier {args.classifier} --datasets {' '.join(args.datasets)}; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} -->")
-    print("| dataset | seed | stability of each view | kept | ACC kept | time (s) |")
-    print("|---|---|---|---|---|---|")
+    print("| dataset | seed | stability of each view | kept | ACC kept | NMI | ARI | time (s) |")
+    print("|---|---|---|---|---|---|---|---|")
     folders = {"mnist": mnist_folder, "cifar10": cifar_folder, "digits8": digits_folder, **UNSEEN}
     for name in args.datasets:
         if name not in folders and not name.startswith("folder:"):
             raise SystemExit(f"unknown dataset '{name}': use {', '.join(folders)} or folder:PATH")
         folder = folders[name](args.cache) if name in folders else Path(name[7:])
         k = sum(1 for d in folder.iterdir() if d.is_dir())  # the true number of groups: one per subfolder
-        accs = []
+        accs, nmis, aris = [], [], []
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             m = ImageClusterer(backbone="torchvision/mobilenet_v2", weights=str(MOBILENET), n_clusters=k,
                                clusterer=FeatureClusterer(random_state=seed, classifier=args.classifier), store=str(args.cache / "store"),
@@ -66,19 +66,24 @@ def main(argv=None) -> None:
             m.fit([str(folder)])
             secs = time.perf_counter() - t
             y = folder_labels(m.paths_)
-            acc = external_scores(y, m.labels_)["acc"]
+            scores = external_scores(y, m.labels_)
+            acc = scores["acc"]
             accs.append(acc)
+            nmis.append(scores["nmi"])
+            aris.append(scores["ari"])
             if args.augment:  # what the copies changed: the clustering the classifier started from
                 start = external_scores(y, m.feature_clusterer_.cluster_labels_)["acc"]
-                print(f"| {name} | {seed} | clustering before the classifier | | {start:.3f} | |", flush=True)
+                print(f"| {name} | {seed} | clustering before the classifier | | {start:.3f} | | | |", flush=True)
             views = ", ".join(f"{k} {v:.3f}" for k, v in m.view_scores_.items()) or "-"
             support = getattr(m, "view_support_", None)  # the pixels' neighbour-support test, when it ran
             if support:
                 views += " (support among the backbone's neighbours: " + \
                     ", ".join(f"{k} {v:.2f}" for k, v in support.items()) + ")"
             kept = " + ".join(f"{c.name.split('/')[-1]}@{c.preprocess.input_size}px" for c in m.backbone_configs_)
-            print(f"| {name} | {seed} | {views} | {kept} | {acc:.3f} | {secs:.0f} |", flush=True)
-        print(f"| {name} | mean | | | **{np.mean(accs):.3f} ± {np.std(accs):.3f}** | |", flush=True)
+            print(f"| {name} | {seed} | {views} | {kept} | {acc:.3f} | {scores['nmi']:.3f} | {scores['ari']:.3f} | "
+                  f"{secs:.0f} |", flush=True)
+        print(f"| {name} | mean | | | **{np.mean(accs):.3f} ± {np.std(accs):.3f}** | {np.mean(nmis):.3f} | "
+              f"{np.mean(aris):.3f} | |", flush=True)
 
 
 if __name__ == "__main__":
