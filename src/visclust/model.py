@@ -526,10 +526,15 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         X = _as_features(X)
         return self._novelty_of(X, self.transform(X))
 
-    def _novelty_of(self, X, Z) -> np.ndarray:
+    def check_novelty_kept(self) -> None:
+        """Raise :class:`InputError` when the model has no training rows for :meth:`novelty`
+        (a model file written before 2026-12-06): before any image is read, not after."""
         if getattr(self, "novelty_thresholds_", None) is None:
             raise InputError("this model file was written before visclust kept training rows for novelty "
                              "(2026-12-06); refit it to use reject_novel / --reject-novel")
+
+    def _novelty_of(self, X, Z) -> np.ndarray:
+        self.check_novelty_kept()
         # a floor: features of no more dimensions than the subspace leave only rounding in it
         near, residual = (max(t, 1e-3) for t in self.novelty_thresholds_)
         return np.maximum(nearest_distance(Z, self.novelty_reference_) / near, self.reducer_.residual(X) / residual)

@@ -27,7 +27,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..exceptions import InputError
     from ..io import check_inputs_exist, write_assignments
     from ..model import ImageClusterer
 
@@ -40,9 +39,7 @@ def run(args) -> int:
         model.feature_clusterer_._validate_params()
     if args.reject_novel:
         model.feature_clusterer_.set_params(reject_novel=True)
-        if getattr(model.feature_clusterer_, "novelty_thresholds_", None) is None:
-            raise InputError(f"{args.model} was written before visclust kept training images for --reject-novel "
-                             "(2026-12-06); refit it with `visclust fit` to use it")
+        model.feature_clusterer_.check_novelty_kept()  # before the images are read
     a = model.assign(args.inputs)
     write_assignments(args.output, a)
     if not args.quiet:
