@@ -113,6 +113,12 @@ def test_save_load_predict_gives_the_same_answers(blobs, tmp_path):
     np.testing.assert_array_equal(fc.predict(X), fc2.predict(X))
     np.testing.assert_array_equal(fc.predict_proba(X), fc2.predict_proba(X))
     assert fc2.get_params()["candidates"] is None
+    # a loaded model (no training labels) saves again, with the sizes its file recorded
+    fc2.set_params(reject_threshold=0.5).save(tmp_path / "again.vcm")
+    fc3 = load_model(tmp_path / "again.vcm")
+    np.testing.assert_array_equal(fc3.predict_proba(X), fc2.predict_proba(X))
+    assert fc3.reject_threshold == 0.5
+    assert fc3.cluster_sizes_ == fc2.cluster_sizes_ == np.bincount(fc.labels_, minlength=4).tolist()
 
 
 @pytest.mark.parametrize("params, match", [

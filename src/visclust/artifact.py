@@ -99,12 +99,21 @@ def _collect(model) -> tuple[dict, dict[str, np.ndarray]]:
             "sample_rows": list(fc.sample_rows_) if getattr(fc, "sample_rows_", None) else None,
             # None: too few training rows, nothing is novel (JSON has no infinity)
             "novelty_thresholds": [t if np.isfinite(t) else None for t in getattr(fc, "novelty_thresholds_", ())],
-            "cluster_sizes": np.bincount(fc.labels_[fc.labels_ >= 0], minlength=fc.n_clusters_).tolist(),
+            "cluster_sizes": _cluster_sizes(fc),
         },
         **extra,
         "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in sorted(arrays.items())},
     }
     return manifest, arrays
+
+
+def _cluster_sizes(fc) -> list | None:
+    """Training images per cluster: from ``labels_``, or, for a model loaded from a file (no
+    training labels), the sizes that file recorded, so a loaded model can be saved again."""
+    labels = getattr(fc, "labels_", None)
+    if labels is None:
+        return getattr(fc, "cluster_sizes_", None)
+    return np.bincount(labels[labels >= 0], minlength=fc.n_clusters_).tolist()
 
 
 def save_model(model, path: str | os.PathLike) -> None:
@@ -322,6 +331,8 @@ def load_model(path: str | os.PathLike, weights: str | list | None = None):
             fc.novelty_reference_ = arrays["novelty.reference"]
             fc.novelty_thresholds_ = tuple(float("inf") if t is None else float(t) for t in (near, residual))
         fc.n_clusters_ = int(fcm["n_clusters"])
+        sizes = fcm.get("cluster_sizes")
+        fc.cluster_sizes_ = [int(x) for x in sizes] if isinstance(sizes, list) else None
         fc.n_features_in_ = int(fcm["n_features_in"])
         fc.k_scores_ = {int(k): float(v) for k, v in fcm.get("k_scores", {}).items()}
         # What the label-free selection chose: a record for people (report), not used to predict.
