@@ -4,6 +4,7 @@ image case is in tests/robustness/test_bad_images.py.)"""
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -113,13 +114,18 @@ def test_work_folders_of_killed_processes_are_removed_by_the_next_one(tmp_path, 
     dead = tmp_path / f"visclust-umap-{2**22 + 12345}-x"  # above any pid_max: no such process
     alive = tmp_path / f"visclust-umap-{os.getppid()}-y"
     other = tmp_path / f"visclust-copies-{2**22 + 12345}-z"
-    for p in (dead, alive, other):
+    # named as versions before 2026-12-06 named them, without a pid: removed once a day old
+    unnamed_old, unnamed_new = tmp_path / "visclust-umap-k3x_9q2a", tmp_path / "visclust-umap-7f2kq0zz"
+    for p in (dead, alive, other, unnamed_old, unnamed_new):
         (p / "sub").mkdir(parents=True)
         (p / "sub" / "X.npy").write_bytes(b"rows")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(unnamed_old, (two_days_ago, two_days_ago))
+    kept = [alive.name, other.name, unnamed_new.name]
     with work_folder("visclust-umap-") as tmp:
         assert os.path.basename(tmp).startswith(f"visclust-umap-{os.getpid()}-") and os.path.isdir(tmp)
-        assert sorted(os.listdir(tmp_path)) == sorted([alive.name, other.name, os.path.basename(tmp)])
-    assert sorted(os.listdir(tmp_path)) == sorted([alive.name, other.name])
+        assert sorted(os.listdir(tmp_path)) == sorted(kept + [os.path.basename(tmp)])
+    assert sorted(os.listdir(tmp_path)) == sorted(kept)
 
 
 def test_written_files_get_normal_permissions(tmp_path):

@@ -15,6 +15,7 @@ import os
 import stat
 import struct
 import tempfile
+import time
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -606,30 +607,52 @@ def work_folder(prefix: str):
 
     A process killed inside the block (``kill -9``, the out-of-memory killer) cannot delete
     its folder; the next ``work_folder`` of the same ``prefix``, in any process, deletes the
-    folders of processes that no longer run, so such leftovers do not pile up.
+    folders of processes that no longer run, so such leftovers do not pile up, and those
+    that older versions named without a pid once a day old (:data:`UNNAMED_STALE_SECONDS`).
     """
     root = tempfile.gettempdir()
-    _remove_stale_temporaries(root, prefix)
+    _remove_stale_temporaries(root, prefix, unnamed_after=UNNAMED_STALE_SECONDS)
     with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-", dir=root) as tmp:
         yield tmp
 
 
-def _remove_stale_temporaries(directory: str, prefix: str) -> None:
-    """Delete ``prefix<pid>-*`` files or folders whose writer no longer runs (left by ``kill -9``)."""
+#: ``work_folder`` folders named without a process id (``<prefix><random>``: visclust named
+#: them so before 2026-12-06, so none can say whether its writer runs) are taken as left by a
+#: killed fit, and deleted, once untouched for this long.
+UNNAMED_STALE_SECONDS = 24 * 3600
+
+
+def _remove_stale_temporaries(directory: str, prefix: str, unnamed_after: float | None = None) -> None:
+    """Delete ``prefix<pid>-*`` files or folders whose writer no longer runs (left by ``kill -9``),
+    and, given ``unnamed_after`` (seconds), ``prefix*`` ones with no pid in their name that
+    were last modified longer ago than that."""
     import shutil
 
     try:
         entries = [e for e in os.scandir(directory) if e.name.startswith(prefix)]
     except OSError:
         return
+    now = time.time()
     for entry in entries:
-        pid = entry.name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _process_exists(int(pid)):
+        pid, sep, _ = entry.name[len(prefix):].partition("-")
+        if sep and pid.isdigit():
+            stale = int(pid) != os.getpid() and not _process_exists(int(pid))
+        else:
+            stale = unnamed_after is not None and _age(entry, now) > unnamed_after
+        if stale:
             with contextlib.suppress(OSError):
                 if entry.is_dir(follow_symlinks=False):
                     shutil.rmtree(entry.path)
                 else:
                     os.unlink(entry.path)
+
+
+def _age(entry: os.DirEntry, now: float) -> float:
+    """Seconds since ``entry`` was last modified (0 when it cannot be read: keep it)."""
+    try:
+        return now - entry.stat(follow_symlinks=False).st_mtime
+    except OSError:
+        return 0.0
 
 
 def _process_exists(pid: int) -> bool:
