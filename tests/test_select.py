@@ -9,7 +9,8 @@ from sklearn.datasets import make_blobs
 from visclust.cluster import select_n_clusters
 from visclust.evaluate import hungarian_accuracy
 from visclust.exceptions import InputError
-from visclust.select import (Candidate, agreement, align_to, choose_n_clusters, describe_k_choice, medoid_run,
+from visclust.select import (Candidate, agreement, align_to, choose_n_clusters, consensus_labels, describe_k_choice,
+                             medoid_run,
                              neighbour_support,
                              other_levels, select_pipeline, stability,
                              subsample_run)
@@ -69,11 +70,56 @@ def test_real_structure_is_stable_and_structureless_data_is_not(blobs):
 
 def test_the_most_stable_candidate_wins_and_its_medoid_run_is_returned(blobs):
     X, y = blobs
-    sel = select_pipeline(X, 4, ["pca+kmeans", "pca+agglomerative", "pca+spectral"], n_runs=3, random_state=0)
+    sel = select_pipeline(X, 4, ["pca+kmeans", "pca+agglomerative", "pca+spectral"], n_runs=3, random_state=0,
+                          consensus=False)
     assert sel.scores[sel.best.name] == max(sel.scores.values())
-    assert any(r is sel.labels for r in sel.runs[sel.best.name])
+    assert sel.labels is sel.runs[sel.best.name][sel.medoid]
     assert all(len(runs) == 3 for runs in sel.runs.values())
     assert hungarian_accuracy(y, sel.labels) == 1.0
+
+
+def _runs_with_own_mistakes(seed=0):
+    """Three runs over 4 groups of 40 rows, each with its own 6 rows put in the wrong group
+    (and its own cluster numbers), so no run is right but every row is right in most runs."""
+    rng = np.random.default_rng(seed)
+    truth = np.repeat(np.arange(4), 40)
+    wrong = rng.permutation(len(truth))[:18].reshape(3, 6)
+    runs = []
+    for r in range(3):
+        labels = truth.copy()
+        labels[wrong[r]] = (labels[wrong[r]] + 1 + r % 3) % 4
+        runs.append(rng.permutation(4)[labels])
+    return truth, runs
+
+
+def test_the_consensus_of_runs_corrects_each_runs_own_mistakes():
+    truth, runs = _runs_with_own_mistakes()
+    assert all(hungarian_accuracy(truth, r) == 1 - 6 / 160 for r in runs)
+    labels = consensus_labels(runs, 4, random_state=0)
+    assert hungarian_accuracy(truth, labels) == 1.0
+    # where it cannot apply, None: the caller keeps the medoid run
+    assert consensus_labels(runs[:2], 4) is None                     # two runs have no majority
+    assert consensus_labels([runs[0]] * 3, 4) is None                # identical: nothing to gain
+    assert consensus_labels([np.where(truth == 0, -1, truth)] + runs[1:], 4) is None  # HDBSCAN noise
+    assert consensus_labels(runs, 200) is None                       # fewer distinct rows than clusters
+
+
+def test_select_pipeline_returns_the_consensus_of_the_winners_runs():
+    # a uniform square cut in 5: K-means' runs on 60% subsamples cut it differently
+    X = np.random.default_rng(0).uniform(0, 1, (300, 2)).astype(np.float32)
+    sel = select_pipeline(X, 5, ["pca+kmeans"], n_runs=3, random_state=0, subsample=0.6)
+    runs = sel.runs["pca+kmeans"]
+    medoid = runs[sel.medoid]
+
+    def disagreement(labels):  # K-means' objective on the runs' one-hot labels
+        total = 0.0
+        for r in runs:
+            m = np.zeros((labels.max() + 1, r.max() + 1))
+            np.add.at(m, (labels, r), 1)
+            total += (m ** 2 / np.maximum(m.sum(1, keepdims=True), 1)).sum()
+        return len(labels) * len(runs) - total
+    assert stability(runs) < 1 and not any(sel.labels is r for r in runs)
+    assert disagreement(sel.labels) < disagreement(medoid)
 
 
 def test_select_pipeline_argument_errors(blobs):

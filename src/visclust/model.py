@@ -75,10 +75,6 @@ NOVELTY_QUANTILE = 0.995
 SAMPLE_ROWS_PER_CLUSTER = 100
 
 
-def _index_of(runs, labels) -> int:
-    return next(i for i, r in enumerate(runs) if r is labels)
-
-
 class _NotFittedError(NotFittedError, _SkNotFittedError):
     """visclust's NotFittedError that scikit-learn's tools also recognise."""
 
@@ -384,9 +380,8 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             self.cluster_labels_ = sel.labels
             self.pipeline_, self.pipeline_scores_ = sel.best.name, dict(sel.scores)
             self.selection_ = sel  # every candidate's runs, e.g. to report them; not saved
-            i = _index_of(sel.runs[sel.best.name], sel.labels)
-            state["space"] = sel.spaces[sel.best.space][i]
-            state["runs"] = [r for j, r in enumerate(sel.runs[sel.best.name]) if j != i]
+            state["space"] = sel.spaces[sel.best.space][sel.medoid]
+            state["runs"] = [r for r in sel.runs[sel.best.name] if r is not sel.labels]  # all, for a consensus
         return state
 
     def _finish(self, X_all, index, state: dict):

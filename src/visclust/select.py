@@ -11,9 +11,10 @@ in the data comes back whatever the seed and whichever rows were seen; one impos
 algorithm on structureless data moves from run to run (Ben-Hur et al. 2002, Lange et al.
 2004). No label is used: this is the criterion behind ``method='auto'``.
 
-The answer kept is the run of the winning candidate that agrees most with its other runs
-(the medoid run), so the selection costs ``n_candidates x n_runs`` clusterings and
-``n_runs`` embeddings per non-linear space, and nothing more.
+The answer kept is the consensus of the winning candidate's runs (:func:`consensus_labels`:
+K-means on their labels, which costs little next to the runs), so the selection costs
+``n_candidates x n_runs`` clusterings and ``n_runs`` embeddings per non-linear space, and
+one small K-means more.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ class Selection:
     ----------
     best : Candidate
     labels : ndarray (n_samples,)
-        The winning candidate's medoid run.
+        The consensus of the winning candidate's runs (:func:`consensus_labels`), or where
+        there is none its medoid run (then the same object as that run).
     scores : dict {name: float}
         Stability (mean pairwise ARI between runs) of every candidate.
     runs : dict {name: list of ndarray}
@@ -90,6 +92,8 @@ class Selection:
         The embeddings used, one per run.
     seconds : dict {name: float}
         Time spent per candidate (its clusterings; embeddings are counted under the space).
+    medoid : int
+        Index of the winner's medoid run (the run that agrees most with the others).
     """
 
     best: Candidate
@@ -98,6 +102,7 @@ class Selection:
     runs: dict = field(default_factory=dict)
     spaces: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
+    medoid: int = 0
 
 
 def embed(Z: np.ndarray, space: str, random_state: int, *, umap_components: int = 10,
@@ -213,6 +218,65 @@ def medoid_run(runs: list[np.ndarray]) -> int:
     return int(np.argmax(total))
 
 
+#: Distinct rows (label combinations across the runs) x clusters above which the winner's
+#: medoid run is kept instead of the runs' consensus, whose K-means would cost seconds to
+#: minutes (10,000 rows of 3 runs at K = 100: 4,385 distinct rows; at K = 1,000: 7,137).
+CONSENSUS_MAX_CELLS = 1_000_000
+
+
+def consensus_labels(runs: list[np.ndarray], n_clusters: int, random_state: int | None = 0,
+                     n_init: int = 10, start: int | None = None) -> np.ndarray | None:
+    """The partition of the rows that agrees most with all ``runs`` (a cluster ensemble).
+
+    K-means on the runs' one-hot labels side by side (one column per cluster of each run,
+    sparse): its objective is the total disagreement with the runs, so its optimum is their
+    consensus (Topchy, Jain & Punch 2005). Started ``n_init`` times by k-means++ and once
+    from the run ``start`` (default: the medoid run, :func:`medoid_run`); the start with
+    the lowest objective wins, so the answer agrees with the runs at least as well as that
+    run does. Where the runs differ, a row goes
+    with the rows it shares clusters with in most runs, instead of following one run's
+    accident. Returns None when there is nothing to gain or it cannot apply: fewer than 3
+    runs, runs that agree exactly, noise labels (-1, HDBSCAN), fewer distinct rows than
+    clusters, or more than :data:`CONSENSUS_MAX_CELLS` distinct rows x clusters.
+    """
+    import warnings
+
+    import scipy.sparse as sp
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
+    runs = [np.asarray(r, np.int64) for r in runs]
+    n = len(runs[0]) if runs else 0
+    if (len(runs) < 3 or n == 0 or any((r < 0).any() for r in runs)
+            or all(np.array_equal(runs[0], r) for r in runs[1:])):
+        return None
+    # Rows the runs label alike are the same one-hot row: cluster each distinct row once,
+    # weighted by how many rows it stands for (the same objective, far fewer rows).
+    tuples, inverse, weight = np.unique(np.stack(runs, 1), axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    m = len(tuples)
+    if m < n_clusters or m * n_clusters > CONSENSUS_MAX_CELLS:
+        return None
+    offsets = np.cumsum([0] + [int(r.max()) + 1 for r in runs])
+    H = sp.csr_matrix((np.ones(tuples.size), (np.repeat(np.arange(m), len(runs)), (tuples + offsets[:-1]).ravel())),
+                      shape=(m, int(offsets[-1])))
+    medoid = tuples[:, medoid_run(runs) if start is None else start]
+    counts = np.bincount(medoid, weights=weight, minlength=n_clusters)
+    if (counts == 0).any():
+        return None
+    start = (sp.csr_matrix((weight.astype(np.float64), (medoid, np.arange(m))), shape=(n_clusters, m)) @ H).toarray()
+    start /= counts[:, None]
+    best = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for init, tries in ((start, 1), ("k-means++", n_init)):
+            km = KMeans(n_clusters, init=init, n_init=tries, random_state=random_state).fit(H, sample_weight=weight)
+            if best is None or km.inertia_ < best.inertia_ - 1e-9:
+                best = km
+    labels = best.labels_.astype(np.int64)[inverse]
+    return labels if len(np.unique(labels)) == n_clusters else None
+
+
 def align_to(labels: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """``labels`` renamed so that they best match ``reference`` (Hungarian matching).
 
@@ -244,7 +308,7 @@ def agreement(runs: list[np.ndarray], reference: np.ndarray) -> np.ndarray:
 
 def select_pipeline(Z: np.ndarray, n_clusters: int, candidates=DEFAULT_CANDIDATES, *, n_runs: int = 3,
                     subsample: float = 0.8, random_state: int | None = 0, umap_components: int = 10,
-                    learn_params: dict | None = None, spaces: dict | None = None) -> Selection:
+                    learn_params: dict | None = None, spaces: dict | None = None, consensus: bool = True) -> Selection:
     """Run every candidate pipeline ``n_runs`` times and keep the most stable one.
 
     Parameters
@@ -263,6 +327,9 @@ def select_pipeline(Z: np.ndarray, n_clusters: int, candidates=DEFAULT_CANDIDATE
         Parameters of :class:`visclust.learn.FeatureAutoencoder` for the ``'autoencoder'`` space.
     spaces : dict {space: list of ndarray}, optional
         Embeddings already computed (one per run), e.g. to share them between calls.
+    consensus : bool, default True
+        The answer is the consensus of the winner's runs (:func:`consensus_labels`) where it
+        applies; False (or where it does not): the winner's medoid run.
 
     Returns
     -------
@@ -300,7 +367,9 @@ def select_pipeline(Z: np.ndarray, n_clusters: int, candidates=DEFAULT_CANDIDATE
         seconds[c.name] = time.perf_counter() - t0
     best = max(cands, key=lambda c: (scores[c.name], -cands.index(c)))
     chosen = runs[best.name]
-    return Selection(best, chosen[medoid_run(chosen)], scores, runs, spaces, seconds)
+    i = medoid_run(chosen)
+    labels = consensus_labels(chosen, n_clusters, seed0, start=i) if consensus else None
+    return Selection(best, chosen[i] if labels is None else labels, scores, runs, spaces, seconds, i)
 
 
 #: Disagreement between runs (1 - mean ARI) at or below which a partition counts as reproduced exactly.
