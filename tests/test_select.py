@@ -10,10 +10,7 @@ from visclust.cluster import select_n_clusters
 from visclust.evaluate import hungarian_accuracy
 from visclust.exceptions import InputError
 from visclust.select import (Candidate, agreement, align_to, choose_n_clusters, consensus_labels, describe_k_choice,
-                             medoid_run,
-                             neighbour_support,
-                             other_levels, select_pipeline, stability,
-                             subsample_run)
+                             medoid_run, neighbour_support, other_levels, select_pipeline, stability, subsample_run)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +84,7 @@ def _runs_with_own_mistakes(seed=0):
     runs = []
     for r in range(3):
         labels = truth.copy()
-        labels[wrong[r]] = (labels[wrong[r]] + 1 + r % 3) % 4
+        labels[wrong[r]] = (labels[wrong[r]] + 1 + r) % 4
         runs.append(rng.permutation(4)[labels])
     return truth, runs
 

@@ -233,9 +233,8 @@ def consensus_labels(runs: list[np.ndarray], n_clusters: int, random_state: int 
     consensus (Topchy, Jain & Punch 2005). Started ``n_init`` times by k-means++ and once
     from the run ``start`` (default: the medoid run, :func:`medoid_run`); the start with
     the lowest objective wins, so the answer agrees with the runs at least as well as that
-    run does. Where the runs differ, a row goes
-    with the rows it shares clusters with in most runs, instead of following one run's
-    accident. Returns None when there is nothing to gain or it cannot apply: fewer than 3
+    run does. Where the runs differ, a row goes with the rows it shares clusters with in
+    most runs, instead of following one run's accident. Returns None when there is nothing to gain or it cannot apply: fewer than 3
     runs, runs that agree exactly, noise labels (-1, HDBSCAN), fewer distinct rows than
     clusters, or more than :data:`CONSENSUS_MAX_CELLS` distinct rows x clusters.
     """
@@ -260,16 +259,17 @@ def consensus_labels(runs: list[np.ndarray], n_clusters: int, random_state: int 
     offsets = np.cumsum([0] + [int(r.max()) + 1 for r in runs])
     H = sp.csr_matrix((np.ones(tuples.size), (np.repeat(np.arange(m), len(runs)), (tuples + offsets[:-1]).ravel())),
                       shape=(m, int(offsets[-1])))
-    medoid = tuples[:, medoid_run(runs) if start is None else start]
-    counts = np.bincount(medoid, weights=weight, minlength=n_clusters)
+    first = tuples[:, medoid_run(runs) if start is None else start]
+    counts = np.bincount(first, weights=weight, minlength=n_clusters)
     if (counts == 0).any():
         return None
-    start = (sp.csr_matrix((weight.astype(np.float64), (medoid, np.arange(m))), shape=(n_clusters, m)) @ H).toarray()
-    start /= counts[:, None]
+    # that run's cluster means in the one-hot space: K-means from there only lowers the objective
+    centres = (sp.csr_matrix((weight.astype(np.float64), (first, np.arange(m))), shape=(n_clusters, m)) @ H).toarray()
+    centres /= counts[:, None]
     best = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        for init, tries in ((start, 1), ("k-means++", n_init)):
+        for init, tries in ((centres, 1), ("k-means++", n_init)):
             km = KMeans(n_clusters, init=init, n_init=tries, random_state=random_state).fit(H, sample_weight=weight)
             if best is None or km.inertia_ < best.inertia_ - 1e-9:
                 best = km
