@@ -245,9 +245,8 @@ def consensus_labels(runs: list[np.ndarray], n_clusters: int, random_state: int 
     from sklearn.exceptions import ConvergenceWarning
 
     runs = [np.asarray(r, np.int64) for r in runs]
-    n = len(runs[0]) if runs else 0
-    if (len(runs) < 3 or n == 0 or any((r < 0).any() for r in runs)
-            or all(np.array_equal(runs[0], r) for r in runs[1:])):
+    if (len(runs) < 3 or any((r < 0).any() for r in runs)
+            or all(np.array_equal(runs[0], r) for r in runs[1:])):  # identical (or empty): nothing to gain
         return None
     # Rows the runs label alike are the same one-hot row: cluster each distinct row once,
     # weighted by how many rows it stands for (the same objective, far fewer rows).
