@@ -251,6 +251,20 @@ def test_visclust_numba_cache_0_leaves_umaps_cache_off(setting, switched_on):
     assert (int(r.stdout.split()[-1]) > 0) == switched_on, r.stdout
 
 
+@pytest.mark.parametrize("rows", [3, 5, 8, 11, 12])
+def test_umap_on_a_handful_of_rows_gives_fewer_components_not_scipys_error(rows):
+    """UMAP's spectral start needs more rows than components + 1: 10 components on 8 images
+    raised SciPy's TypeError out of `fit --space umap`."""
+    X = np.random.default_rng(0).normal(size=(rows, 6)).astype(np.float32)
+    E = umap_embedding(X, n_components=10, random_state=0)
+    assert E.shape == (rows, min(10, rows - 2)) and np.isfinite(E).all()
+
+
+def test_umap_on_two_rows_says_to_use_the_pca_space():
+    with pytest.raises(InputError, match="at least 3 images.*--space pca"):
+        umap_embedding(np.eye(2, 6, dtype=np.float32))
+
+
 @pytest.mark.parametrize("n_neighbors", [15, 5])
 def test_umap_embedding_below_4096_rows_equals_umaps_own_exact_path(n_neighbors):
     """The exact neighbours are computed in compiled code and handed to UMAP: the embedding

@@ -244,7 +244,12 @@ def umap_embedding(X: np.ndarray, n_components: int = 10, n_neighbors: int = 15,
     """UMAP embedding of ``X`` for clustering (cosine metric, ``min_dist=0`` packs clusters).
     Below 4,096 rows the exact neighbours are computed here, in compiled code, and given to
     UMAP (the same neighbours and the same embedding as UMAP's own exact path, without its
-    per-pair Python calls)."""
+    per-pair Python calls). At most ``len(X) - 2`` components: UMAP starts from a spectral
+    layout of ``n_components + 1`` eigenvectors, which needs more rows than that (10
+    components on 8 images raised SciPy's TypeError); fewer than 3 rows is an error."""
+    if len(X) < 3:
+        raise InputError(f"UMAP needs at least 3 images (rows), got {len(X)}; use the PCA space (space='pca', --space pca)")
+    n_components = int(min(n_components, len(X) - 2))
     _jit.tolerate_cache_errors()  # before umap-learn loads its own cached functions
     try:
         import umap

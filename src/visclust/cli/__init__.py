@@ -3,7 +3,7 @@
 Each subcommand lives in its own module with ``register(subparsers)`` (which sets
 ``func``) so commands can be added without touching the others. Errors raised on purpose
 (:class:`~visclust.exceptions.VisclustError`) become one line on stderr and an exit status;
-a traceback means a bug.
+a traceback means a bug. Warnings are one line each too (``visclust fit: warning: ...``).
 
 Exit status: 0 success; 1 finished but some inputs were skipped (listed in the summary and
 in a ``*.skipped.csv`` file); 2 error (bad input, option or file); 130 interrupted.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 #: Subcommand modules, in the order ``visclust --help`` lists them.
 COMMANDS = ["extract", "fit", "predict", "evaluate", "report", "export", "backbones", "demo"]
@@ -38,10 +39,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..exceptions import VisclustError
-
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():  # restored afterwards: main() may run inside another program
+        warnings.showwarning = _warning_printer(args.command)
+        return _run(args)
+
+
+def _warning_printer(command: str):
+    """Warnings (visclust's own and those of the libraries it calls) as one line each,
+    ``visclust fit: warning: ...``, instead of Python's file, line number and source line.
+    Which warnings show is unchanged (``-W`` and ``PYTHONWARNINGS`` still apply)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        try:
+            print(f"visclust {command}: warning: {text}", file=sys.stderr if file is None else file)
+        except OSError:  # stderr closed: a warning must not end the run
+            pass
+    return show
+
+
+def _run(args) -> int:
+    from ..exceptions import VisclustError
+
     try:
         return int(args.func(args) or 0)
     except VisclustError as e:
