@@ -119,6 +119,14 @@ def test_fit_predict_evaluate_round_trip(tmp_path, shape_images, cli):
     assert [(x["path"], x["cluster"], x["confidence"]) for x in rows(again)] == \
            [(x["path"], x["cluster"], x["confidence"]) for x in fitted]
 
+    # Without --output the CSV goes to stdout, the same bytes; with no file to hold it, the
+    # list of unreadable images is printed whole, even with --quiet.
+    (tmp_path / "bad.png").write_text("not an image")
+    r = cli("predict", model, shape_images, tmp_path / "bad.png", "-q")
+    assert r.returncode == 1 and r.stdout == again.read_text(), r.stderr
+    assert r.stderr == f"skipped 1 unreadable image(s):\n  {tmp_path / 'bad.png'}: not an image Pillow can decode\n"
+    assert not list(tmp_path.glob("*skipped*"))
+
 
 def test_predict_reject_novel_marks_images_unlike_the_training_images(tmp_path, shape_images, cli):
     from PIL import Image

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import io
 import os
 import stat
 import struct
@@ -521,13 +522,28 @@ class Assignments:
         return len(self.paths)
 
 
+def _assignment_rows(assignments: Assignments):
+    return ((p, int(c), f"{float(s):.6f}")
+            for p, c, s in zip(assignments.paths, assignments.clusters, assignments.confidence))
+
+
 def write_assignments(path: str | os.PathLike, assignments: Assignments) -> None:
     """Write ``path,cluster,confidence`` rows atomically (a crash never leaves half a CSV)."""
-    rows = (
-        (p, int(c), f"{float(s):.6f}")
-        for p, c, s in zip(assignments.paths, assignments.clusters, assignments.confidence)
-    )
-    write_csv_atomic(path, ASSIGNMENT_HEADER, rows)
+    write_csv_atomic(path, ASSIGNMENT_HEADER, _assignment_rows(assignments))
+
+
+def write_assignments_to(stream, assignments: Assignments) -> None:
+    """The same rows on an open text stream (standard output), in UTF-8 with file names'
+    bytes unchanged (``surrogateescape``) whatever the stream's own encoding."""
+    stream.flush()
+    out = io.TextIOWrapper(stream.buffer, encoding="utf-8", errors="surrogateescape", newline="")
+    try:
+        w = csv.writer(out)
+        w.writerow(ASSIGNMENT_HEADER)
+        w.writerows(_assignment_rows(assignments))
+        out.flush()
+    finally:
+        out.detach()  # leaves the stream open
 
 
 def read_assignments(path: str | os.PathLike) -> Assignments:

@@ -74,7 +74,8 @@ def progress_flag(args) -> bool | None:
 
 
 def report_skipped(assignments: Assignments, csv_path: str | None, quiet: bool) -> int:
-    """Print the skipped images, write them next to ``csv_path``; return the exit status."""
+    """Print the skipped images, write them next to ``csv_path`` (without one, every skipped
+    image is printed, even when ``quiet``: nothing else keeps the list); return the exit status."""
     from . import EXIT_OK, EXIT_PARTIAL
 
     skipped = assignments.skipped
@@ -83,15 +84,15 @@ def report_skipped(assignments: Assignments, csv_path: str | None, quiet: bool) 
     if csv_path:
         out = skipped_path(csv_path)
         write_csv_atomic(out, ("path", "reason"), skipped)
-        where = f"; list in {out}"
-    else:
-        where = ""
+        where, shown = f"; list in {out}", 10
+    else:  # no file holds the list: all of it on stderr, even when quiet
+        where, shown, quiet = "", len(skipped), False
     if not quiet:
         print(f"skipped {len(skipped)} unreadable image(s){where}:", file=sys.stderr)
-        for path, reason in skipped[:10]:
+        for path, reason in skipped[:shown]:
             print(f"  {reason}", file=sys.stderr)
-        if len(skipped) > 10:
-            print(f"  ... and {len(skipped) - 10} more", file=sys.stderr)
+        if len(skipped) > shown:
+            print(f"  ... and {len(skipped) - shown} more", file=sys.stderr)
     return EXIT_PARTIAL
 
 

@@ -1,4 +1,4 @@
-"""visclust predict MODEL INPUT... --output CSV"""
+"""visclust predict MODEL INPUT... [--output CSV]"""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ def register(sub) -> None:
                        description="Assign every readable image to a cluster of a saved model.")
     p.add_argument("model", metavar="MODEL", help="model file written by `visclust fit`")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories (recursive) or .txt lists of paths")
-    p.add_argument("--output", "-o", required=True, metavar="CSV", help="assignments CSV to write (path,cluster,confidence)")
+    p.add_argument("--output", "-o", default="-", metavar="CSV",
+                   help="assignments CSV to write (path,cluster,confidence); - or left out: standard output, and "
+                        "unreadable images are listed on stderr only")
     p.add_argument("--reject", type=float, default=None, metavar="T",
                    help="confidence below T assigns cluster -1 (default: the model's own threshold)")
     p.add_argument("--reject-novel", action="store_true",
@@ -27,7 +29,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..io import check_inputs_exist, write_assignments
+    from ..io import check_inputs_exist, write_assignments, write_assignments_to
     from ..model import ImageClusterer
 
     check_inputs_exist(args.inputs)  # before the network and its weights are loaded
@@ -41,7 +43,12 @@ def run(args) -> int:
         model.feature_clusterer_.set_params(reject_novel=True)
         model.feature_clusterer_.check_novelty_kept()  # before the images are read
     a = model.assign(args.inputs)
-    write_assignments(args.output, a)
+    to_stdout = args.output == "-"
+    if to_stdout:
+        write_assignments_to(sys.stdout, a)
+    else:
+        write_assignments(args.output, a)
     if not args.quiet:
-        print(f"assigned {cluster_summary(a)}; written to {args.output}", file=sys.stderr)
-    return report_skipped(a, args.output, args.quiet)
+        print(f"assigned {cluster_summary(a)}; written to {'standard output' if to_stdout else args.output}",
+              file=sys.stderr)
+    return report_skipped(a, None if to_stdout else args.output, args.quiet)
