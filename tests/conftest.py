@@ -113,11 +113,11 @@ def shape_images(tmp_path) -> Path:
     return make_shape_images(tmp_path / "shapes")
 
 
-def run_cli(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
-    """Run ``visclust ARGS`` as a user does: a real process."""
+def run_cli(*args, cwd=None, env=None, timeout=600, input=None) -> subprocess.CompletedProcess:
+    """Run ``visclust ARGS`` as a user does: a real process (``input``: text on its stdin)."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "visclust.cli", *map(str, args)], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, input=input)
 
 
 @pytest.fixture

@@ -126,6 +126,9 @@ def test_fit_predict_evaluate_round_trip(tmp_path, shape_images, cli):
     assert r.returncode == 1 and r.stdout == again.read_text(), r.stderr
     assert r.stderr == f"skipped 1 unreadable image(s):\n  {tmp_path / 'bad.png'}: not an image Pillow can decode\n"
     assert not list(tmp_path.glob("*skipped*"))
+    # ... and `evaluate --assignments -` reads it back from stdin, as in a pipe
+    r = cli("evaluate", "--assignments", "-", "--labels", "folders", "--json", input=r.stdout)
+    assert r.returncode == 0 and json.loads(r.stdout)["acc"] == 1.0 and json.loads(r.stdout)["n"] == 36, r.stderr
 
 
 def test_predict_reject_novel_marks_images_unlike_the_training_images(tmp_path, shape_images, cli):

@@ -15,6 +15,7 @@ import io
 import os
 import stat
 import struct
+import sys
 import tempfile
 import time
 import warnings
@@ -699,9 +700,24 @@ def _fsync_directory(directory: str) -> None:
             os.close(fd)
 
 
-def _read_csv(path, required: Sequence[str], what: str) -> list[dict[str, str]]:
+@contextlib.contextmanager
+def _stdin_text():
+    """Standard input as UTF-8 text with file names' bytes kept, left open afterwards."""
+    f = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape", newline="")
     try:
-        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        yield f
+    finally:
+        f.detach()
+
+
+def _read_csv(path, required: Sequence[str], what: str) -> list[dict[str, str]]:
+    """The rows of a CSV file; ``"-"`` reads standard input (``visclust predict ... | visclust
+    evaluate --assignments -``)."""
+    stdin = str(path) == "-"
+    if stdin:
+        path = "standard input"
+    try:
+        with (_stdin_text() if stdin else open(path, newline="", encoding="utf-8", errors="surrogateescape")) as f:
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             missing = [c for c in required if c not in header]

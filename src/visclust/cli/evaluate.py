@@ -10,7 +10,7 @@ def register(sub) -> None:
     p = sub.add_parser("evaluate", help="score assignments against labels (ACC, NMI, ARI) or without them",
                        description="With --labels: Hungarian accuracy (ACC), NMI, ARI and purity. Without: "
                        "silhouette, Davies-Bouldin and Calinski-Harabasz in the model's feature space (needs --model).")
-    p.add_argument("--assignments", required=True, metavar="CSV", help="CSV written by fit or predict")
+    p.add_argument("--assignments", required=True, metavar="CSV", help="CSV written by fit or predict; - reads it from standard input")
     p.add_argument("--labels", metavar="folders|CSV",
                    help="'folders' (class = parent directory name) or a path,label CSV (images it does not name "
                    "are left out of the scores, and counted)")

@@ -10,7 +10,7 @@ def register(sub) -> None:
                        description="Create DIR/<cluster>/<file name> for every row of an assignments CSV, as symbolic "
                        "links (default) or copies. Nothing is overwritten or deleted: a name already taken gets a -1, "
                        "-2 ... suffix. What went where is written to DIR/export.csv (source,destination,cluster).")
-    p.add_argument("--assignments", required=True, metavar="CSV", help="CSV written by fit or predict")
+    p.add_argument("--assignments", required=True, metavar="CSV", help="CSV written by fit or predict; - reads it from standard input")
     p.add_argument("--to", required=True, metavar="DIR", help="export folder (created if needed)")
     p.add_argument("--mode", choices=("symlink", "copy"), default="symlink",
                    help="symbolic links to the originals or copies (default %(default)s)")

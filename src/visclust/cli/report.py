@@ -16,7 +16,7 @@ def register(sub) -> None:
                        "matrix with --labels); the worst-fitting and the unreadable images. The page opens from disk "
                        "with no server and no network.")
     p.add_argument("model", metavar="MODEL", help="model file written by `visclust fit`")
-    p.add_argument("--assignments", required=True, metavar="CSV", help="CSV written by fit or predict")
+    p.add_argument("--assignments", required=True, metavar="CSV", help="CSV written by fit or predict; - reads it from standard input")
     p.add_argument("--output", "-o", required=True, metavar="HTML", help="report file to write (e.g. report.html)")
     p.add_argument("--labels", metavar="folders|CSV",
                    help="'folders' (class = parent directory name) or a path,label CSV: adds ACC/NMI/ARI and a "
@@ -40,7 +40,7 @@ def _read_skipped(assignments_csv: str) -> list[tuple[str, str]]:
     from ..io import _read_csv
 
     path = skipped_path(assignments_csv)
-    if not os.path.isfile(path):
+    if assignments_csv == "-" or not os.path.isfile(path):  # from stdin: no file beside it
         return []
     return [(r["path"], r["reason"]) for r in _read_csv(path, required=("path", "reason"), what="skipped images")]
 
