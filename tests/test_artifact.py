@@ -183,6 +183,8 @@ def test_runtime_settings_never_come_from_the_file(tmp_path):
     manifest, arrays = split((tmp_path / "m.vcm").read_bytes())
     manifest["params"].update(num_workers=10_000, batch_size=10**9, device="cuda:7", store=str(tmp_path / "elsewhere"),
                               engine="onnx", progress=True)
+    assert "verbose" not in manifest["feature_clusterer"]["params"]  # not written ...
+    manifest["feature_clusterer"]["params"]["verbose"] = True  # ... nor read
     (tmp_path / "edited.vcm").write_bytes(rewrite(manifest, arrays))
     loaded = load_model(tmp_path / "edited.vcm")
     assert isinstance(loaded, ImageClusterer) and loaded.backbone == "baseline/pixels" and loaded.n_clusters == 3
@@ -190,6 +192,7 @@ def test_runtime_settings_never_come_from_the_file(tmp_path):
     for key in ("num_workers", "batch_size", "device", "store", "engine", "progress"):
         if key in defaults:
             assert loaded.get_params()[key] == defaults[key], key
+    assert loaded.feature_clusterer_.verbose is False
     loaded.set_params(num_workers=0)
     again = loaded.assign([images])
     np.testing.assert_array_equal(again.clusters, model.labels_)

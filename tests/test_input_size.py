@@ -3,6 +3,8 @@ ImageClusterer (kept in the model for predict) and the CLI."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -79,9 +81,13 @@ def test_networks_that_refuse_a_size_keep_their_own(tmp_path):
     assert backbone_at_size(create_backbone("baseline/pixels"), 128).preprocess.input_size == 32  # keeps its own
 
 
-def test_auto_compares_the_two_sizes_on_small_images_and_predict_uses_the_chosen_one(tmp_path, shape_images):
+def test_auto_compares_the_two_sizes_on_small_images_and_predict_uses_the_chosen_one(tmp_path, shape_images, capsys):
     m = ImageClusterer(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters=3, engine="torch",
-                       num_workers=0, pixels=False).fit([shape_images])  # 48 x 48 images: 192 is the candidate
+                       num_workers=0, pixels=False, progress=True).fit([shape_images])  # 48 x 48 images: 192 is the candidate
+    err = capsys.readouterr().err  # progress shown: the bars, and a line per stage after them, named by view
+    for view in ("backbone", "backbone@192px"):
+        assert re.search(rf"\n{view}: choosing the pipeline: 3 candidates x 3 runs on 36 images \.\.\. \d+\.\d s\n", err), err
+    assert re.search(r"\ntraining the classifier on 36 images \.\.\. \d+\.\d s\n", err), err
     s = m.view_scores_
     assert set(s) == {"backbone", "backbone@192px"} and all(0.0 <= v <= 1.0 for v in s.values())
     smaller = s["backbone@192px"] > s["backbone"]  # no margin: the smaller input costs less

@@ -261,3 +261,27 @@ def test_novelty_sees_rows_the_projection_hides():
     assert fc.reducer_.n_components_ == 6
     assert np.median(fc.reducer_.residual(off)) > 10 * max(fc.novelty_thresholds_[1], 1e-3)
     assert (fc.novelty(off) > 1).all()
+
+
+def test_verbose_prints_each_long_stage_of_the_fit_and_its_time(capsys, monkeypatch):
+    """After extraction a large fit works for minutes: on a terminal each stage says what it
+    does as it starts, and its time when it ends; off by default."""
+    import re
+
+    from visclust import model
+
+    monkeypatch.setattr(model, "FINAL_CLUSTER_ROWS", 600)
+    X, _ = make_blobs(1000, centers=3, n_features=8, random_state=0)
+    FeatureClusterer("auto", k_range=(2, 4), umap_components=None, max_cluster_rows=200).fit(X)
+    assert capsys.readouterr().err == ""
+    FeatureClusterer("auto", k_range=(2, 4), umap_components=None, max_cluster_rows=200, verbose=True).fit(X)
+    lines = [re.sub(r" \d+\.\d s$", " T", line) for line in capsys.readouterr().err.splitlines()]
+    assert lines == ["choosing the number of clusters in 2..4 on 400 rows ... T",  # 100 rows per cluster of 4
+                     "choosing the pipeline: 3 candidates x 3 runs on 400 rows ... T",
+                     "clustering 600 rows with pca+kmeans ... T",
+                     "training the classifier on 600 rows ... T",
+                     "assigning all 1,000 rows ... T"], lines
+    with pytest.raises(KeyboardInterrupt):  # a stage that ends by an exception says so
+        with model.stage(True, "working"):
+            raise KeyboardInterrupt
+    assert capsys.readouterr().err == "working ... stopped\n"

@@ -67,6 +67,7 @@ def _collect(model) -> tuple[dict, dict[str, np.ndarray]]:
     else:
         raise TypeError(f"cannot save a {type(model).__name__}")
     fc_params = fc.get_params()
+    fc_params.pop("verbose", None)  # a runtime setting, like ImageClusterer's progress: not the file's to choose
     fc_params["k_range"] = list(fc_params["k_range"])
     arrays = {f"reducer.{k}": v for k, v in fc.reducer_.to_arrays().items()}
     arrays.update({f"classifier.{k}": v for k, v in fc.classifier_.to_arrays().items()})
@@ -311,6 +312,7 @@ def load_model(path: str | os.PathLike, weights: str | list | None = None):
             raise ModelFileError(f"{path}: unknown model kind {kind!r}; expected an ImageClusterer or FeatureClusterer")
         fcm = manifest["feature_clusterer"]
         params = dict(fcm["params"])
+        params.pop("verbose", None)  # runtime settings in a file are ignored
         params["k_range"] = tuple(params["k_range"])
         fc = FeatureClusterer(**params)
         fc._validate_params()

@@ -8,6 +8,7 @@ Both follow scikit-learn's contract: ``__init__`` stores its arguments, ``fit`` 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -15,6 +16,7 @@ from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted as _sk_check_is_fitted
 from sklearn.exceptions import NotFittedError as _SkNotFittedError
 
+from ._stages import stage
 from .classify import PseudoLabelClassifier, centroid_margin
 from .cluster import _compact, check_method, cluster_features, cluster_means, nearest_distance
 from .exceptions import InputError, NotFittedError, WeightsUnavailableError
@@ -164,6 +166,9 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         :meth:`predict` would. The time of everything but that assignment stops growing with
         the collection. ``None`` chooses and clusters on every row.
     random_state : int or None, default 0
+    verbose : bool, default False
+        Print each long stage of the fit and its time on stderr (:mod:`visclust._stages`);
+        :class:`ImageClusterer` turns it on where it shows progress. Not saved in the model file.
 
     Attributes
     ----------
@@ -216,7 +221,8 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
                  candidates=None, n_runs: int = 3, confident_fraction: float = 0.5, self_training: int = 2,
                  classifier: str = "auto", reject_threshold: float = 0.0, reject_novel: bool = False,
                  k_range=(2, 30), n_init: int = 10,
-                 max_cluster_rows: int | None = MAX_CLUSTER_ROWS, random_state: int | None = 0):
+                 max_cluster_rows: int | None = MAX_CLUSTER_ROWS, random_state: int | None = 0,
+                 verbose: bool = False):
         self.n_clusters = n_clusters
         self.method = method
         self.space = space
@@ -235,6 +241,16 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         self.n_init = n_init
         self.max_cluster_rows = max_cluster_rows
         self.random_state = random_state
+        self.verbose = verbose
+
+    #: What stage lines call the rows and which view they belong to (ImageClusterer sets both).
+    _stage_unit, _stage_view = "rows", ""
+
+    def _stage(self, text: str):
+        return stage(bool(self.verbose), f"{self._stage_view}{text}")
+
+    def _count(self, n: int) -> str:
+        return f"{n:,} {self._stage_unit}"
 
     def _validate_params(self) -> int | None:
         check_method(self.method, allow_auto=True)
@@ -360,23 +376,29 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             # (UMAP packs groups tightly), on all n_runs embeddings the selection uses anyway,
             # by stability against a structureless reference (select.choose_n_clusters).
             ks = next((c.space for c in cands if c.space != "pca"), "pca")
-            spaces[ks] = embed_runs(Z, ks, [seed + 1000 * r for r in range(self.n_runs)], umap_components=umap_dims)
             k_method = next((c.method for c in cands if c.space == ks and c.method in ("kmeans", "gmm", "agglomerative")),
                             "kmeans")
-            k, self.k_scores_ = choose_n_clusters(spaces[ks], self.k_range, k_method, random_state=seed)
+            with self._stage(f"choosing the number of clusters in {self.k_range[0]}..{self.k_range[1]} "
+                             f"on {self._count(len(X))}"):
+                spaces[ks] = embed_runs(Z, ks, [seed + 1000 * r for r in range(self.n_runs)], umap_components=umap_dims)
+                k, self.k_scores_ = choose_n_clusters(spaces[ks], self.k_range, k_method, random_state=seed)
         cands = self._candidate_list(len(X), k)
         state = {"k": k, "rows": len(X), "Z": Z, "space": None, "runs": []}
         if len(cands) == 1 and sampled:
             self.pipeline_, self.pipeline_scores_ = cands[0].name, {}  # clustered by _finish, on more rows
         elif len(cands) == 1:
             c = cands[0]
-            E = spaces[c.space][0] if c.space in spaces else embed(Z, c.space, seed, umap_components=umap_dims)
-            self.cluster_labels_ = cluster_features(E, k, c.method, random_state=self.random_state, n_init=self.n_init)
+            with self._stage(f"clustering {self._count(len(X))} with {c.name}"):
+                E = spaces[c.space][0] if c.space in spaces else embed(Z, c.space, seed, umap_components=umap_dims)
+                self.cluster_labels_ = cluster_features(E, k, c.method, random_state=self.random_state,
+                                                        n_init=self.n_init)
             self.pipeline_, self.pipeline_scores_ = c.name, {}
             state["space"] = E
         else:
-            sel = select_pipeline(Z, k, cands, n_runs=self.n_runs, random_state=seed, umap_components=umap_dims,
-                                  spaces=spaces)
+            with self._stage(f"choosing the pipeline: {len(cands)} candidates x {self.n_runs} runs on "
+                             f"{self._count(len(X))}"):
+                sel = select_pipeline(Z, k, cands, n_runs=self.n_runs, random_state=seed, umap_components=umap_dims,
+                                      spaces=spaces)
             self.cluster_labels_ = sel.labels
             self.pipeline_, self.pipeline_scores_ = sel.best.name, dict(sel.scores)
             self.selection_ = sel  # every candidate's runs, e.g. to report them; not saved
@@ -396,9 +418,10 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             umap_dims = int(self.umap_components) if self.umap_components is not None else 10
             self.sample_index_ = self._random_rows(len(X_all), max(FINAL_CLUSTER_ROWS, state["rows"]), seed + 1)
             Z = self.reducer_.transform(X_all if self.sample_index_ is None else X_all[self.sample_index_])
-            space = embed(Z, best.space, seed, umap_components=umap_dims)
-            self.cluster_labels_ = cluster_features(space, k, best.method, random_state=self.random_state,
-                                                    n_init=self.n_init)
+            with self._stage(f"clustering {self._count(len(Z))} with {self.pipeline_}"):
+                space = embed(Z, best.space, seed, umap_components=umap_dims)
+                self.cluster_labels_ = cluster_features(space, k, best.method, random_state=self.random_state,
+                                                        n_init=self.n_init)
             runs = []
         self.cluster_labels_ = _compact(self.cluster_labels_)
         found = int(self.cluster_labels_.max()) + 1 if (self.cluster_labels_ >= 0).any() else 0
@@ -412,13 +435,15 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             rank = np.argsort(np.argsort(margin, kind="stable"), kind="stable") / max(len(margin) - 1, 1)
             margin = agreement(runs, self.cluster_labels_) + 0.5 * rank
         self._train_score = margin  # how typical each row is of its cluster; for refit_classifier, not saved
-        self._fit_classifier(Z, assign=self.sample_index_ is None)  # else _assign_all assigns every row once
-        self._fit_novelty(X_all if self.sample_index_ is None else X_all[self.sample_index_], Z, seed)
+        with self._stage(f"training the classifier on {self._count(len(Z))}"):
+            self._fit_classifier(Z, assign=self.sample_index_ is None)  # else _assign_all assigns every row once
+            self._fit_novelty(X_all if self.sample_index_ is None else X_all[self.sample_index_], Z, seed)
         self.sample_rows_ = None
         if index is not None:
             self.sample_rows_ = (state["rows"], len(Z), len(X_all))
         if self.sample_index_ is not None:
-            self._assign_all(X_all)
+            with self._stage(f"assigning all {self._count(len(X_all))}"):
+                self._assign_all(X_all)
         return self
 
     def _cluster_sample(self, n: int, k: int | None) -> np.ndarray | None:
@@ -490,7 +515,8 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         if score is None or len(score) != len(X):
             raise InputError("refit_classifier needs the rows of the last fit (same number, same order); "
                              "call fit(X) first")
-        return self._fit_classifier(self.transform(X), [self.transform(v) for v in views])
+        with self._stage(f"training the classifier on {self._count(len(X))} and {len(views)} copies of each"):
+            return self._fit_classifier(self.transform(X), [self.transform(v) for v in views])
 
     def _fit_novelty(self, X, Z, seed: int) -> None:
         """Keep training rows ``Z`` (reduced; ``X`` the same rows raw) and the thresholds of
@@ -942,6 +968,7 @@ class ImageClusterer(BaseEstimator):
             res = _joined(parts)
             _check_some(res)
             f = clone(fc)
+            f._stage_unit, f._stage_view = "images", f"{name}: "
             views[name] = (backbones, parts, res)
             states[name] = (f, f._select_on(res.features, sampled))
             return _chosen_score(f)
@@ -1008,6 +1035,9 @@ class ImageClusterer(BaseEstimator):
         from .features import backbone_at_size, check_input_size
 
         fc = clone(template).set_params(n_clusters=self.n_clusters)
+        if not fc.verbose:  # stage lines where the extraction shows its progress bar
+            fc.verbose = bool(sys.stderr.isatty() if self.progress is None else self.progress)
+        fc._stage_unit = "images"
         k = fc._validate_params()  # before the backbone is built (its weights may be downloaded)
         augment = self.augment
         if isinstance(augment, bool) or not isinstance(augment, (int, np.integer)) or augment < 0:
