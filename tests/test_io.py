@@ -243,3 +243,31 @@ def test_fast_jpeg_path_survives_damaged_headers(tmp_path):
                 continue  # stricter Pillow: the fast path is the more lenient reader here
             assert np.array_equal(np.asarray(img), np.asarray(ref))
     assert outcomes == {True, False}  # both kinds occurred, so both were exercised
+
+
+def test_an_empty_assignments_csv_or_stdin_says_it_is_empty(tmp_path, monkeypatch):
+    import io
+    import sys
+
+    (tmp_path / "a.csv").write_text("")
+    with pytest.raises(InputError, match=r"a\.csv is empty; expected a CSV of assignments with the header 'path,cluster,confidence'"):
+        read_assignments(tmp_path / "a.csv")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    with pytest.raises(InputError, match="^standard input is empty"):
+        read_assignments("-")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"path,cluster,confidence\nx\xff.png,2,0.5\n")))
+    a = read_assignments("-")  # a pipe from `visclust predict`: the same rows, a non-UTF-8 name's bytes kept
+    assert a.paths == ["x\udcff.png"] and a.clusters.tolist() == [2] and a.confidence.tolist() == [0.5]
+
+
+def test_assignments_on_stdout_keep_a_non_utf8_names_bytes_whatever_the_streams_encoding():
+    import io
+
+    from visclust.io import write_assignments_to
+
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="ascii")  # e.g. LANG=C
+    stream.write("before\n")
+    write_assignments_to(stream, Assignments(["x\udcff.png", "é.png"], np.array([2, 0]), np.array([0.5, 1.0])))
+    assert not stream.closed
+    assert raw.getvalue() == b"before\npath,cluster,confidence\r\nx\xff.png,2,0.500000\r\n\xc3\xa9.png,0,1.000000\r\n"

@@ -720,6 +720,8 @@ def _read_csv(path, required: Sequence[str], what: str) -> list[dict[str, str]]:
         with (_stdin_text() if stdin else open(path, newline="", encoding="utf-8", errors="surrogateescape")) as f:
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
+            if not header:
+                raise InputError(f"{path} is empty; expected a CSV of {what} with the header '{','.join(required)}'")
             missing = [c for c in required if c not in header]
             if missing:
                 raise InputError(
