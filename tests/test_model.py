@@ -267,8 +267,10 @@ def test_verbose_prints_each_long_stage_of_the_fit_and_its_time(capsys, monkeypa
     """After extraction a large fit works for minutes: on a terminal each stage says what it
     does as it starts, and its time when it ends; off by default."""
     import re
+    import sys
 
     from visclust import model
+    from visclust._stages import break_line
 
     monkeypatch.setattr(model, "FINAL_CLUSTER_ROWS", 600)
     X, _ = make_blobs(1000, centers=3, n_features=8, random_state=0)
@@ -285,3 +287,7 @@ def test_verbose_prints_each_long_stage_of_the_fit_and_its_time(capsys, monkeypa
         with model.stage(True, "working"):
             raise KeyboardInterrupt
     assert capsys.readouterr().err == "working ... stopped\n"
+    with model.stage(True, "working"):  # other output inside a stage: the time on a line of its own
+        break_line()
+        print("warning", file=sys.stderr)
+    assert re.fullmatch(r"working \.\.\.\nwarning\nworking: \d+\.\d s\n", capsys.readouterr().err)

@@ -50,8 +50,11 @@ def _warning_printer(command: str):
     """Warnings (visclust's own and those of the libraries it calls) as one line each,
     ``visclust fit: warning: ...``, instead of Python's file, line number and source line.
     Which warnings show is unchanged (``-W`` and ``PYTHONWARNINGS`` still apply)."""
+    from .._stages import break_line
+
     def show(message, category, filename, lineno, file=None, line=None):
         text = " ".join(str(message).split())
+        break_line()  # not at the end of a stage's "... " line
         try:
             print(f"visclust {command}: warning: {text}", file=sys.stderr if file is None else file)
         except OSError:  # stderr closed: a warning must not end the run
