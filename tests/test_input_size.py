@@ -87,7 +87,7 @@ def test_auto_compares_the_two_sizes_on_small_images_and_predict_uses_the_chosen
     err = capsys.readouterr().err  # progress shown: the bars, and a line per stage after them, named by view
     for view in ("backbone", "backbone@192px"):
         assert re.search(rf"\n{view}: choosing the pipeline: 3 candidates x 3 runs on 36 images \.\.\. \d+\.\d s\n", err), err
-    assert re.search(r"\ntraining the classifier on 36 images \.\.\. \d+\.\d s\n", err), err
+    assert re.search(rf"\n{m.view_}: training the classifier on 36 images \.\.\. \d+\.\d s\n", err), err
     s = m.view_scores_
     assert set(s) == {"backbone", "backbone@192px"} and all(0.0 <= v <= 1.0 for v in s.values())
     smaller = s["backbone@192px"] > s["backbone"]  # no margin: the smaller input costs less
