@@ -129,6 +129,19 @@ def test_map_is_sampled_and_rejected_images_are_grey(tmp_path):
     assert min(d["x"]) == 0 and max(d["x"]) == 4095
 
 
+def test_verbose_report_names_each_long_step_and_its_time(tmp_path, capsys):
+    root = make_shape_images(tmp_path / "s", n_per_class=4)
+    paths = sorted(str(p) for p in root.rglob("*.png"))
+    Z = np.random.default_rng(0).normal(size=(12, 5)).astype(np.float32)
+    a = Assignments(paths, np.arange(12) % 2, np.full(12, 0.9))
+    write_report(tmp_path / "r.html", a, Z, options=ReportOptions(map_max_points=10, map_previews=4, map_method="pca"))
+    assert capsys.readouterr().err == ""
+    write_report(tmp_path / "r.html", a, Z, options=ReportOptions(map_max_points=10, map_previews=4, map_method="pca",
+                                                                  verbose=True))
+    lines = [re.sub(r" \d+\.\d s$", " T", line) for line in capsys.readouterr().err.splitlines()]
+    assert lines == ["thumbnails of 12 images ... T", "map of 10 points ... T", "map previews of 4 images ... T"], lines
+
+
 # UMAP is left to the CIFAR benchmark: its one-off JIT compilation takes minutes on a busy CPU.
 @pytest.mark.parametrize("method", ["pca", "tsne"])
 def test_map_embedding_methods(method):

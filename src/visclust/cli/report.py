@@ -49,7 +49,8 @@ def run(args) -> int:
     from ..report import ReportOptions, report_model
 
     options = ReportOptions(typical=args.typical, atypical=args.atypical, thumb_size=args.thumb_size,
-                            map_max_points=args.map_points, map_method=args.map)
+                            map_max_points=args.map_points, map_method=args.map,
+                            verbose=not args.quiet and sys.stderr.isatty())  # as the features' progress bar
     options.validate()  # before the slow part
 
     from ..exceptions import InputError

@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .._stages import stage
 from ..exceptions import InputError, LabelsError
 from ..io import Assignments, atomic_output
 from . import _page as P
@@ -60,6 +61,9 @@ class ReportOptions:
         t-SNE); PCA for tiny inputs.
     max_skipped_rows : int, default 1000
     random_state : int, default 0
+    verbose : bool, default False
+        Print each long step (thumbnails, map, map previews) and its time on stderr, as
+        ``visclust report`` does on a terminal.
     """
 
     typical: int = 16
@@ -71,6 +75,7 @@ class ReportOptions:
     map_method: str = "auto"
     max_skipped_rows: int = 1000
     random_state: int = 0
+    verbose: bool = False
 
     def validate(self) -> None:
         for name in ("typical", "atypical", "n_outliers", "map_previews", "max_skipped_rows"):
@@ -278,19 +283,22 @@ def write_report(output: str | os.PathLike, assignments: Assignments, features: 
     wanted = [paths[i] for k in ids for i in (*typical_of[k], *atypical_of[k])]
     wanted += [paths[i] for i in (*outliers, *rejected_shown)]
     t = time.perf_counter()
-    uris = thumbnail_uris(wanted, opts.thumb_size)
+    with stage(opts.verbose, f"thumbnails of {len(set(wanted)):,} images"):
+        uris = thumbnail_uris(wanted, opts.thumb_size)
     timing["thumbnails"] = time.perf_counter() - t
 
     # -- map
     t = time.perf_counter()
     sample = pick_sample(n, opts.map_max_points, opts.random_state)
-    Y, method = map_embedding(Z[sample], opts.map_method, opts.random_state)
+    with stage(opts.verbose, f"map of {len(sample):,} points"):
+        Y, method = map_embedding(Z[sample], opts.map_method, opts.random_state)
     q = _quantise(Y)
     timing["map"] = time.perf_counter() - t
     t = time.perf_counter()
     rng = np.random.default_rng(opts.random_state)
     with_preview = np.sort(rng.permutation(len(sample))[: opts.map_previews])
-    atlas, ok = atlas_uri([paths[sample[j]] for j in with_preview])
+    with stage(opts.verbose, f"map previews of {len(with_preview):,} images"):
+        atlas, ok = atlas_uri([paths[sample[j]] for j in with_preview])
     tile = np.full(len(sample), -1, np.int64)
     tile[with_preview] = np.where(ok, np.arange(len(with_preview)), -1)
     timing["map_previews"] = time.perf_counter() - t
