@@ -58,8 +58,11 @@ def test_fit_on_duplicated_images_says_how_many_groups_it_found(tmp_path, shape_
     r = cli("fit", folder, "--clusters", "auto", "--k-range", "2:6", "--backbone", "baseline/pixels",
             "--output", tmp_path / "m.vcm")
     assert r.returncode == 0 and "--clusters auto chose 3 of 2..3" in r.stderr and "Warning" not in r.stderr, r.stderr
-    r = cli("fit", next(folder.iterdir()), "--clusters", "1", "--backbone", "baseline/pixels", "--output", tmp_path / "m.vcm")
+    one = next(folder.iterdir())  # and the assignments on stdout (`--assignments -`), as predict writes them
+    r = cli("fit", one, "--clusters", "1", "--backbone", "baseline/pixels", "--output", tmp_path / "m.vcm",
+            "--assignments", "-", cwd=tmp_path)
     assert r.returncode == 0 and "fitted 1 image in 1 cluster," in r.stderr, r.stderr
+    assert r.stdout.splitlines() == ["path,cluster,confidence", f"{one},0,1.000000"] and not (tmp_path / "-").exists()
 
 
 def test_fit_on_many_images_clusters_a_sample_and_says_so(tmp_path, cli):

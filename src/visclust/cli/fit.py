@@ -15,7 +15,8 @@ def register(sub) -> None:
     p.add_argument("--clusters", "-k", default="8", metavar="N|auto",
                    help="number of clusters, or 'auto' to choose it (default %(default)s)")
     p.add_argument("--output", "-o", required=True, metavar="MODEL", help="model file to write (e.g. model.vcm)")
-    p.add_argument("--assignments", metavar="CSV", help="write path,cluster,confidence for every input image")
+    p.add_argument("--assignments", metavar="CSV", help="write path,cluster,confidence for every input image (- for "
+                   "standard output; unreadable images are then listed beside the model)")
     add_backbone_options(p)
     g = p.add_argument_group("clustering")
     g.add_argument("--method", default="auto",
@@ -69,7 +70,7 @@ def parse_k_range(text: str) -> tuple[int, int]:
 
 def run(args) -> int:
     from ..exceptions import InputError
-    from ..io import check_inputs_exist, write_assignments
+    from ..io import check_inputs_exist, write_assignments, write_assignments_to
     from ..model import FeatureClusterer, ImageClusterer
 
     check_inputs_exist(args.inputs)  # before the network and its weights are loaded
@@ -91,7 +92,10 @@ def run(args) -> int:
     model.fit(args.inputs)
     model.save(args.output)
     a = model.training_assignments()
-    if args.assignments:
+    to_stdout = args.assignments == "-"
+    if to_stdout:
+        write_assignments_to(sys.stdout, a)
+    elif args.assignments:
         write_assignments(args.assignments, a)
     if not args.quiet:
         print(f"fitted {cluster_summary(a, model.n_clusters_)}; model written to {args.output}", file=sys.stderr)
@@ -100,4 +104,4 @@ def run(args) -> int:
                   "no more distinct groups (identical images, e.g. duplicates, are never split)", file=sys.stderr)
         for line in describe_choices(model):  # what was chosen without labels, and the runners-up
             print(line, file=sys.stderr)
-    return report_skipped(a, args.assignments or args.output, args.quiet)
+    return report_skipped(a, args.output if to_stdout else args.assignments or args.output, args.quiet)
