@@ -14,8 +14,8 @@ import contextlib
 import sys
 import time
 
-#: The stage whose line is on the screen waiting for its time, if any.
-_open: list[str] = []
+#: True while a stage's ``text ...`` waits on the screen for its time.
+_line_open = False
 
 
 @contextlib.contextmanager
@@ -23,12 +23,13 @@ def stage(on: bool, text: str):
     """``text ...`` on stderr before the block, `` N.N s`` after it (`` stopped`` if it raised).
     Output between the two (a warning) calls :func:`break_line` first; the time then comes on
     a line of its own, ``text: N.N s``."""
+    global _line_open
     if not on:
         yield
         return
     t0 = time.perf_counter()
     _write(f"{text} ...")
-    _open[:] = [text]
+    _line_open = True
     try:
         yield
     except BaseException:
@@ -39,14 +40,16 @@ def stage(on: bool, text: str):
 
 def break_line() -> None:
     """End the open stage line, so that other output starts on a line of its own."""
-    if _open and _open[0] is not None:
+    global _line_open
+    if _line_open:
         _write("\n")
-        _open[0] = None
+        _line_open = False
 
 
 def _end(text: str, what: str) -> None:
-    _write(f" {what}\n" if _open and _open[0] is not None else f"{text}: {what}\n")
-    _open.clear()
+    global _line_open
+    _write(f" {what}\n" if _line_open else f"{text}: {what}\n")
+    _line_open = False
 
 
 def _write(text: str) -> None:
