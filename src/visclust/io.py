@@ -537,14 +537,10 @@ def write_assignments_to(stream, assignments: Assignments) -> None:
     """The same rows on an open text stream (standard output), in UTF-8 with file names'
     bytes unchanged (``surrogateescape``) whatever the stream's own encoding."""
     stream.flush()
-    out = io.TextIOWrapper(stream.buffer, encoding="utf-8", errors="surrogateescape", newline="")
-    try:
+    with _utf8_view(stream) as out:
         w = csv.writer(out)
         w.writerow(ASSIGNMENT_HEADER)
         w.writerows(_assignment_rows(assignments))
-        out.flush()
-    finally:
-        out.detach()  # leaves the stream open
 
 
 def read_assignments(path: str | os.PathLike) -> Assignments:
@@ -701,11 +697,13 @@ def _fsync_directory(directory: str) -> None:
 
 
 @contextlib.contextmanager
-def _stdin_text():
-    """Standard input as UTF-8 text with file names' bytes kept, left open afterwards."""
-    f = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape", newline="")
+def _utf8_view(stream):
+    """A text stream (stdin, stdout) as UTF-8 with file names' bytes kept (``surrogateescape``),
+    as visclust's CSV files are, whatever its own encoding; flushed and left open afterwards."""
+    f = io.TextIOWrapper(stream.buffer, encoding="utf-8", errors="surrogateescape", newline="")
     try:
         yield f
+        f.flush()
     finally:
         f.detach()
 
@@ -717,7 +715,7 @@ def _read_csv(path, required: Sequence[str], what: str) -> list[dict[str, str]]:
     if stdin:
         path = "standard input"
     try:
-        with (_stdin_text() if stdin else open(path, newline="", encoding="utf-8", errors="surrogateescape")) as f:
+        with (_utf8_view(sys.stdin) if stdin else open(path, newline="", encoding="utf-8", errors="surrogateescape")) as f:
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             if not header:

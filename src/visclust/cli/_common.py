@@ -96,6 +96,18 @@ def report_skipped(assignments: Assignments, csv_path: str | None, quiet: bool) 
     return EXIT_PARTIAL
 
 
+def write_assignments_arg(dest: str, assignments: Assignments) -> bool:
+    """Write the assignments CSV to the file ``dest``, or to stdout when ``dest`` is ``-``
+    (then True: no file beside it can hold the skipped list)."""
+    from ..io import write_assignments, write_assignments_to
+
+    if dest == "-":
+        write_assignments_to(sys.stdout, assignments)
+        return True
+    write_assignments(dest, assignments)
+    return False
+
+
 def skipped_path(csv_path: str) -> str:
     root, _ = os.path.splitext(csv_path)
     return root + ".skipped.csv"

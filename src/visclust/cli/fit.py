@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 
 from ._common import (add_backbone_options, add_runtime_options, add_store_options, backbone_arg, cluster_summary,
-                      describe_choices, input_size_arg, progress_flag, report_skipped, weights_arg)
+                      describe_choices, input_size_arg, progress_flag, report_skipped, weights_arg,
+                      write_assignments_arg)
 
 
 def register(sub) -> None:
@@ -70,7 +71,7 @@ def parse_k_range(text: str) -> tuple[int, int]:
 
 def run(args) -> int:
     from ..exceptions import InputError
-    from ..io import check_inputs_exist, write_assignments, write_assignments_to
+    from ..io import check_inputs_exist
     from ..model import FeatureClusterer, ImageClusterer
 
     check_inputs_exist(args.inputs)  # before the network and its weights are loaded
@@ -92,11 +93,7 @@ def run(args) -> int:
     model.fit(args.inputs)
     model.save(args.output)
     a = model.training_assignments()
-    to_stdout = args.assignments == "-"
-    if to_stdout:
-        write_assignments_to(sys.stdout, a)
-    elif args.assignments:
-        write_assignments(args.assignments, a)
+    to_stdout = bool(args.assignments) and write_assignments_arg(args.assignments, a)
     if not args.quiet:
         print(f"fitted {cluster_summary(a, model.n_clusters_)}; model written to {args.output}", file=sys.stderr)
         if str(args.clusters).isdigit() and model.n_clusters_ < int(args.clusters):

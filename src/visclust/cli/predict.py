@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ._common import (add_backbone_options, add_runtime_options, add_store_options, cluster_summary, progress_flag,
-                      report_skipped, weights_arg)
+                      report_skipped, weights_arg, write_assignments_arg)
 
 
 def register(sub) -> None:
@@ -29,7 +29,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..io import check_inputs_exist, write_assignments, write_assignments_to
+    from ..io import check_inputs_exist
     from ..model import ImageClusterer
 
     check_inputs_exist(args.inputs)  # before the network and its weights are loaded
@@ -43,11 +43,7 @@ def run(args) -> int:
         model.feature_clusterer_.set_params(reject_novel=True)
         model.feature_clusterer_.check_novelty_kept()  # before the images are read
     a = model.assign(args.inputs)
-    to_stdout = args.output == "-"
-    if to_stdout:
-        write_assignments_to(sys.stdout, a)
-    else:
-        write_assignments(args.output, a)
+    to_stdout = write_assignments_arg(args.output, a)
     if not args.quiet:
         print(f"assigned {cluster_summary(a)}; written to {'standard output' if to_stdout else args.output}",
               file=sys.stderr)
