@@ -234,9 +234,10 @@ def consensus_labels(runs: list[np.ndarray], n_clusters: int, random_state: int 
     from the run ``start`` (default: the medoid run, :func:`medoid_run`); the start with
     the lowest objective wins, so the answer agrees with the runs at least as well as that
     run does. Where the runs differ, a row goes with the rows it shares clusters with in
-    most runs, instead of following one run's accident. Returns None when there is nothing to gain or it cannot apply: fewer than 3
-    runs, runs that agree exactly, noise labels (-1, HDBSCAN), fewer distinct rows than
-    clusters, or more than :data:`CONSENSUS_MAX_CELLS` distinct rows x clusters.
+    most runs, instead of following one run's accident. Returns None when there is nothing
+    to gain or it cannot apply: fewer than 3 runs, runs that agree exactly, noise labels (-1,
+    HDBSCAN), fewer distinct rows than clusters, or more than :data:`CONSENSUS_MAX_CELLS`
+    distinct rows x clusters.
     """
     import warnings
 
