@@ -181,3 +181,74 @@ def test_cli_export(tmp_path, photos, cli):
 
     r = cli("export", "--assignments", tmp_path / "nope.csv", "--to", tmp_path / "out")
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("mode", ["symlink", "copy"])
+def test_a_refit_exported_into_the_same_folder_is_refused_or_replaced(tmp_path, photos, mode):
+    """After a refit the same images have other clusters: exporting them into the earlier
+    export's folder would leave each in two cluster folders (it did before 2026-12-06)."""
+    src, files = photos
+    before = digest_tree(src)
+    out = tmp_path / "sorted"
+    export_clusters(assign(files, [0, 0, 1, 1, 1, 1]), out, mode=mode)
+    (out / "1" / "notes.txt").write_text("mine")  # the user's own file in an old cluster folder
+    first = digest_tree(out)
+
+    refit = assign(files, [1, 1, 0, 0, 0, 2])
+    with pytest.raises(InputError, match=r"6 of these images are already in another cluster's folder.*--replace"):
+        export_clusters(refit, out, mode=mode)
+    assert digest_tree(out) == first  # refused before anything was created
+
+    res = export_clusters(refit, out, mode=mode, replace=True)
+    assert res.replaced == 6 and res.rows and not res.missing
+    where = {}
+    for dirpath, _, names in os.walk(out):
+        for n in names:
+            p = os.path.join(dirpath, n)
+            if n not in ("export.csv", "notes.txt"):
+                where.setdefault(os.path.realpath(p) if mode == "symlink" else open(p, "rb").read(), []).append(
+                    os.path.basename(dirpath))
+    assert sorted(map(tuple, where.values())) == [("0",)] * 3 + [("1",)] * 2 + [("2",)]  # each image once
+    assert (out / "1" / "notes.txt").read_text() == "mine"
+    rows = read_rows(out / "export.csv")
+    assert sorted(r["source"] for r in rows) == sorted(files)  # the earlier rows are gone
+    assert digest_tree(src) == before
+    assert export_clusters(refit, out, mode=mode).reused == 6  # and a rerun is not refused
+
+
+def test_new_images_join_an_earlier_export_and_changed_copies_are_never_removed(tmp_path, photos):
+    src, files = photos
+    out = tmp_path / "sorted"
+    export_clusters(assign(files[:3], [0, 0, 1]), out, mode="copy")
+    export_clusters(assign(files[3:], [0, 1, 1]), out, mode="copy")  # other images (predict): no conflict
+    assert len(read_rows(out / "export.csv")) == 6
+    (out / "0" / "cat.jpg").write_bytes(b"edited by the user")  # no longer the export's copy
+    res = export_clusters(assign(files[:1], [1]), out, mode="copy", replace=True)
+    assert res.replaced == 0 and (out / "0" / "cat.jpg").read_bytes() == b"edited by the user"
+    assert (out / "1" / "cat.jpg").read_bytes() == open(files[0], "rb").read()
+
+
+def test_replace_never_follows_an_export_csv_row_out_of_the_folder(tmp_path, photos):
+    src, files = photos
+    out = tmp_path / "sorted"
+    export_clusters(assign(files[:1], [0]), out)
+    victim = tmp_path / "victim.jpg"
+    victim.symlink_to(files[0])  # would pass the "still a link to its source" test
+    with open(out / "export.csv", "a", newline="") as f:
+        csv.writer(f).writerows([[files[0], "../victim.jpg", "0"], [files[0], "0/../../victim.jpg", "0"],
+                                 [files[0], "9/victim.jpg", "9"]])
+    (out / "9").symlink_to(tmp_path, target_is_directory=True)  # a folder of the export that leads out
+    res = export_clusters(assign(files[:1], [1]), out, replace=True)
+    assert victim.is_symlink() and res.replaced == 1  # only the export's own 0/cat.jpg
+
+
+def test_cli_export_after_a_refit(tmp_path, photos, cli):
+    src, files = photos
+    for name, clusters in [("fit.csv", [0, 0, 1, 1, 2, 2]), ("refit.csv", [2, 2, 0, 0, 1, 1])]:
+        write_assignments(tmp_path / name, assign(files, clusters))
+    assert cli("export", "--assignments", tmp_path / "fit.csv", "--to", tmp_path / "out").returncode == 0
+    r = cli("export", "--assignments", tmp_path / "refit.csv", "--to", tmp_path / "out")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--replace" in r.stderr, r.stderr
+    r = cli("export", "--assignments", tmp_path / "refit.csv", "--to", tmp_path / "out", "--replace")
+    assert r.returncode == 0 and "6 removed from the earlier export's other cluster folders" in r.stderr, r.stderr
+    assert sum(len(fs) for _, _, fs in os.walk(tmp_path / "out")) == 7  # 6 links and export.csv

@@ -6,7 +6,14 @@ every destination is checked to resolve inside ``DIR``; nothing is ever overwrit
 deleted (a destination is created with ``O_EXCL``, and a name clash gets a ``-1``, ``-2``
 ... suffix); the originals are only read. What went where is written to
 ``DIR/export.csv`` (``source,destination,cluster``), merged with the rows of an earlier
-export into the same folder, so running the same export twice changes nothing.
+export into the same folder, so running the same export twice changes nothing, and the
+images of a later ``predict`` can join the folders of the ``fit``.
+
+An export whose clusters differ from an earlier export's into the same folder (after a
+refit) would leave those images in two cluster folders. It is refused before anything is
+created, unless ``replace=True``: then each such earlier link or copy is removed, but only
+while it is still exactly what the export made (a link to that source, or a copy with the
+source's bytes), so nothing else is ever deleted.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ class ExportResult:
     ``rows`` holds ``(source, destination, cluster)`` for every exported image (destination
     relative to the export folder); ``missing`` the ``(source, reason)`` of images that were
     not exported; ``renamed`` how many got a suffix because the name was taken; ``reused``
-    how many were already in place from an earlier identical export.
+    how many were already in place from an earlier identical export; ``replaced`` how many
+    earlier links or copies in another cluster's folder were removed (``replace=True``).
     """
 
     root: str
@@ -43,6 +51,7 @@ class ExportResult:
     missing: list[tuple[str, str]] = field(default_factory=list)
     renamed: int = 0
     reused: int = 0
+    replaced: int = 0
 
 
 def cluster_folder_name(cluster, width: int = 0) -> str:
@@ -79,6 +88,11 @@ def _candidates(name: str):
     root, ext = os.path.splitext(name)
     for i in range(1, _MAX_SUFFIX):
         yield f"{root}-{i}{ext}"
+
+
+def _ours(dest: str, source_abs: str) -> bool:
+    """Is ``dest`` still what an export of ``source_abs`` made, in either mode?"""
+    return _same(dest, source_abs, "symlink") or _same(dest, source_abs, "copy")
 
 
 def _same(dest: str, source_abs: str, mode: str) -> bool:
@@ -137,7 +151,29 @@ def _read_previous(csv_path: str) -> list[tuple[str, str, str]] | None:
         return None
 
 
-def export_clusters(assignments: Assignments, to: str | os.PathLike, mode: str = "symlink") -> ExportResult:
+def _elsewhere(previous, root: str, root_real: str, planned: dict[str, str]) -> list[tuple[str, str, str]]:
+    """``(source, destination as in the CSV, its path)`` for the rows of an earlier export that put a source of this export
+    in another cluster's folder and are still in place as that export made them.
+
+    ``planned`` maps each source (absolute) to the cluster folder it goes to now. The rows
+    come from a CSV in the export folder, so they are checked like any untrusted path: a
+    destination must be ``<folder>/<clean file name>`` inside the export folder.
+    """
+    out = []
+    for source, dest_rel, _ in previous or []:
+        folder = planned.get(source)
+        parts = dest_rel.replace(os.sep, "/").split("/")
+        if folder is None or len(parts) != 2 or parts[0] == folder or any(
+                p != safe_name(p, fallback="") or not p for p in parts):
+            continue
+        dest = os.path.join(root, *parts)
+        if _inside(root_real, os.path.dirname(dest)) and _ours(dest, source):
+            out.append((source, dest_rel, dest))
+    return out
+
+
+def export_clusters(assignments: Assignments, to: str | os.PathLike, mode: str = "symlink",
+                    replace: bool = False) -> ExportResult:
     """Lay the images of ``assignments`` out as ``to/<cluster>/<file name>``.
 
     Parameters
@@ -148,6 +184,11 @@ def export_clusters(assignments: Assignments, to: str | os.PathLike, mode: str =
         Export folder, created if needed. Files already there are never replaced.
     mode : {'symlink', 'copy'}, default 'symlink'
         Symbolic links to the originals (absolute paths; no disk space), or copies.
+    replace : bool, default False
+        An earlier export into ``to`` that put some of these images in other clusters'
+        folders (a refit) makes this an error, before anything is created: the images would
+        be in two folders. True removes those earlier links or copies first (only while each
+        is still a link to its source or a copy with the source's bytes).
 
     Returns
     -------
@@ -170,6 +211,24 @@ def export_clusters(assignments: Assignments, to: str | os.PathLike, mode: str =
     ids = [int(c) for c in assignments.clusters]
     width = len(str(max([k for k in ids if k >= 0], default=0)))
     result = ExportResult(root, _csv_path(root))
+    previous = _read_previous(result.csv_path) if os.path.exists(result.csv_path) else None
+    planned = {os.path.abspath(os.fspath(p)): cluster_folder_name(k, width) for p, k in zip(assignments.paths, ids)}
+    stale = _elsewhere(previous, root, root_real, planned)
+    if stale and not replace:
+        source, dest_rel, _ = stale[0]
+        raise InputError(f"{len({s for s, _, _ in stale})} of these images are already in another cluster's folder of {root} from an "
+                         f"earlier export (e.g. {dest_rel}, now in {planned[source]}/); export into a new folder, or "
+                         "add --replace (Python: replace=True) to remove those earlier links or copies first")
+    for source, _, dest in stale:
+        if _ours(dest, source):  # checked again just before: never removes anything else
+            os.unlink(dest)
+            result.replaced += 1
+            try:
+                os.rmdir(os.path.dirname(dest))  # only if that emptied it
+            except OSError:
+                pass
+    gone = {dest_rel for _, dest_rel, _ in stale}
+    previous = [r for r in previous or [] if r[1] not in gone]
     made: dict[str, str] = {}
     for source, k in zip(assignments.paths, ids):
         source = os.fspath(source)
@@ -204,7 +263,7 @@ def export_clusters(assignments: Assignments, to: str | os.PathLike, mode: str =
         result.renamed += renamed and not reused
         result.reused += reused
         result.rows.append((source_abs, os.path.relpath(dest, root), str(k)))
-    _write_csv(result)
+    _write_csv(result, previous)
     return result
 
 
@@ -217,9 +276,8 @@ def _csv_path(root: str) -> str:
     raise InputError(f"{root}: no free name for {EXPORT_CSV}")
 
 
-def _write_csv(result: ExportResult) -> None:
-    previous = _read_previous(result.csv_path) if os.path.exists(result.csv_path) else None
+def _write_csv(result: ExportResult, previous: list) -> None:
     rows = {}
-    for r in (previous or []) + result.rows:
+    for r in previous + result.rows:
         rows[r[1]] = r  # one row per destination; the newest wins
     write_csv_atomic(result.csv_path, EXPORT_HEADER, sorted(rows.values(), key=lambda r: r[1]))
