@@ -105,6 +105,8 @@ def bad_files(good: bytes, tmp_path) -> dict[str, tuple[bytes, str]]:
     disagree_manifest = {**manifest, "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)}
                                                 for k, v in disagree.items()}}
     nan = dict(arrays, **{"classifier.coef": np.full_like(arrays["classifier.coef"], np.nan)})
+    zero_scale = dict(arrays, **{"reducer.scale": np.zeros_like(arrays["reducer.scale"])})  # found by the fuzz test
+    negative_t = dict(arrays, **{"classifier.temperature": -arrays["classifier.temperature"]})
     bad_param = {**manifest, "feature_clusterer": {**manifest["feature_clusterer"],
                                                     "params": {**manifest["feature_clusterer"]["params"],
                                                                "reject_threshold": 7}}}
@@ -122,6 +124,8 @@ def bad_files(good: bytes, tmp_path) -> dict[str, tuple[bytes, str]]:
         "shapes disagree with the manifest": (rewrite(wrong_shape, arrays), "manifest says"),
         "arrays disagree with each other": (rewrite(disagree_manifest, disagree), "disagree with each other"),
         "NaN weights": (rewrite(manifest, nan), "NaN"),
+        "zero whitening scale": (rewrite(manifest, zero_scale), "scale values must be positive"),
+        "negative temperature": (rewrite(manifest, negative_t), "temperature must be positive"),
         "invalid parameter": (rewrite(bad_param, arrays), "reject_threshold"),
         "future version": (rewrite(future, arrays), "upgrade visclust"),
         "an image, not a model": (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "not a visclust model file"),
@@ -130,7 +134,7 @@ def bad_files(good: bytes, tmp_path) -> dict[str, tuple[bytes, str]]:
 
 CASES = ["pickle payload", "pickle payload, protocol 0", "empty", "truncated in the length", "truncated in the header",
          "truncated in the arrays", "edited manifest", "shapes disagree with the manifest",
-         "arrays disagree with each other", "NaN weights", "invalid parameter", "future version",
+         "arrays disagree with each other", "NaN weights", "zero whitening scale", "negative temperature", "invalid parameter", "future version",
          "an image, not a model"]
 
 

@@ -395,3 +395,9 @@ def _check_consistent(fc, path: str) -> None:
             or (len(c.reference_labels_) and not (0 <= c.reference_labels_.min() and
                                                   c.reference_labels_.max() < len(c.classes_)))):
         raise ModelFileError(f"{path}: the model's arrays disagree with each other (edited file?)")
+    # Divisors and multipliers that a fit always makes positive: zero would give NaN
+    # confidences, a negative temperature inverted ones.
+    if not (r.scale_ > 0).all():
+        raise ModelFileError(f"{path}: the reducer's whitening scale values must be positive (edited file?)")
+    if not c.temperature_ > 0:
+        raise ModelFileError(f"{path}: the classifier's temperature must be positive, not {c.temperature_:g} (edited file?)")
