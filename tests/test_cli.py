@@ -286,3 +286,5 @@ def test_the_fit_summary_says_how_many_of_the_models_clusters_got_no_image():
     assert cluster_summary(none, 4) == "2 images, none in a cluster: all fit no cluster (-1)"
     assert cluster_summary(Assignments(["a"], np.array([-1]), np.array([0.3]))) == \
         "1 image, none in a cluster: it fits no cluster (-1)"
+    # predict where every input was skipped said "assigned 0 images in 0 clusters"
+    assert cluster_summary(Assignments([], np.zeros(0, int), np.zeros(0))) == "no image: none of the inputs could be read"

@@ -123,7 +123,9 @@ def cluster_summary(assignments: Assignments, n_clusters: int | None = None) -> 
     sizes = np.bincount(c[c >= 0]) if (c >= 0).any() else np.zeros(0, int)
     used = int((sizes > 0).sum())
     n = len(assignments)
-    if n and used == 0:  # every image -1: e.g. another kind of picture, with --reject-novel
+    if n == 0:  # every input skipped (listed after this line)
+        return "no image: none of the inputs could be read"
+    if used == 0:  # every image -1: e.g. another kind of picture, with --reject-novel
         return f"{n} image{'' if n == 1 else 's'}, none in a cluster: {'it fits' if n == 1 else 'all fit'} no cluster (-1)"
     parts = [f"{n} image{'' if n == 1 else 's'} in {used} cluster{'' if used == 1 else 's'}"]
     if n_clusters is not None and used < n_clusters:
