@@ -271,3 +271,27 @@ def test_assignments_on_stdout_keep_a_non_utf8_names_bytes_whatever_the_streams_
     write_assignments_to(stream, Assignments(["x\udcff.png", "é.png"], np.array([2, 0]), np.array([0.5, 1.0])))
     assert not stream.closed
     assert raw.getvalue() == b"before\npath,cluster,confidence\r\nx\xff.png,2,0.500000\r\n\xc3\xa9.png,0,1.000000\r\n"
+
+
+@pytest.mark.parametrize("encoding,sep,header", [("utf-8-sig", ",", "path,label"),   # Excel's "CSV UTF-8"
+                                                 ("utf-8", ";", "path;label"),      # Excel where 0,5 is a number
+                                                 ("utf-8", "\t", "path\tlabel"),    # tab-separated
+                                                 ("utf-8", ",", "Path, Label")])    # typed by hand
+def test_labels_and_assignments_saved_by_a_spreadsheet_read_the_same(tmp_path, monkeypatch, encoding, sep, header):
+    """A BOM made the first column 'path' unknown ("lacks column(s) path"), before 2026-12-06."""
+    import io
+    import sys
+
+    from visclust.io import resolve_labels
+
+    monkeypatch.chdir(tmp_path)
+    rows = [("a b.png", "cat"), ("x;y.png", "dog")]  # a space and the other separator inside a name
+    (tmp_path / "labels.csv").write_bytes(
+        "\r\n".join([header] + [f'"{p}"{sep}{lab}' for p, lab in rows]).encode(encoding) + b"\r\n")
+    assert resolve_labels(str(tmp_path / "labels.csv"), ["a b.png", "x;y.png"]) == ["cat", "dog"]
+    a_header = header.replace("label", "cluster").replace("Label", "Cluster") + sep + "confidence"
+    text = "\r\n".join([a_header] + [f'"{p}"{sep}{k}{sep}0.5' for k, (p, _) in enumerate(rows)]) + "\r\n"
+    (tmp_path / "a.csv").write_bytes(text.encode(encoding))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode(encoding))))
+    for a in (read_assignments(tmp_path / "a.csv"), read_assignments("-")):
+        assert a.paths == ["a b.png", "x;y.png"] and a.clusters.tolist() == [0, 1]

@@ -12,6 +12,7 @@ import contextlib
 import csv
 import errno
 import io
+import itertools
 import os
 import stat
 import struct
@@ -708,16 +709,28 @@ def _utf8_view(stream):
         f.detach()
 
 
+#: Separators a spreadsheet may write instead of commas (Excel in locales whose decimal mark is a comma).
+_OTHER_SEPARATORS = (";", "\t")
+
+
 def _read_csv(path, required: Sequence[str], what: str) -> list[dict[str, str]]:
     """The rows of a CSV file; ``"-"`` reads standard input (``visclust predict ... | visclust
-    evaluate --assignments -``)."""
+    evaluate --assignments -``).
+
+    Files saved by spreadsheets read too: a UTF-8 byte-order mark is dropped, column names are
+    compared without case or surrounding spaces (``Path, Label``), and a header line without
+    a comma but with semicolons or tabs sets that separator."""
     stdin = str(path) == "-"
     if stdin:
         path = "standard input"
     try:
         with (_utf8_view(sys.stdin) if stdin else open(path, newline="", encoding="utf-8", errors="surrogateescape")) as f:
-            reader = csv.DictReader(f)
+            first = f.readline()
+            sep = next((c for c in _OTHER_SEPARATORS if "," not in first and c in first), ",")
+            reader = csv.DictReader(itertools.chain([first], f), delimiter=sep)
             header = reader.fieldnames or []
+            if header:
+                reader.fieldnames = header = [h.lstrip("\ufeff").strip().lower() for h in header]
             if not header:
                 raise InputError(f"{path} is empty; expected a CSV of {what} with the header '{','.join(required)}'")
             missing = [c for c in required if c not in header]
