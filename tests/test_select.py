@@ -199,3 +199,12 @@ def test_choose_n_clusters_stops_where_the_rows_run_out_of_distinct_points():
     E = np.repeat(np.random.default_rng(0).normal(size=(4, 6)) * 5, 50, axis=0)
     k, scores = choose_n_clusters([E], (2, 30))
     assert k == 4 and max(scores) == 4
+
+
+def test_too_few_rows_for_auto_k_says_how_many_are_needed():
+    X = np.random.default_rng(0).normal(size=(5, 3))
+    assert choose_n_clusters([X], (2, 30))[0] == 2  # five rows are enough
+    with pytest.raises(InputError, match=r"^4 samples are too few .* \(at least 5 are needed\)"):
+        choose_n_clusters([X[:4]], (2, 30))
+    with pytest.raises(InputError, match=r"^1 sample is too few"):
+        choose_n_clusters([X[:1]], (2, 30))

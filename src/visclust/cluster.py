@@ -224,7 +224,8 @@ def select_n_clusters(X: np.ndarray, k_range=(2, 30), method: str = "kmeans", *,
     Xs = X[idx]
     hi = min(hi, len(Xs) - 1)
     if hi < lo:
-        raise InputError(f"{len(X)} samples are too few to choose among {k_range[0]}..{k_range[1]} clusters")
+        raise InputError(f"{len(X)} sample{'s are' if len(X) != 1 else ' is'} too few to choose among "
+                         f"{k_range[0]}..{k_range[1]} clusters (at least {lo + 1} are needed)")
     scores = {}
     for k in range(lo, hi + 1):
         labels = cluster_features(Xs, k, "kmeans" if method == "hdbscan" else method, random_state=random_state, n_init=3)
