@@ -152,8 +152,9 @@ def _read_previous(csv_path: str) -> list[tuple[str, str, str]] | None:
 
 
 def _elsewhere(previous, root: str, root_real: str, planned: dict[str, str]) -> list[tuple[str, str, str]]:
-    """``(source, destination as in the CSV, its path)`` for the rows of an earlier export that put a source of this export
-    in another cluster's folder and are still in place as that export made them.
+    """``(source, destination as in the CSV, its path)`` for each row of an earlier export
+    that put a source of this export in another cluster's folder and is still in place as
+    that export made it.
 
     ``planned`` maps each source (absolute) to the cluster folder it goes to now. The rows
     come from a CSV in the export folder, so they are checked like any untrusted path: a

@@ -475,9 +475,12 @@ def choose_n_clusters(embeddings, k_range=(2, 30), method: str = "kmeans", *, n_
     Es = [np.asarray(E[idx], np.float32) for E in embeddings]
     hi = min(hi, int(subsample * len(idx)) // 2)
     if hi < lo:
-        need = next(m for m in range(n + 1, 10 * lo + 10) if int(subsample * min(m, sample_size)) // 2 >= lo)
+        need = int(np.ceil(2 * lo / subsample))
+        while int(subsample * need) // 2 < lo:  # float rounding
+            need += 1
+        at_least = f" (at least {need} are needed)" if need <= sample_size else ""
         raise InputError(f"{n} sample{'s are' if n != 1 else ' is'} too few to choose among {k_range[0]}..{k_range[1]} "
-                         f"clusters (at least {need} are needed); give the number of clusters instead (--clusters N)")
+                         f"clusters{at_least}; give the number of clusters instead (--clusters N)")
     E0 = Es[0].astype(np.float64)
     # atleast_2d: np.cov of one column is a scalar (a few images reduced to one dimension)
     null = rng.multivariate_normal(E0.mean(0), np.atleast_2d(np.cov(E0, rowvar=False)), size=len(idx)).astype(np.float32)
