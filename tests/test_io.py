@@ -295,3 +295,13 @@ def test_labels_and_assignments_saved_by_a_spreadsheet_read_the_same(tmp_path, m
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode(encoding))))
     for a in (read_assignments(tmp_path / "a.csv"), read_assignments("-")):
         assert a.paths == ["a b.png", "x;y.png"] and a.clusters.tolist() == [0, 1]
+
+
+def test_a_list_file_saved_by_notepad_reads_its_first_path(tmp_path):
+    """A byte-order mark glued itself to the first path ("\\ufeffa.png": not found), before 2026-12-06."""
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "list.txt").write_bytes("../a.png\r\n# a comment\r\n\r\n../b.png\r\n".encode("utf-8-sig"))
+    assert collect_inputs([tmp_path / "sub" / "list.txt"]) == [os.path.join(str(tmp_path / "sub"), "..", n)
+                                                              for n in ("a.png", "b.png")]

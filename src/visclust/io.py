@@ -162,7 +162,8 @@ def walk_image_groups(root: str, entered: set, max_depth: int | None = None):
 def _read_list_file(path: str) -> list[str]:
     base = os.path.dirname(path)
     found = []
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+    # utf-8-sig: a byte-order mark (Windows Notepad writes one) would stick to the first path
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
         for line in f:
             line = line.strip()
             if not line or line.startswith("#"):
