@@ -305,3 +305,22 @@ def test_a_list_file_saved_by_notepad_reads_its_first_path(tmp_path):
     (tmp_path / "sub" / "list.txt").write_bytes("../a.png\r\n# a comment\r\n\r\n../b.png\r\n".encode("utf-8-sig"))
     assert collect_inputs([tmp_path / "sub" / "list.txt"]) == [os.path.join(str(tmp_path / "sub"), "..", n)
                                                               for n in ("a.png", "b.png")]
+
+
+def test_a_labels_csv_may_name_the_images_relative_to_its_own_folder(tmp_path, monkeypatch):
+    from visclust.exceptions import LabelsError
+    from visclust.io import resolve_labels
+
+    data = tmp_path / "data"
+    (data / "img").mkdir(parents=True)
+    (data / "labels.csv").write_text("path,label\nimg/a.png,cat\nimg/b.png,dog\n")
+    images = [str(data / "img" / "a.png"), str(data / "img" / "b.png")]
+    monkeypatch.chdir(tmp_path)  # "img/a.png" is not relative to here
+    assert resolve_labels(str(data / "labels.csv"), images) == ["cat", "dog"]
+    monkeypatch.chdir(data)  # ... and here it is: the current directory first, as before
+    (data / "img2").mkdir()
+    (data / "img2" / "img").mkdir()
+    (data / "img2" / "labels.csv").write_text("path,label\nimg/a.png,bird\n")
+    assert resolve_labels(str(data / "img2" / "labels.csv"), images[:1]) == ["bird"]
+    with pytest.raises(LabelsError, match="relative to the current directory or to the CSV's folder"):
+        resolve_labels(str(data / "labels.csv"), [str(tmp_path / "elsewhere.png")])

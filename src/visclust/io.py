@@ -474,10 +474,11 @@ def labels_from_folders(paths: Sequence[str]) -> list[str]:
     return [os.path.basename(os.path.dirname(os.path.abspath(p))) for p in paths]
 
 
-def read_labels_csv(path: str | os.PathLike) -> dict[str, str]:
-    """Read a ``path,label`` CSV (header required) into {normalised path: label}."""
+def read_labels_csv(path: str | os.PathLike, base: str | None = None) -> dict[str, str]:
+    """Read a ``path,label`` CSV (header required) into {normalised path: label}; relative
+    paths are taken relative to ``base`` (default: the current directory)."""
     rows = _read_csv(path, required=("path", "label"), what="labels")
-    return {_norm(r["path"]): r["label"] for r in rows}
+    return {_norm(r["path"] if base is None else os.path.join(base, r["path"])): r["label"] for r in rows}
 
 
 def resolve_labels(spec: str, paths: Sequence[str], allow_missing: bool = False) -> list:
@@ -489,10 +490,15 @@ def resolve_labels(spec: str, paths: Sequence[str], allow_missing: bool = False)
         return labels_from_folders(paths)
     table = read_labels_csv(spec)
     missing = [p for p in paths if _norm(p) not in table]
+    if missing and len(missing) == len(paths) and spec != "-":
+        # A CSV kept beside the images often names them relative to its own folder.
+        beside = read_labels_csv(spec, base=os.path.dirname(os.path.abspath(spec)))
+        if any(_norm(p) in beside for p in paths):
+            table, missing = beside, [p for p in paths if _norm(p) not in beside]
     if missing and len(missing) == len(paths):
         raise LabelsError(
             f"none of the {len(paths)} images has a label in {spec} (first: {missing[0]}); its 'path' column must "
-            "name the same files (relative to the current directory, or absolute)"
+            "name the same files (relative to the current directory or to the CSV's folder, or absolute)"
         )
     if missing and not allow_missing:
         raise LabelsError(

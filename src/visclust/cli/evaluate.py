@@ -12,8 +12,9 @@ def register(sub) -> None:
                        "silhouette, Davies-Bouldin and Calinski-Harabasz in the model's feature space (needs --model).")
     p.add_argument("--assignments", required=True, metavar="CSV", help="CSV written by fit or predict; - reads it from standard input")
     p.add_argument("--labels", metavar="folders|CSV",
-                   help="'folders' (class = parent directory name) or a path,label CSV (images it does not name "
-                   "are left out of the scores, and counted)")
+                   help="'folders' (class = parent directory name) or a path,label CSV, paths relative to the "
+                   "current directory or to the CSV's folder (images it does not name are left out of the scores, "
+                   "and counted)")
     p.add_argument("--model", metavar="MODEL", help="model file, for the label-free scores")
     p.add_argument("--weights", action="append", metavar="FILE",
                    help="backbone weights for --model, if not found automatically (once per backbone)")
