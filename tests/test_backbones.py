@@ -49,6 +49,34 @@ def test_download_failure_says_how_to_fix(monkeypatch):
         create_backbone("torchvision/resnet50")
 
 
+def test_an_offline_timm_download_is_one_line_on_stderr(tmp_path):
+    """Offline, the Hugging Face Hub logged its own warning before visclust's one-line error."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("timm")
+    code = (
+        "import sys, timm\n"
+        "from huggingface_hub.utils import logging\n"
+        "def offline(*a, **k):\n"
+        "    if k.get('pretrained'):\n"
+        "        logging.get_logger('huggingface_hub.utils._http').warning(\"'Name or service not known' thrown\")\n"
+        "        raise OSError('We cannot find the requested files in the local cache')\n"
+        "    return real(*a, **k)\n"
+        "real, timm.create_model = timm.create_model, offline\n"
+        "from visclust.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (16, 16), (80 * i, 0, 0)).save(tmp_path / f"{i}.png")
+    r = subprocess.run([sys.executable, "-c", code, "fit", str(tmp_path), "-k", "2", "--backbone", "timm/resnet18",
+                        "-o", str(tmp_path / "m.vcm")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "cannot obtain pretrained weights for 'timm/resnet18'" in r.stderr and "thrown" not in r.stderr
+
+
 def test_weights_file_safetensors_and_pth_load_the_same(tmp_path):
     from safetensors.torch import save_file
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 
 from ..exceptions import MissingDependencyError, UnknownBackboneError
-from ._registry import BackboneInfo, Preprocess, download_failed, register_family
+from ._registry import BackboneInfo, Preprocess, download_failed, hub_logs_quiet, register_family
 
 EXAMPLES = ("open_clip/ViT-B-32:laion2b_s34b_b79k",)
 
@@ -52,7 +52,8 @@ def resolve(name: str) -> BackboneInfo:
 
     def build(weights_file, pretrained):
         try:
-            model = open_clip.create_model(arch, pretrained=weights_file or (tag if pretrained else None))
+            with hub_logs_quiet():
+                model = open_clip.create_model(arch, pretrained=weights_file or (tag if pretrained else None))
         except Exception as e:
             raise download_failed(name, e, "the Hugging Face cache (~/.cache/huggingface/hub)") from e
         return _ImageTower(model), pre

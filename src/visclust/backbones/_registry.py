@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
@@ -231,6 +233,20 @@ def load_into(module, path: str, name: str, strict: bool = True) -> None:
             f"weights file '{path}' lacks {len(result.missing_keys)} tensors of backbone '{name}' "
             f"(first: {result.missing_keys[0]})"
         )
+
+
+@contextlib.contextmanager
+def hub_logs_quiet():
+    """Hugging Face Hub's own warnings off while weights are fetched: offline, it logged
+    "'[Errno -2] Name or service not known' thrown while requesting HEAD ..." on stderr
+    before visclust's one-line error (:func:`download_failed`) said the same."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def download_failed(name: str, err: Exception, cache_dir: str) -> WeightsUnavailableError:

@@ -10,7 +10,7 @@ import functools
 import math
 
 from ..exceptions import MissingDependencyError, UnknownBackboneError
-from ._registry import BackboneInfo, Preprocess, download_failed, load_into, register_family
+from ._registry import BackboneInfo, Preprocess, download_failed, hub_logs_quiet, load_into, register_family
 
 EXAMPLES = ("timm/vit_small_patch14_dinov2.lvd142m", "timm/vit_base_patch14_dinov2.lvd142m")
 
@@ -54,7 +54,8 @@ def resolve(name: str) -> BackboneInfo:
     def build(weights_file, pretrained):
         if pretrained:
             try:
-                model = timm.create_model(model_name, pretrained=True, num_classes=0)
+                with hub_logs_quiet():
+                    model = timm.create_model(model_name, pretrained=True, num_classes=0)
             except Exception as e:
                 raise download_failed(name, e, "the Hugging Face cache (~/.cache/huggingface/hub)") from e
         else:
