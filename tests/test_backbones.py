@@ -1,9 +1,7 @@
-import numpy as np
 import pytest
 import torch
 
 from visclust.backbones import (BackboneConfig, Preprocess, create_backbone, get_backbone_info, list_backbones)
-from visclust.backbones._registry import state_dict_sha256
 from visclust.exceptions import UnknownBackboneError, WeightsUnavailableError
 
 
