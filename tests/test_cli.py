@@ -288,3 +288,22 @@ def test_the_fit_summary_says_how_many_of_the_models_clusters_got_no_image():
         "1 image, none in a cluster: it fits no cluster (-1)"
     # predict where every input was skipped said "assigned 0 images in 0 clusters"
     assert cluster_summary(Assignments([], np.zeros(0, int), np.zeros(0))) == "no image: none of the inputs could be read"
+
+
+@pytest.mark.parametrize("command", ["fit", "predict"])
+def test_an_output_that_cannot_be_written_fails_before_the_work(tmp_path, shape_images, cli, command):
+    """fit and predict wrote their outputs only at the end: a bad path lost all the work."""
+    (tmp_path / "plain").write_text("x")
+    bad = tmp_path / "plain" / "out"  # under a file: no folder can be made there
+    store = tmp_path / "store"
+    if command == "fit":
+        args = ["fit", shape_images, "-k", "2", "--backbone", "baseline/pixels", "-o", tmp_path / "m.vcm",
+                "--assignments", bad]
+    else:
+        assert cli("fit", shape_images, "-k", "2", "--backbone", "baseline/pixels", "-o", tmp_path / "m.vcm",
+                   "-q").returncode == 0
+        args = ["predict", tmp_path / "m.vcm", shape_images, "-o", bad]
+    r = cli(*args, "--store", store)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "while writing; check the output path" in r.stderr and str(bad) in r.stderr
+    assert not store.exists()  # no feature was computed

@@ -324,3 +324,16 @@ def test_a_labels_csv_may_name_the_images_relative_to_its_own_folder(tmp_path, m
     assert resolve_labels(str(data / "img2" / "labels.csv"), images[:1]) == ["bird"]
     with pytest.raises(LabelsError, match="relative to the current directory or to the CSV's folder"):
         resolve_labels(str(data / "labels.csv"), [str(tmp_path / "elsewhere.png")])
+
+
+def test_check_writable_fails_as_the_write_would_and_leaves_nothing(tmp_path):
+    from visclust.io import check_writable
+
+    check_writable(tmp_path / "new" / "m.vcm")  # the folder is made, as the write would make it
+    assert os.listdir(tmp_path / "new") == []  # no test file left behind
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(OSError, match="while writing; check the output path") as e:
+        check_writable(tmp_path / "plain" / "m.vcm")  # a file where a folder should be
+    assert e.value.filename == str(tmp_path / "plain" / "m.vcm")
+    with pytest.raises(IsADirectoryError, match="Is a directory while writing; give a file name"):
+        check_writable(tmp_path)

@@ -611,15 +611,42 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb", **open_kwargs):
         tmp = None
         _fsync_directory(directory)
     except OSError as e:
-        hint = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere",
-                errno.EFBIG: "the file is larger than this system allows here; write elsewhere",
-                errno.EROFS: "the file system is read-only; write elsewhere",
-                errno.EACCES: "the folder is not writable; write elsewhere"}.get(e.errno, "check the output path")
-        raise OSError(e.errno, f"{e.strerror or e} while writing; {hint}", path) from e
+        raise _write_error(e, path) from e
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def _write_error(e: OSError, path: str) -> OSError:
+    """``e`` as an OSError naming ``path`` with a message that says what to do."""
+    hint = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere",
+            errno.EFBIG: "the file is larger than this system allows here; write elsewhere",
+            errno.EROFS: "the file system is read-only; write elsewhere",
+            errno.EACCES: "the folder is not writable; write elsewhere",
+            errno.EISDIR: "give a file name"}.get(e.errno, "check the output path")
+    return OSError(e.errno, f"{e.strerror or e} while writing; {hint}", path)
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail now, not after the work: can ``path`` be written? Its folder is made if needed
+    (as :func:`atomic_output` would) and a temporary file created and removed there.
+
+    Raises the OSError :func:`atomic_output` would raise at the end (a folder that does not
+    exist and cannot be made, is not writable, is on a read-only file system), or one for a
+    ``path`` that is a folder.
+    """
+    path = os.fspath(path)
+    try:
+        if os.path.isdir(path):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory")
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-{os.getpid()}-", dir=directory)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise _write_error(e, path) from e
 
 
 @contextlib.contextmanager

@@ -96,6 +96,16 @@ def report_skipped(assignments: Assignments, csv_path: str | None, quiet: bool) 
     return EXIT_PARTIAL
 
 
+def check_outputs(*paths) -> None:
+    """Each output file can be written (``-`` is standard output; None: not asked for), checked
+    before hours of work rather than after (:func:`visclust.io.check_writable`)."""
+    from ..io import check_writable
+
+    for p in paths:
+        if p is not None and p != "-":
+            check_writable(p)
+
+
 def write_assignments_arg(dest: str, assignments: Assignments) -> bool:
     """Write the assignments CSV to the file ``dest``, or to stdout when ``dest`` is ``-``
     (then True: no file beside it can hold the skipped list)."""

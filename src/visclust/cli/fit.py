@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from ._common import (add_backbone_options, add_runtime_options, add_store_options, backbone_arg, cluster_summary,
-                      describe_choices, input_size_arg, progress_flag, report_skipped, weights_arg,
+from ._common import (add_backbone_options, add_runtime_options, add_store_options, backbone_arg, check_outputs,
+                      cluster_summary, describe_choices, input_size_arg, progress_flag, report_skipped, weights_arg,
                       write_assignments_arg)
 
 
@@ -75,6 +75,7 @@ def run(args) -> int:
     from ..model import FeatureClusterer, ImageClusterer
 
     check_inputs_exist(args.inputs)  # before the network and its weights are loaded
+    check_outputs(args.output, args.assignments)  # before the work, not after it
     if args.max_cluster_rows is not None and args.max_cluster_rows < 0:
         raise InputError(f"--max-cluster-rows must be a number of images, or 0 to cluster every image; "
                          f"got {args.max_cluster_rows}")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from ._common import (add_backbone_options, add_runtime_options, add_store_options, cluster_summary, progress_flag,
-                      report_skipped, weights_arg, write_assignments_arg)
+from ._common import (add_backbone_options, add_runtime_options, add_store_options, check_outputs, cluster_summary,
+                      progress_flag, report_skipped, weights_arg, write_assignments_arg)
 
 
 def register(sub) -> None:
@@ -33,6 +33,7 @@ def run(args) -> int:
     from ..model import ImageClusterer
 
     check_inputs_exist(args.inputs)  # before the network and its weights are loaded
+    check_outputs(args.output)  # before the work, not after it
     model = ImageClusterer.load(args.model, weights=weights_arg(args))
     model.set_params(batch_size=args.batch_size, num_workers=args.workers, device=args.device,
                      progress=progress_flag(args), store=args.store, engine=args.engine)

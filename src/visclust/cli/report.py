@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-from ._common import (add_backbone_options, add_runtime_options, add_store_options, progress_flag, skipped_path,
-                      weights_arg)
+from ._common import (add_backbone_options, add_runtime_options, add_store_options, check_outputs, progress_flag,
+                      skipped_path, weights_arg)
 
 
 def register(sub) -> None:
@@ -52,6 +52,7 @@ def run(args) -> int:
                             map_max_points=args.map_points, map_method=args.map,
                             verbose=not args.quiet and sys.stderr.isatty())  # as the features' progress bar
     options.validate()  # before the slow part
+    check_outputs(args.output)
 
     from ..exceptions import InputError
     from ..io import read_assignments
