@@ -220,14 +220,13 @@ def export_clusters(assignments: Assignments, to: str | os.PathLike, mode: str =
         raise InputError(f"{len({s for s, _, _ in stale})} of these images are already in another cluster's folder of {root} from an "
                          f"earlier export (e.g. {dest_rel}, now in {planned[source]}/); export into a new folder, or "
                          "add --replace (Python: replace=True) to remove those earlier links or copies first")
-    for source, _, dest in stale:
-        if _ours(dest, source):  # checked again just before: never removes anything else
-            os.unlink(dest)
-            result.replaced += 1
-            try:
-                os.rmdir(os.path.dirname(dest))  # only if that emptied it
-            except OSError:
-                pass
+    for source, _, dest in stale:  # each checked by _elsewhere a moment ago: still the export's own
+        os.unlink(dest)
+        result.replaced += 1
+        try:
+            os.rmdir(os.path.dirname(dest))  # only if that emptied it
+        except OSError:
+            pass
     gone = {dest_rel for _, dest_rel, _ in stale}
     previous = [r for r in previous or [] if r[1] not in gone]
     made: dict[str, str] = {}

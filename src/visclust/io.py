@@ -474,10 +474,9 @@ def labels_from_folders(paths: Sequence[str]) -> list[str]:
     return [os.path.basename(os.path.dirname(os.path.abspath(p))) for p in paths]
 
 
-def read_labels_csv(path: str | os.PathLike, base: str | None = None) -> dict[str, str]:
-    """Read a ``path,label`` CSV (header required) into {normalised path: label}; relative
-    paths are taken relative to ``base`` (default: the current directory)."""
-    rows = _read_csv(path, required=("path", "label"), what="labels")
+def _label_table(rows, base: str | None = None) -> dict[str, str]:
+    """{normalised path: label}; relative paths taken relative to ``base`` (default: the
+    current directory)."""
     return {_norm(r["path"] if base is None else os.path.join(base, r["path"])): r["label"] for r in rows}
 
 
@@ -488,11 +487,12 @@ def resolve_labels(spec: str, paths: Sequence[str], allow_missing: bool = False)
     the images someone labelled); an error either way when it names none of them."""
     if spec == "folders":
         return labels_from_folders(paths)
-    table = read_labels_csv(spec)
+    rows = _read_csv(spec, required=("path", "label"), what="labels")
+    table = _label_table(rows)
     missing = [p for p in paths if _norm(p) not in table]
     if missing and len(missing) == len(paths) and spec != "-":
         # A CSV kept beside the images often names them relative to its own folder.
-        beside = read_labels_csv(spec, base=os.path.dirname(os.path.abspath(spec)))
+        beside = _label_table(rows, base=os.path.dirname(os.path.abspath(spec)))
         if any(_norm(p) in beside for p in paths):
             table, missing = beside, [p for p in paths if _norm(p) not in beside]
     if missing and len(missing) == len(paths):
