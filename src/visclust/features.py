@@ -997,6 +997,29 @@ def extract_features(backbone: Backbone, paths: Sequence[str], *, batch_size: in
     return FeatureResult(feats[keep], [paths[i] for i in keep], skipped)
 
 
+def extract_images(backbone: Backbone, images: Sequence[np.ndarray], *, batch_size: int = 64,
+                   device: str | None = None, engine="auto") -> np.ndarray:
+    """The backbone's features of images already in memory, ``(n, feature_dim)`` float32.
+
+    ``images`` are (h, w, 3) uint8 RGB arrays (:func:`visclust.io.image_object_array` makes
+    them from PIL images and other arrays). They are resized and cropped exactly as decoded
+    files are, so an image gives the features its file gives (a large JPEG file is decoded at a
+    reduced scale, ``Image.draft``; in memory it is already decoded, at full size). No worker
+    processes, no store: for a few images at a time, e.g. in a service.
+    """
+    pre = backbone.preprocess
+    eng = _make_engine(backbone, engine, device)
+    out = np.empty((len(images), backbone.feature_dim), np.float32)
+    s = pre.input_size
+    for start in range(0, len(images), max(1, int(batch_size))):
+        part = images[start:start + max(1, int(batch_size))]
+        x = np.empty((len(part), s, s, 3), np.uint8)
+        for j, a in enumerate(part):
+            resize_crop_array(a, pre, x[j], compiled=False)
+        out[start:start + len(part)] = eng(x)
+    return out
+
+
 def compute_features(backbone: Backbone, paths: Sequence[str], store, *, batch_size: int = 64,
                      num_workers: int | None = None, device: str | None = None, progress: bool | None = None,
                      engine="auto", dtype: str = "float32", decode: str = "auto", shard_rows: int = 4096,

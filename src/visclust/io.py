@@ -426,6 +426,10 @@ def _os_error_reason(p: str, e: OSError) -> str:
     return f"{p}: cannot be read ({e.strerror or e})"
 
 
+def _too_many_pixels(what: str, w: int, h: int) -> str:
+    return f"{what}: {w}x{h} = {w * h:,} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel limit; downscale it to use it"
+
+
 def _too_large(p: str, w: int, h: int) -> str:
     return (f"{p}: image is {w}x{h} = {w * h:,} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel limit; "
             "refused without decoding (decompression bomb?); downscale it to use it")
@@ -439,6 +443,66 @@ def _register_plugin(ext: str) -> None:
         except ImportError:
             return
         pillow_heif.register_heif_opener()
+
+
+def is_image_object(obj) -> bool:
+    """Whether ``obj`` is an image in memory (a :class:`PIL.Image.Image` or a numpy array),
+    not a path."""
+    if isinstance(obj, np.ndarray):
+        return obj.dtype.kind not in "USO"  # an array of paths is paths
+    PIL_Image = sys.modules.get("PIL.Image")  # a PIL image exists only if Pillow is loaded
+    return PIL_Image is not None and isinstance(obj, PIL_Image.Image)
+
+
+def image_object_array(obj, what: str = "image") -> np.ndarray:
+    """An image in memory as an upright (h, w, 3) uint8 RGB array, as :func:`load_image_array`
+    makes from a file: a :class:`PIL.Image.Image` of any mode (EXIF orientation applied,
+    alpha over white, 16-bit and float scaled), or a uint8 array of shape (h, w), (h, w, 1),
+    (h, w, 3) or (h, w, 4) (RGBA: alpha over white). The caller's object is not changed.
+
+    Raises
+    ------
+    InputError
+        One line naming ``what``, for anything else (a float array, a channels-first array,
+        an empty image, an image over :data:`MAX_IMAGE_PIXELS`).
+    """
+    if isinstance(obj, np.ndarray):
+        a = obj
+        if a.dtype != np.uint8:
+            raise InputError(f"{what}: a {a.dtype} array; give uint8 pixels 0-255 "
+                             "(e.g. (a * 255).round().astype(np.uint8) for floats in [0, 1])")
+        if a.ndim == 3 and a.shape[-1] not in (1, 3, 4) and a.shape[0] in (1, 3, 4):
+            raise InputError(f"{what}: shape {a.shape} looks channels-first; give (height, width, channels) "
+                             "(e.g. a.transpose(1, 2, 0))")
+        if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (1, 3, 4)):
+            raise InputError(f"{what}: shape {a.shape}; give (height, width), (height, width, 3) "
+                             "or (height, width, 4) uint8 pixels")
+        h, w = a.shape[:2]
+        if h == 0 or w == 0:
+            raise InputError(f"{what}: an empty image ({w}x{h})")
+        if w * h > MAX_IMAGE_PIXELS:
+            raise InputError(_too_many_pixels(what, w, h))
+        if a.ndim == 2 or a.shape[-1] == 1:
+            return np.ascontiguousarray(np.repeat(a.reshape(h, w, 1), 3, axis=2))
+        if a.shape[-1] == 4:  # over white, as an RGBA file is
+            from PIL import Image
+
+            return np.asarray(_to_rgb(Image.fromarray(np.ascontiguousarray(a), "RGBA")))
+        return np.ascontiguousarray(a)
+    if not is_image_object(obj):
+        raise InputError(f"{what}: a {type(obj).__name__}; give a PIL image or a numpy uint8 array "
+                         "(or a path, for files)")
+    from PIL import ImageOps
+
+    w, h = obj.size
+    if w == 0 or h == 0:
+        raise InputError(f"{what}: an empty image ({w}x{h})")
+    if w * h > MAX_IMAGE_PIXELS:
+        raise InputError(_too_many_pixels(what, w, h))
+    try:
+        return np.asarray(_to_rgb(ImageOps.exif_transpose(obj)))  # a new image: the caller's stays as it is
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # a lazily opened image, damaged
+        raise InputError(f"{what}: damaged or unreadable image ({type(e).__name__}: {e})") from e
 
 
 def _to_rgb(img):

@@ -684,6 +684,19 @@ def view_wins(base_score: float, other_score: float, gain: float = VIEW_GAIN) ->
     return enough and other_score > base_score
 
 
+def _in_memory(X) -> bool:
+    """Whether ``X`` holds images in memory (PIL images, numpy arrays) rather than paths."""
+    from .io import is_image_object
+
+    if is_image_object(X):
+        return True
+    if isinstance(X, (list, tuple)) and X and any(is_image_object(x) for x in X):
+        if any(isinstance(x, (str, bytes, os.PathLike)) for x in X):
+            raise InputError("give either paths or images in memory (PIL images, numpy arrays), not both in one call")
+        return True  # anything else among the images is refused by name (assign_images)
+    return False
+
+
 def _joined(parts):
     """One FeatureResult from the results of several backbones (side by side) or of one."""
     from .features import concat_features
@@ -879,11 +892,31 @@ class ImageClusterer(BaseEstimator):
         bb = small_image_backbone(backbones[0], paths) if len(backbones) == 1 else None
         return None if bb is None else [bb]
 
+    def _engine(self, bb):
+        """The engine computing ``bb``'s features, made once per view, engine and device and
+        then kept: making one (ONNX Runtime's session and its check against PyTorch on a
+        batch) took 53 ms on the 2-core machine, where assigning one image then takes 3-5 ms
+        (docs/benchmarks.md, "Assigning images one at a time")."""
+        from .engines import create_engine
+
+        key = (bb.config.cache_key(), self.engine, None if self.device is None else str(self.device))
+        engines = self.__dict__.setdefault("_engines", {})
+        if key not in engines:
+            engines[key] = create_engine(bb, self.engine, self.device)
+        return engines[key]
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_engines", None)  # sessions of ONNX Runtime do not pickle; made again when needed
+        return state
+
     def _extract_each(self, backbones, paths, desc: str | None = None) -> list:
         from .features import extract_features
 
+        # with a store the engine is made only if some image has no stored row yet
         return [extract_features(bb, paths, batch_size=self.batch_size, num_workers=self.num_workers,
-                                 device=self.device, progress=self.progress, engine=self.engine, store=self.store,
+                                 device=self.device, progress=self.progress, store=self.store,
+                                 engine=self.engine if self.store is not None else self._engine(bb),
                                  desc=None if desc is None else f"{bb.name}, {desc}")
                 for bb in backbones]
 
@@ -911,7 +944,7 @@ class ImageClusterer(BaseEstimator):
                                           workers=self.num_workers)
                     made = [c for c in copies if c is not None]
                     parts = [extract_features(bb, made, batch_size=self.batch_size, num_workers=self.num_workers,
-                                              device=self.device, progress=self.progress, engine=self.engine,
+                                              device=self.device, progress=self.progress, engine=self._engine(bb),
                                               desc=f"{what}: {bb.name}")
                              for bb in backbones]
                     res = parts[0] if len(parts) == 1 else concat_features(parts)
@@ -1049,6 +1082,7 @@ class ImageClusterer(BaseEstimator):
             raise InputError(f"pixels must be 'auto', True or False, got {self.pixels!r}")
         # the backbones the parameters name: not those an earlier fit chose (it may have added pixels)
         self._backbones = None
+        self.__dict__.pop("_engines", None)
         for attr in ("backbone_configs_", "backbone_config_"):
             self.__dict__.pop(attr, None)
         bbs = list(self.get_backbones())
@@ -1081,6 +1115,8 @@ class ImageClusterer(BaseEstimator):
         self.feature_clusterer_ = fc
         self.view_ = base if self.view_scores_ else None
         self._backbones = bbs  # the ones the chosen features came from: predict computes these
+        chosen = {bb.config.cache_key() for bb in bbs}  # the other views' engines are not needed again
+        self._engines = {k: e for k, e in self.__dict__.get("_engines", {}).items() if k[0] in chosen}
         self.backbone_configs_ = [bb.config for bb in bbs]
         self.backbone_config_ = self.backbone_configs_[0]
         self.paths_ = list(res.paths)
@@ -1091,14 +1127,47 @@ class ImageClusterer(BaseEstimator):
         return self
 
     def assign(self, X, features=None) -> Assignments:
-        """Assign every readable image in ``X``; unreadable ones are listed in ``skipped``."""
+        """Assign every readable image in ``X``; unreadable ones are listed in ``skipped``.
+
+        ``X`` is files, directories and list files, or images in memory (see
+        :meth:`assign_images`)."""
         _check_fitted(self, "feature_clusterer_")
+        if features is None and _in_memory(X):
+            return self.assign_images(X)
         res = features if features is not None else self.extract(X)
         if len(res.paths):
             labels, conf = self.feature_clusterer_.predict_with_confidence(res.features)
         else:
             labels, conf = np.zeros(0, np.int64), np.zeros(0)
         return Assignments(list(res.paths), labels, conf, list(res.skipped))
+
+    def assign_images(self, images) -> Assignments:
+        """Assign images already in memory: a PIL image, a numpy uint8 array (h, w), (h, w, 3)
+        or (h, w, 4), a list of these, or an (n, h, w, 3) uint8 array of n images.
+
+        Each is used as a file would be (upright by its EXIF orientation, alpha over white),
+        with the model's backbones and input size, in this process (no workers, no store): for
+        a few images at a time, e.g. in a service. ``paths`` names them ``<image 0>``,
+        ``<image 1>``, ... in the order given; nothing is skipped, and an image that cannot be
+        used (a float or channels-first array) raises :class:`~visclust.exceptions.InputError`
+        naming it.
+        """
+        from .features import FeatureResult, extract_images
+        from .io import image_object_array
+
+        _check_fitted(self, "feature_clusterer_")
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            images = list(images)
+        elif not isinstance(images, (list, tuple)):
+            images = [images]
+        names = [f"<image {i}>" for i in range(len(images))]
+        arrays = [image_object_array(im, name) for im, name in zip(images, names)]
+        if not arrays:
+            return Assignments([], np.zeros(0, np.int64), np.zeros(0), [])
+        parts = [FeatureResult(extract_images(bb, arrays, batch_size=self.batch_size, engine=self._engine(bb)), names)
+                 for bb in self.get_backbones()]
+        labels, conf = self.feature_clusterer_.predict_with_confidence(_joined(parts).features)
+        return Assignments(names, labels, conf, [])
 
     def predict(self, X):
         """Cluster of each readable image in ``X`` (in the order of ``assign(X).paths``)."""

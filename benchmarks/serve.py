@@ -1,0 +1,73 @@
+"""Assigning new images one request at a time, as a service does: latency per call.
+
+Loads a model file once, then times ``model.assign`` on images already in memory (PIL images,
+decoded before the clock starts, as an upload handler has them) and on their files, one image
+per call and a batch per call. Medians over ``--repeats`` calls, after one warm-up call (the
+first call builds the engine: ONNX Runtime's session from its cached export). Each row is also
+timed with the engine made again at every call, as visclust did before it kept them.
+
+Usage::
+
+    python benchmarks/serve.py MODEL.vcm FOLDER [--weights W.safetensors] [--batch 64] [--repeats 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+
+def _median_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("folder")
+    ap.add_argument("--weights")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=20)
+    args = ap.parse_args(argv)
+
+    from PIL import Image
+
+    import visclust
+    from visclust.io import collect_inputs
+
+    t0 = time.perf_counter()
+    model = visclust.load(args.model, weights=args.weights)
+    t_load = time.perf_counter() - t0
+    model.set_params(progress=False, num_workers=0)
+    paths = collect_inputs([args.folder])[: args.batch]
+    images = [Image.open(p) for p in paths]
+    for im in images:
+        im.load()
+    t0 = time.perf_counter()
+    model.assign(images[:1])
+    t_first = time.perf_counter() - t0
+    views = ", ".join(f"{c.name}@{c.preprocess.input_size}px" for c in model.backbone_configs_)
+    print(f"model {args.model} ({views}); {len(paths)} images of {args.folder}")
+    print(f"load the model file: {1000 * t_load:.0f} ms; first call (engine built): {1000 * t_first:.0f} ms")
+    print("| call | images | median ms per call (engine kept) | ms per image | engine made at every call | ratio |")
+    print("|---|---|---|---|---|---|")
+
+    def anew(items):  # as before 2026-12-06: the engine made (and checked) at every call
+        model.__dict__.pop("_engines", None)
+        model.assign(items)
+
+    for what, items in (("in memory (PIL)", images), ("files", paths)):
+        for n in (1, len(items)):
+            ms = _median_ms(lambda: model.assign(list(items[:n])), args.repeats)
+            ms0 = _median_ms(lambda: anew(list(items[:n])), args.repeats)
+            print(f"| {what} | {n} | {ms:.1f} | {ms / n:.2f} | {ms0:.1f} | {ms0 / ms:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
