@@ -1,7 +1,9 @@
 """The CLI as a user runs it: real subprocesses, real files."""
 
 import csv
+import io
 import json
+import os
 import pickle
 import re
 
@@ -164,6 +166,27 @@ def test_inputs_mix_files_dirs_and_list_files(tmp_path, shape_images, cli):
     expected = {str(p) for p in files[:10]} | {str(files[20])} | {str(p) for p in (shape_images / "blue_checks").glob("*.png")}
     assert len(paths) == len(set(paths))  # each image once, even when named twice
     assert set(paths) == expected
+
+
+def test_paths_piped_on_standard_input(tmp_path, shape_images, cli):
+    """`find ... | visclust predict M -`: one path per line (relative to the current directory,
+    directories expanded) or NUL-separated (`find -print0`, for names with a newline)."""
+    model, fitcsv = tmp_path / "m.vcm", tmp_path / "fit.csv"
+    files = sorted(shape_images.rglob("*.png"))
+    odd = shape_images / "red_disc" / "two\nlines.png"
+    odd.write_bytes(files[0].read_bytes())
+    lines = "\n".join(os.path.relpath(p, tmp_path) for p in files[:12]) + "\nshapes/green_bars\n"
+    r = cli("fit", "-", "-k", "2", "--backbone", "baseline/pixels", "-o", model, "--assignments", fitcsv, "-q",
+            cwd=tmp_path, input=lines)
+    assert r.returncode == 0, r.stderr
+    expected = [os.path.relpath(p, tmp_path) for p in files[:12] + sorted((shape_images / "green_bars").glob("*.png"))]
+    assert [x["path"] for x in rows(fitcsv)] == list(dict.fromkeys(expected))
+    r = cli("predict", model, "-", "-q", input="\0".join(map(str, [odd, files[1], tmp_path / "missing.png"])))
+    assert r.returncode == 1, r.stderr  # the missing file is reported and skipped, as in a list file
+    assert [x["path"] for x in csv.DictReader(io.StringIO(r.stdout))] == [str(odd), str(files[1])]
+    assert f"{tmp_path / 'missing.png'}: file not found" in r.stderr
+    r = cli("predict", model, "-", "-q", input="")
+    assert r.returncode == 2 and r.stderr == "visclust predict: error: input '-': standard input listed no paths\n"
 
 
 def test_evaluate_without_labels_gives_internal_scores(tmp_path, shape_images, cli):

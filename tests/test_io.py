@@ -337,3 +337,20 @@ def test_check_writable_fails_as_the_write_would_and_leaves_nothing(tmp_path):
     assert e.value.filename == str(tmp_path / "plain" / "m.vcm")
     with pytest.raises(IsADirectoryError, match="Is a directory while writing; give a file name"):
         check_writable(tmp_path)
+
+
+def test_input_dash_with_nothing_piped_says_so_rather_than_waiting(monkeypatch):
+    """`visclust predict M -` typed at a terminal would wait for the user to type paths."""
+    import io as _io
+
+    import visclust.io as vio
+
+    class Terminal(_io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(vio, "_stdin_cache", [])
+    with pytest.raises(InputError, match="nothing is piped in; pipe them"):
+        vio.stdin_paths(Terminal("a.png\n"))
+    assert vio.stdin_paths(_io.StringIO("a.png\r\n\nb dir/c.png  \n")) == ("a.png", "b dir/c.png")
+    assert vio.stdin_paths(_io.StringIO("other.png\n")) == ("a.png", "b dir/c.png")  # read once per process

@@ -55,7 +55,8 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
     ----------
     inputs : iterable of str or path
         Any mix of image files, directories and list files (``.txt``/``.lst``: one path per
-        line, relative to the list file, ``#`` starts a comment).
+        line, relative to the list file, ``#`` starts a comment); ``'-'`` stands for the
+        paths piped on standard input (:func:`stdin_paths`).
 
     Returns
     -------
@@ -86,7 +87,9 @@ def check_inputs_exist(inputs) -> None:
     the slow part of a command (loading the network, reading its weights) rather than after."""
     for item in [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs:
         p = os.fspath(item)
-        if not os.path.lexists(p):
+        if p == STDIN_INPUT:
+            stdin_paths()  # nothing piped in: said now, not after the network is loaded
+        elif not os.path.lexists(p):
             raise _missing_input(p)
 
 
@@ -96,6 +99,8 @@ def _missing_input(p: str) -> InputError:
 
 def expand_input(p: str) -> list[str]:
     """The image paths one input stands for (see :func:`collect_inputs`)."""
+    if p == STDIN_INPUT:
+        return list(stdin_paths())
     if os.path.isdir(p):
         return _walk_images(p)
     if os.path.splitext(p)[1].lower() in LIST_EXTENSIONS and os.path.isfile(p):
@@ -160,20 +165,57 @@ def walk_image_groups(root: str, entered: set, max_depth: int | None = None):
 
 
 def _read_list_file(path: str) -> list[str]:
-    base = os.path.dirname(path)
-    found = []
     # utf-8-sig: a byte-order mark (Windows Notepad writes one) would stick to the first path
     with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
-        for line in f:
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            p = line if os.path.isabs(line) else os.path.join(base, line)
-            if os.path.isdir(p):
-                found.extend(_walk_images(p))
-            else:
-                found.append(p)
+        return _listed_paths((line.strip() for line in f), os.path.dirname(path), comments=True)
+
+
+def _listed_paths(entries, base: str, comments: bool) -> list[str]:
+    """The paths a list names: each relative to ``base`` unless absolute, a directory
+    standing for its images (recursive); a missing file is kept, to be reported when read."""
+    found = []
+    for entry in entries:
+        if not entry or (comments and entry.startswith("#")):
+            continue
+        p = entry if os.path.isabs(entry) or not base else os.path.join(base, entry)
+        if os.path.isdir(p):
+            found.extend(_walk_images(p))
+        else:
+            found.append(p)
     return found
+
+
+#: The input that stands for the paths piped on standard input (``find ... | visclust predict M -``).
+STDIN_INPUT = "-"
+_stdin_cache: list = []
+
+
+def stdin_paths(stream=None) -> tuple[str, ...]:
+    """The image paths piped on standard input: one per line (relative to the current
+    directory, directories recursive, as in a list file but without comments), or separated
+    by NUL bytes (``find -print0``: names with newlines). Read once; later calls give the
+    same paths.
+
+    Raises
+    ------
+    InputError
+        When standard input is a terminal (nothing is piped: reading would wait for typing)
+        or lists no path.
+    """
+    if _stdin_cache:
+        return _stdin_cache[0]
+    stream = sys.stdin if stream is None else stream
+    if stream is None or stream.isatty():
+        raise InputError("input '-' reads image paths from standard input, but nothing is piped in; "
+                         "pipe them (find photos -name '*.jpg' | visclust ...) or give the paths")
+    data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read().encode("utf-8", "surrogateescape")
+    text = data.decode("utf-8-sig", errors="surrogateescape")
+    entries = text.split("\0") if "\0" in text else (line.strip() for line in text.splitlines())
+    paths = tuple(_listed_paths(entries, "", comments=False))
+    if not paths:
+        raise InputError("input '-': standard input listed no paths")
+    _stdin_cache.append(paths)
+    return paths
 
 
 # --------------------------------------------------------------------------- images

@@ -15,7 +15,7 @@ def register(sub) -> None:
                        "Images already there (same path, size and modification time) are not computed again; "
                        "an interrupted run (even kill -9) resumes where it stopped. `fit` and `predict` with the "
                        "same --store reuse the features.")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories (recursive) or .txt lists of paths")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories (recursive), .txt lists of paths, or - for paths piped on standard input")
     add_backbone_options(p)
     add_store_options(p, store_required=True, extra_engines=("ray",),
                       extra_help="; ray = --executor ray with the auto runtime")

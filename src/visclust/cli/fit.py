@@ -12,7 +12,7 @@ from ._common import (add_backbone_options, add_runtime_options, add_store_optio
 def register(sub) -> None:
     p = sub.add_parser("fit", help="cluster images and save a model that assigns new ones",
                        description="Extract features, cluster them, train the classifier and save the model.")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories (recursive) or .txt lists of paths")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories (recursive), .txt lists of paths, or - for paths piped on standard input")
     p.add_argument("--clusters", "-k", default="8", metavar="N|auto",
                    help="number of clusters, or 'auto' to choose it (default %(default)s)")
     p.add_argument("--output", "-o", required=True, metavar="MODEL", help="model file to write (e.g. model.vcm)")

@@ -12,7 +12,7 @@ def register(sub) -> None:
     p = sub.add_parser("predict", help="assign new images with a saved model",
                        description="Assign every readable image to a cluster of a saved model.")
     p.add_argument("model", metavar="MODEL", help="model file written by `visclust fit`")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories (recursive) or .txt lists of paths")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories (recursive), .txt lists of paths, or - for paths piped on standard input")
     p.add_argument("--output", "-o", default="-", metavar="CSV",
                    help="assignments CSV to write (path,cluster,confidence); - or left out: standard output, and "
                         "unreadable images are listed on stderr only")
