@@ -143,3 +143,63 @@ def test_shared_mobilenet_recognises_real_photos(mobilenet_weights, shared):
             top5 = head.classifier(feats).topk(5).indices[0].tolist()
         hits += any(word in labels[i].lower().replace(" ", "").replace("-", "") for i in top5)
     assert hits >= 3
+
+
+PLUGIN = '''
+import torch
+from safetensors.torch import load_file
+from visclust.backbones import BackboneInfo, Preprocess, register_backbone
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+
+    def forward(self, x):
+        return self.conv(x).relu().mean((2, 3))
+
+def build(weights, pretrained):
+    net = Tiny()
+    if weights:
+        net.load_state_dict(load_file(weights))
+    return net, Preprocess(input_size=32, resize_size=32)
+
+def register():
+    register_backbone(BackboneInfo("mine/tiny", 8, Preprocess(32, 32), "a network of my own", build))
+'''
+
+
+def test_a_network_of_ones_own_from_an_installed_package_works_in_the_cli(tmp_path, shape_images, cli):
+    """A package registers its backbones through the 'visclust.backbones' entry point: the CLI
+    (a fresh process) fits, saves and predicts with them; a plugin that fails is one warning."""
+    from safetensors.torch import save_file
+
+    from conftest import make_shape_images
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "mine_plugin.py").write_text(PLUGIN)
+    info = site / "mine_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mine-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[visclust.backbones]\ntiny = mine_plugin:register\n"
+                                           "broken = no_such_module:register\n")
+    env = {"PYTHONPATH": str(site)}
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+    save_file({"conv.weight": conv.weight.detach().contiguous(), "conv.bias": conv.bias.detach()}, tmp_path / "w.safetensors")
+
+    r = cli("backbones", env=env)
+    assert r.returncode == 0 and "mine/tiny" in r.stdout and "a network of my own" in r.stdout, r.stderr
+    assert "warning: backbone plugin 'broken' (no_such_module:register) failed to load: ModuleNotFoundError" in r.stderr
+    assert "Traceback" not in r.stderr
+    model, fitcsv, again = tmp_path / "m.vcm", tmp_path / "fit.csv", tmp_path / "again.csv"
+    r = cli("fit", shape_images, "-k", "3", "--backbone", "mine/tiny", "--weights", tmp_path / "w.safetensors",
+            "-o", model, "--assignments", fitcsv, "-q", env=env)
+    assert r.returncode == 0, r.stderr
+    new = make_shape_images(tmp_path / "new", n_per_class=2, seed=3)
+    r = cli("predict", model, new, "--weights", tmp_path / "w.safetensors", "-o", again, "-q", env=env)
+    assert r.returncode == 0, r.stderr
+    assert len(again.read_text().splitlines()) == 1 + 6 and len(fitcsv.read_text().splitlines()) == 1 + 36
+    r = cli("predict", model, new, "--weights", tmp_path / "w.safetensors", "-q")  # the package is not installed
+    assert r.returncode == 2 and "unknown backbone 'mine/tiny'" in r.stderr and "'visclust.backbones' entry point" in r.stderr

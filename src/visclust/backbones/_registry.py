@@ -100,11 +100,41 @@ def register_family(prefix: str, resolver: Callable[[str], BackboneInfo]) -> Non
     _FAMILIES[prefix] = resolver
 
 
+#: Entry-point group of installed packages that add backbones: each entry names a function
+#: (``pkg.module:register``) that calls :func:`register_backbone`, or a module that does so
+#: when imported. Loaded the first time a name is not found, and by :func:`list_backbones`.
+PLUGIN_GROUP = "visclust.backbones"
+_plugins_loaded: list = []
+
+
+def load_plugins() -> None:
+    """Run every installed ``visclust.backbones`` entry point, once per process. A plugin
+    that fails is a warning naming it; the other backbones stay usable."""
+    if _plugins_loaded:
+        return
+    _plugins_loaded.append(True)
+    import warnings
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            obj = ep.load()
+            if callable(obj):
+                obj()
+        except Exception as e:  # noqa: BLE001 - someone else's code: report it, go on
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            warnings.warn(f"backbone plugin '{ep.name}' ({ep.value}) failed to load: {type(e).__name__}: {first}",
+                          stacklevel=2)
+
+
 def list_backbones() -> list[BackboneInfo]:
+    load_plugins()
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
 def get_backbone_info(name: str) -> BackboneInfo:
+    if name not in _REGISTRY and not _plugins_loaded:
+        load_plugins()
     if name in _REGISTRY:
         return _REGISTRY[name]
     prefix = name.split("/", 1)[0] + "/"
@@ -114,7 +144,8 @@ def get_backbone_info(name: str) -> BackboneInfo:
     hint = f"did you mean '{close[0]}'? " if close else ""
     raise UnknownBackboneError(
         f"unknown backbone '{name}'; {hint}`visclust backbones` lists all "
-        "(timm models as 'timm/<name>', open_clip as 'open_clip/<arch>:<tag>')"
+        "(timm models as 'timm/<name>', open_clip as 'open_clip/<arch>:<tag>'; a network of your own: "
+        f"visclust.backbones.register_backbone, from Python or a package's '{PLUGIN_GROUP}' entry point)"
     )
 
 
