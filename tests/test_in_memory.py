@@ -112,3 +112,32 @@ def test_a_fit_keeps_only_the_engines_of_the_views_it_chose(shape_images):
                        num_workers=0, pixels=False, progress=False).fit([shape_images])
     assert set(m.view_scores_) == {"backbone", "backbone@192px"}  # both sizes were extracted
     assert [k[0] for k in m._engines] == [m.backbone_config_.cache_key()]
+
+
+def test_a_fit_on_images_in_memory_equals_the_fit_on_their_files(shape_images):
+    """The whole default fit (both input sizes compared for these small images, the pixels
+    view tested) on PIL images gives the fit on the files: the same choices and labels."""
+    paths = collect_inputs([shape_images])
+    kw = dict(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters=3, engine="torch", num_workers=0,
+              progress=False)
+    files = ImageClusterer(**kw).fit(paths)
+    memory = ImageClusterer(**kw).fit([Image.open(p) for p in paths])
+    assert set(memory.view_scores_) == {"backbone", "backbone@192px", f"{files.view_}+pixels"} == set(files.view_scores_)
+    assert memory.view_scores_ == pytest.approx(files.view_scores_, abs=1e-6)
+    assert memory.view_ == files.view_ and memory.paths_ == [f"<image {i}>" for i in range(len(paths))]
+    np.testing.assert_array_equal(memory.labels_, files.labels_)
+    assert "_memory" not in memory.__dict__  # the caller's images are not kept
+    arrays = np.stack([np.asarray(Image.open(p)) for p in paths])  # one (n, h, w, 3) array
+    np.testing.assert_array_equal(memory.assign(arrays).clusters, files.labels_)
+
+
+def test_a_fit_on_images_in_memory_refuses_a_bad_one_before_any_work_and_augment(shape_images, monkeypatch):
+    import visclust.engines as engines
+
+    images = [Image.open(p) for p in collect_inputs([shape_images])]
+    monkeypatch.setattr(engines, "create_engine", lambda *a, **k: pytest.fail("an engine was made"))
+    m = ImageClusterer(backbone="baseline/pixels", n_clusters=3, progress=False)
+    with pytest.raises(InputError, match=r"^<image 36>: a float64 array"):
+        m.fit(images + [np.zeros((8, 8, 3))])
+    with pytest.raises(InputError, match="augmented copies are made from image files"):
+        m.set_params(augment=1).fit(images)

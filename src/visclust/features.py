@@ -326,13 +326,14 @@ def backbone_at_size(backbone: Backbone, size: int) -> Backbone:
     return with_preprocess(backbone, sized_preprocess(backbone.preprocess, size))
 
 
-def small_image_backbone(backbone: Backbone, paths: Sequence[str]) -> Backbone | None:
+def small_image_backbone(backbone: Backbone, paths: Sequence[str], short_side: int | None = None) -> Backbone | None:
     """``backbone`` at the smaller input size that :func:`small_image_preprocess` proposes
-    for these images, or None (large enough images, ``baseline/*``, or a network that does not
-    run at that size)."""
+    for these images (of ``short_side``, when known: images in memory), or None (large enough
+    images, ``baseline/*``, or a network that does not run at that size)."""
     if backbone.name.startswith("baseline/"):
         return None
-    pre = small_image_preprocess(backbone.preprocess, typical_short_side(paths))
+    side = typical_short_side(paths) if short_side is None else short_side
+    pre = small_image_preprocess(backbone.preprocess, side)
     if pre is None or not accepts_input_size(backbone, pre.input_size):
         return None
     return with_preprocess(backbone, pre)
@@ -997,26 +998,38 @@ def extract_features(backbone: Backbone, paths: Sequence[str], *, batch_size: in
     return FeatureResult(feats[keep], [paths[i] for i in keep], skipped)
 
 
-def extract_images(backbone: Backbone, images: Sequence[np.ndarray], *, batch_size: int = 64,
-                   device: str | None = None, engine="auto") -> np.ndarray:
+def extract_images(backbone: Backbone, images: Sequence, *, batch_size: int = 64, device: str | None = None,
+                   engine="auto", names: Sequence[str] | None = None, progress: bool | None = False,
+                   desc: str | None = None) -> np.ndarray:
     """The backbone's features of images already in memory, ``(n, feature_dim)`` float32.
 
-    ``images`` are (h, w, 3) uint8 RGB arrays (:func:`visclust.io.image_object_array` makes
-    them from PIL images and other arrays). They are resized and cropped exactly as decoded
-    files are, so an image gives the features its file gives (a large JPEG file is decoded at a
-    reduced scale, ``Image.draft``; in memory it is already decoded, at full size). No worker
-    processes, no store: for a few images at a time, e.g. in a service.
+    ``images`` are PIL images or uint8 arrays (:func:`visclust.io.image_object_array`),
+    converted a batch at a time (a list of large photos is not copied whole), and resized and
+    cropped exactly as decoded files are, so an image gives the features its file gives (a
+    large JPEG file is decoded at a reduced scale, ``Image.draft``; in memory it is already
+    decoded, at full size). ``names[i]`` names image ``i`` in errors (default ``<image i>``).
+    No worker processes, no store.
     """
+    from .io import image_object_array
+
     pre = backbone.preprocess
     eng = _make_engine(backbone, engine, device)
     out = np.empty((len(images), backbone.feature_dim), np.float32)
-    s = pre.input_size
-    for start in range(0, len(images), max(1, int(batch_size))):
-        part = images[start:start + max(1, int(batch_size))]
-        x = np.empty((len(part), s, s, 3), np.uint8)
-        for j, a in enumerate(part):
-            resize_crop_array(a, pre, x[j], compiled=False)
-        out[start:start + len(part)] = eng(x)
+    s, step = pre.input_size, max(1, int(batch_size))
+    bar = _progress_bar(len(images), progress, desc)
+    try:
+        for start in range(0, len(images), step):
+            part = images[start:start + step]
+            x = np.empty((len(part), s, s, 3), np.uint8)
+            for j, obj in enumerate(part):
+                name = names[start + j] if names is not None else f"<image {start + j}>"
+                resize_crop_array(image_object_array(obj, name), pre, x[j], compiled=False)
+            out[start:start + len(part)] = eng(x)
+            if bar is not None:
+                bar.update(len(part))
+    finally:
+        if bar is not None:
+            bar.close()
     return out
 
 

@@ -496,11 +496,10 @@ def is_image_object(obj) -> bool:
     return PIL_Image is not None and isinstance(obj, PIL_Image.Image)
 
 
-def image_object_array(obj, what: str = "image") -> np.ndarray:
-    """An image in memory as an upright (h, w, 3) uint8 RGB array, as :func:`load_image_array`
-    makes from a file: a :class:`PIL.Image.Image` of any mode (EXIF orientation applied,
-    alpha over white, 16-bit and float scaled), or a uint8 array of shape (h, w), (h, w, 1),
-    (h, w, 3) or (h, w, 4) (RGBA: alpha over white). The caller's object is not changed.
+def check_image_object(obj, what: str = "image") -> tuple[int, int]:
+    """``(width, height)`` of an image in memory that :func:`image_object_array` can use,
+    checked without converting it: a :class:`PIL.Image.Image`, or a uint8 array of shape
+    (h, w), (h, w, 1), (h, w, 3) or (h, w, 4).
 
     Raises
     ------
@@ -518,29 +517,44 @@ def image_object_array(obj, what: str = "image") -> np.ndarray:
                              "(e.g. a.transpose(1, 2, 0))")
         if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (1, 3, 4)):
             raise InputError(f"{what}: shape {a.shape}; give (height, width), (height, width, 3) "
-                             "or (height, width, 4) uint8 pixels")
+                             "or (height, width, 4) uint8 pixels (n grey images: a[..., None], an "
+                             "(n, height, width, 1) array)")
         h, w = a.shape[:2]
-        if h == 0 or w == 0:
-            raise InputError(f"{what}: an empty image ({w}x{h})")
-        if w * h > MAX_IMAGE_PIXELS:
-            raise InputError(_too_many_pixels(what, w, h))
+    elif is_image_object(obj):
+        w, h = obj.size
+    else:
+        raise InputError(f"{what}: a {type(obj).__name__}; give a PIL image or a numpy uint8 array "
+                         "(or a path, for files)")
+    if h == 0 or w == 0:
+        raise InputError(f"{what}: an empty image ({w}x{h})")
+    if w * h > MAX_IMAGE_PIXELS:
+        raise InputError(_too_many_pixels(what, w, h))
+    return int(w), int(h)
+
+
+def image_object_array(obj, what: str = "image") -> np.ndarray:
+    """An image in memory as an upright (h, w, 3) uint8 RGB array, as :func:`load_image_array`
+    makes from a file: a :class:`PIL.Image.Image` of any mode (EXIF orientation applied,
+    alpha over white, 16-bit and float scaled), or a uint8 array of shape (h, w), (h, w, 1),
+    (h, w, 3) or (h, w, 4) (RGBA: alpha over white). The caller's object is not changed.
+
+    Raises
+    ------
+    InputError
+        As :func:`check_image_object`, or for a lazily opened image that cannot be decoded.
+    """
+    check_image_object(obj, what)
+    if isinstance(obj, np.ndarray):
+        a = obj
         if a.ndim == 2 or a.shape[-1] == 1:
-            return np.ascontiguousarray(np.repeat(a.reshape(h, w, 1), 3, axis=2))
+            return np.ascontiguousarray(np.repeat(a.reshape(a.shape[0], a.shape[1], 1), 3, axis=2))
         if a.shape[-1] == 4:  # over white, as an RGBA file is
             from PIL import Image
 
             return np.asarray(_to_rgb(Image.fromarray(np.ascontiguousarray(a), "RGBA")))
         return np.ascontiguousarray(a)
-    if not is_image_object(obj):
-        raise InputError(f"{what}: a {type(obj).__name__}; give a PIL image or a numpy uint8 array "
-                         "(or a path, for files)")
     from PIL import ImageOps
 
-    w, h = obj.size
-    if w == 0 or h == 0:
-        raise InputError(f"{what}: an empty image ({w}x{h})")
-    if w * h > MAX_IMAGE_PIXELS:
-        raise InputError(_too_many_pixels(what, w, h))
     try:
         return np.asarray(_to_rgb(ImageOps.exif_transpose(obj)))  # a new image: the caller's stays as it is
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # a lazily opened image, damaged

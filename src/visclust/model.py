@@ -684,6 +684,22 @@ def view_wins(base_score: float, other_score: float, gain: float = VIEW_GAIN) ->
     return enough and other_score > base_score
 
 
+def _image_list(images) -> list:
+    """Images in memory as a list: one image, a list of them, or an (n, h, w, 3) array."""
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return list(images)
+    return list(images) if isinstance(images, (list, tuple)) else [images]
+
+
+def _median_short_side(sizes, sample: int = 64) -> int | None:
+    """The median shorter side of up to ``sample`` evenly spaced ``(width, height)``: what
+    :func:`visclust.features.typical_short_side` reads from files' headers."""
+    if not sizes:
+        return None
+    idx = np.unique(np.linspace(0, len(sizes) - 1, min(sample, len(sizes))).round().astype(int))
+    return int(np.median([min(sizes[i]) for i in idx]))
+
+
 def _in_memory(X) -> bool:
     """Whether ``X`` holds images in memory (PIL images, numpy arrays) rather than paths."""
     from .io import is_image_object
@@ -885,11 +901,11 @@ class ImageClusterer(BaseEstimator):
         return bbs[0]
 
     @staticmethod
-    def _small_image_view(backbones, paths) -> list | None:
+    def _small_image_view(backbones, paths, short_side: int | None = None) -> list | None:
         """``[backbone at the smaller input size]`` on small images (one backbone), else None."""
         from .features import small_image_backbone
 
-        bb = small_image_backbone(backbones[0], paths) if len(backbones) == 1 else None
+        bb = small_image_backbone(backbones[0], paths, short_side) if len(backbones) == 1 else None
         return None if bb is None else [bb]
 
     def _engine(self, bb):
@@ -911,7 +927,15 @@ class ImageClusterer(BaseEstimator):
         return state
 
     def _extract_each(self, backbones, paths, desc: str | None = None) -> list:
-        from .features import extract_features
+        from .features import FeatureResult, extract_features, extract_images
+
+        memory = self.__dict__.get("_memory")
+        if memory is not None:  # a fit on images in memory: no files to read, nothing stored
+            images, names = [memory[p] for p in paths], list(paths)
+            return [FeatureResult(extract_images(bb, images, batch_size=self.batch_size, engine=self._engine(bb),
+                                                 names=names, progress=self.progress,
+                                                 desc=bb.name if desc is None else f"{bb.name}, {desc}"), names)
+                    for bb in backbones]
 
         # with a store the engine is made only if some image has no stored row yet
         return [extract_features(bb, paths, batch_size=self.batch_size, num_workers=self.num_workers,
@@ -1057,11 +1081,31 @@ class ImageClusterer(BaseEstimator):
 
     # -- estimator ------------------------------------------------------------------------
     def fit(self, X, y=None, features=None):
-        """Fit on image inputs ``X`` (files, directories, list files). ``y`` is ignored.
+        """Fit on image inputs ``X`` (files, directories, list files), or on images in memory
+        (PIL images or uint8 arrays, as :meth:`assign_images` takes them; ``paths_`` then
+        names them ``<image 0>``, ... and nothing is stored). ``y`` is ignored.
 
         ``features`` may pass a precomputed :class:`visclust.features.FeatureResult` for
         ``X`` (from a feature store) so nothing is computed twice.
         """
+        memory = features is None and _in_memory(X)
+        if memory:
+            from .io import check_image_object
+
+            if self.augment:
+                raise InputError("augmented copies are made from image files; fit on their paths to use augment")
+            images = _image_list(X)
+            names = [f"<image {i}>" for i in range(len(images))]
+            sizes = [check_image_object(im, name) for im, name in zip(images, names)]  # all, before any work
+            self._memory = dict(zip(names, images))
+            self._memory_short_side = _median_short_side(sizes)
+        try:
+            return self._fit(names if memory else X, features)
+        finally:
+            for attr in ("_memory", "_memory_short_side"):  # the caller's images are not kept
+                self.__dict__.pop(attr, None)
+
+    def _fit(self, X, features):
         template = self.clusterer if self.clusterer is not None else FeatureClusterer()
         if not isinstance(template, FeatureClusterer):
             raise InputError("clusterer must be a visclust.FeatureClusterer")
@@ -1092,10 +1136,11 @@ class ImageClusterer(BaseEstimator):
         use_pixels = self.pixels is not False and features is None and "baseline/pixels" not in names
         if use_pixels and self.pixels == "auto":
             use_pixels = compares
-        paths = collect_inputs(X) if features is None else None
+        paths = (list(X) if "_memory" in self.__dict__ else collect_inputs(X)) if features is None else None
         if isinstance(size, int) and features is None:  # every backbone at that size (baseline/* keep theirs)
             bbs = [backbone_at_size(bb, size) for bb in bbs]
-        alt = self._small_image_view(bbs, paths) if size == "auto" and features is None and compares else None
+        alt = self._small_image_view(bbs, paths, self.__dict__.get("_memory_short_side")) \
+            if size == "auto" and features is None and compares else None
         self.view_scores_, self.view_support_, base = {}, {}, "backbone"
         if alt is not None or (use_pixels and self.pixels == "auto"):
             fc, bbs, res, base = self._fit_views(fc, bbs, alt, use_pixels, paths)
@@ -1153,18 +1198,17 @@ class ImageClusterer(BaseEstimator):
         naming it.
         """
         from .features import FeatureResult, extract_images
-        from .io import image_object_array
+        from .io import check_image_object
 
         _check_fitted(self, "feature_clusterer_")
-        if isinstance(images, np.ndarray) and images.ndim == 4:
-            images = list(images)
-        elif not isinstance(images, (list, tuple)):
-            images = [images]
+        images = _image_list(images)
         names = [f"<image {i}>" for i in range(len(images))]
-        arrays = [image_object_array(im, name) for im, name in zip(images, names)]
-        if not arrays:
+        for im, name in zip(images, names):
+            check_image_object(im, name)
+        if not images:
             return Assignments([], np.zeros(0, np.int64), np.zeros(0), [])
-        parts = [FeatureResult(extract_images(bb, arrays, batch_size=self.batch_size, engine=self._engine(bb)), names)
+        parts = [FeatureResult(extract_images(bb, images, batch_size=self.batch_size, engine=self._engine(bb),
+                                              names=names), names)
                  for bb in self.get_backbones()]
         labels, conf = self.feature_clusterer_.predict_with_confidence(_joined(parts).features)
         return Assignments(names, labels, conf, [])
