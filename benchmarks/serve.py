@@ -68,6 +68,27 @@ def main(argv=None) -> None:
             ms0 = _median_ms(lambda: anew(list(items[:n])), args.repeats)
             print(f"| {what} | {n} | {ms:.1f} | {ms / n:.2f} | {ms0:.1f} | {ms0 / ms:.1f}x |")
 
+    # `visclust serve`: one upload per request, from a client in this process, over localhost
+    import threading
+    import urllib.request
+
+    from visclust.serve import make_server
+
+    server = make_server(model, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/assign"
+    with open(paths[0], "rb") as f:
+        body = f.read()
+
+    def post():
+        with urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=60) as r:
+            r.read()
+
+    post()
+    ms = _median_ms(post, args.repeats)
+    print(f"| HTTP POST /assign (visclust serve), {len(body):,}-byte file | 1 | {ms:.1f} | {ms:.2f} | | |")
+    server.shutdown()
+
 
 if __name__ == "__main__":
     main()

@@ -285,8 +285,16 @@ def image_short_side(path: str | os.PathLike) -> int | None:
         return None
 
 
-def _load_with_pil(p: str, size: int, draft_size: int | None):
-    """:func:`load_image` through Pillow alone (every format, every JPEG)."""
+def load_image_bytes(data: bytes, name: str = "image", draft_size: int | None = None) -> np.ndarray:
+    """An image file's bytes (an upload) as :func:`load_image_array` reads the file: the same
+    checks (the pixel limit from the header, before decoding), first frame, EXIF orientation,
+    plain RGB; errors are :class:`~visclust.exceptions.ImageReadError` naming ``name``."""
+    return np.asarray(_load_with_pil(name, len(data), draft_size, source=io.BytesIO(data)))
+
+
+def _load_with_pil(p: str, size: int, draft_size: int | None, source=None):
+    """:func:`load_image` through Pillow alone (every format, every JPEG); ``source``: a file
+    object to read instead of the file ``p`` (which then only names it)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     ext = os.path.splitext(p)[1].lower()
@@ -299,7 +307,7 @@ def _load_with_pil(p: str, size: int, draft_size: int | None):
             # Plugins warn about each oddity of a damaged file (corrupt EXIF, short TIFF
             # tags); a run over a million files reports what it skips, not those.
             warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
-            with Image.open(p) as img:
+            with Image.open(p if source is None else source) as img:
                 w, h = img.size
                 if w * h > MAX_IMAGE_PIXELS:
                     raise ImageReadError(_too_large(p, w, h))

@@ -17,7 +17,7 @@ import sys
 import warnings
 
 #: Subcommand modules, in the order ``visclust --help`` lists them.
-COMMANDS = ["extract", "fit", "predict", "evaluate", "report", "export", "backbones", "demo"]
+COMMANDS = ["extract", "fit", "predict", "serve", "evaluate", "report", "export", "backbones", "demo"]
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
