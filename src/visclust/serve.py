@@ -59,6 +59,7 @@ class AssignServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: AssignServer
     protocol_version = "HTTP/1.1"
+    timeout = 60  # seconds a client may stay silent (mid-upload or between requests) before its connection closes
 
     def _reply(self, status: int, body: dict, close: bool = False) -> None:
         data = (json.dumps(body) + "\n").encode()
