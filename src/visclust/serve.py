@@ -98,10 +98,10 @@ class _Handler(BaseHTTPRequestHandler):
         except (ImageReadError, InputError) as e:
             self._reply(400, {"error": str(e)})
             return
-        self._reply(200, answer)
-        if self.server.log is not None:
+        if self.server.log is not None:  # before the answer: a client that has it finds the line written
             self.server.log(f"{self.client_address[0]} POST /assign {length:,} bytes -> cluster {answer['cluster']} "
                             f"({answer['confidence']:.3f}) in {1000 * (time.perf_counter() - t0):.1f} ms")
+        self._reply(200, answer)
 
     def log_message(self, format, *args) -> None:  # noqa: A002 - http.server's signature
         pass  # one line per answered upload (the server's log), not http.server's own lines
