@@ -6,15 +6,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import make_shape_images
 from visclust import ImageClusterer
 from visclust.exceptions import InputError
 from visclust.io import collect_inputs, image_object_array, is_image_object, load_image_array
 
 
-@pytest.fixture
-def fitted(tmp_path, shape_images):
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
     """A model of two backbones (random MobileNetV2 at the size the fit chose, and the pixels),
-    saved and loaded again, as a service would use it; and the files it was fitted on."""
+    saved and loaded again, as a service would use it; and the files it was fitted on. Made
+    once for the module's tests, which only assign with it."""
+    tmp_path = tmp_path_factory.mktemp("fitted")
+    shape_images = make_shape_images(tmp_path / "shapes")
     m = ImageClusterer(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters=3, engine="torch",
                        num_workers=0, pixels=True, progress=False).fit([shape_images])
     m.save(tmp_path / "m.vcm")
@@ -95,6 +99,7 @@ def test_the_engine_is_made_once_per_view_and_kept(fitted, monkeypatch):
     import visclust.engines as engines
 
     model, paths = fitted
+    model.__dict__.pop("_engines", None)  # as just loaded (the module's other tests share this model)
     made = []
     real = engines.create_engine
     monkeypatch.setattr(engines, "create_engine", lambda *a, **k: made.append(a[0].name) or real(*a, **k))

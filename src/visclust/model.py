@@ -685,7 +685,7 @@ def view_wins(base_score: float, other_score: float, gain: float = VIEW_GAIN) ->
 
 
 def _image_list(images) -> list:
-    """Images in memory as a list: one image, a list of them, or an (n, h, w, 3) array."""
+    """Images in memory as a list: one image, a list of them, or an (n, h, w, c) array."""
     if isinstance(images, np.ndarray) and images.ndim == 4:
         return list(images)
     return list(images) if isinstance(images, (list, tuple)) else [images]
@@ -911,7 +911,7 @@ class ImageClusterer(BaseEstimator):
     def _engine(self, bb):
         """The engine computing ``bb``'s features, made once per view, engine and device and
         then kept: making one (ONNX Runtime's session and its check against PyTorch on a
-        batch) took 53 ms on the 2-core machine, where assigning one image then takes 3-5 ms
+        batch) took 53 ms on the 2-core machine, where assigning one image then took 3-7 ms
         (docs/benchmarks.md, "Assigning images one at a time")."""
         from .engines import create_engine
 
@@ -1187,8 +1187,8 @@ class ImageClusterer(BaseEstimator):
         return Assignments(list(res.paths), labels, conf, list(res.skipped))
 
     def assign_images(self, images) -> Assignments:
-        """Assign images already in memory: a PIL image, a numpy uint8 array (h, w), (h, w, 3)
-        or (h, w, 4), a list of these, or an (n, h, w, 3) uint8 array of n images.
+        """Assign images already in memory: a PIL image, a numpy uint8 array (h, w), (h, w, 1),
+        (h, w, 3) or (h, w, 4), a list of these, or an (n, h, w, c) uint8 array of n images.
 
         Each is used as a file would be (upright by its EXIF orientation, alpha over white),
         with the model's backbones and input size, in this process (no workers, no store): for
