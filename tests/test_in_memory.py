@@ -39,6 +39,9 @@ def test_pil_images_and_arrays_get_the_clusters_and_confidences_of_their_files(f
         np.testing.assert_allclose(got.confidence, files.confidence, rtol=1e-6, atol=1e-7)
     assert model.predict(opened[5]).tolist() == [files.clusters[5]]  # one image alone
     assert len(model.assign_images([])) == 0
+    features = model.extract(opened[:4])
+    np.testing.assert_allclose(features.features, model.extract(paths[:4]).features, rtol=1e-5, atol=1e-6)
+    assert features.paths == [f"<image {i}>" for i in range(4)] and features.features.shape == (4, 1280 + 3072)
 
 
 def test_grey_and_rgba_arrays_are_read_as_such_files_are(tmp_path, fitted):

@@ -1073,11 +1073,27 @@ class ImageClusterer(BaseEstimator):
                 neighbour_support(sb["Z"][rows], np.asarray(fp.cluster_labels_), random_state=seed))
 
     def extract(self, inputs):
-        """Features of the images in ``inputs`` (files, directories, list files)."""
-        from .features import concat_features
+        """Features of the images in ``inputs`` (files, directories, list files, or images in
+        memory as :meth:`assign_images` takes them)."""
+        if _in_memory(inputs):
+            return self._images_features(inputs)
+        return _joined(self._extract_each(self.get_backbones(), collect_inputs(inputs)))
 
-        results = self._extract_each(self.get_backbones(), collect_inputs(inputs))
-        return results[0] if len(results) == 1 else concat_features(results)
+    def _images_features(self, images):
+        """The FeatureResult of images in memory, named ``<image i>``; every one is checked
+        before any is computed."""
+        from .features import FeatureResult, extract_images
+        from .io import check_image_object
+
+        images = _image_list(images)
+        names = [f"<image {i}>" for i in range(len(images))]
+        for im, name in zip(images, names):
+            check_image_object(im, name)
+        bbs = self.get_backbones()
+        if not images:
+            return FeatureResult(np.zeros((0, sum(bb.feature_dim for bb in bbs)), np.float32), [], [])
+        return _joined([FeatureResult(extract_images(bb, images, batch_size=self.batch_size, engine=self._engine(bb),
+                                                     names=names), names) for bb in bbs])
 
     # -- estimator ------------------------------------------------------------------------
     def fit(self, X, y=None, features=None):
@@ -1197,21 +1213,12 @@ class ImageClusterer(BaseEstimator):
         used (a float or channels-first array) raises :class:`~visclust.exceptions.InputError`
         naming it.
         """
-        from .features import FeatureResult, extract_images
-        from .io import check_image_object
-
         _check_fitted(self, "feature_clusterer_")
-        images = _image_list(images)
-        names = [f"<image {i}>" for i in range(len(images))]
-        for im, name in zip(images, names):
-            check_image_object(im, name)
-        if not images:
+        res = self._images_features(images)
+        if not res.paths:
             return Assignments([], np.zeros(0, np.int64), np.zeros(0), [])
-        parts = [FeatureResult(extract_images(bb, images, batch_size=self.batch_size, engine=self._engine(bb),
-                                              names=names), names)
-                 for bb in self.get_backbones()]
-        labels, conf = self.feature_clusterer_.predict_with_confidence(_joined(parts).features)
-        return Assignments(names, labels, conf, [])
+        labels, conf = self.feature_clusterer_.predict_with_confidence(res.features)
+        return Assignments(list(res.paths), labels, conf, [])
 
     def predict(self, X):
         """Cluster of each readable image in ``X`` (in the order of ``assign(X).paths``)."""
