@@ -34,6 +34,7 @@ def main(argv=None) -> None:
     ap.add_argument("--weights")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--clients", type=int, default=16, help="uploads sent at once to the server")
     args = ap.parse_args(argv)
 
     from PIL import Image
@@ -88,7 +89,41 @@ def main(argv=None) -> None:
     ms = _median_ms(post, args.repeats)
     print(f"| HTTP POST /assign (visclust serve), {len(body):,}-byte file | 1 | {ms:.1f} | {ms:.2f} | | |")
     server.shutdown()
+    server.server_close()
 
+    # many clients at once: one process each (threads of one process connect one after another),
+    # released together by a barrier
+    import multiprocessing as mp
+
+    from visclust.serve import AssignServer
+
+    ctx = mp.get_context("fork")
+    for queue in (AssignServer.request_queue_size, 5):  # visclust's backlog, and socketserver's default
+        AssignServer.request_queue_size = queue
+        server = make_server(model, port=0)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/assign"
+        barrier, results = ctx.Barrier(args.clients), ctx.Queue()
+        procs = [ctx.Process(target=_client, args=(url, body, barrier, results)) for _ in range(args.clients)]
+        for p in procs:
+            p.start()
+        ms = sorted(results.get(timeout=120) for _ in procs)
+        for p in procs:
+            p.join()
+        print(f"{args.clients} clients at once (one process each), listen backlog {queue}: median "
+              f"{statistics.median(ms):.0f} ms, slowest {ms[-1]:.0f} ms, {sum(m > 900 for m in ms)} over 900 ms")
+        server.shutdown()
+        server.server_close()
+
+
+def _client(url: str, body: bytes, barrier, results) -> None:
+    import urllib.request
+
+    barrier.wait()
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=60) as r:
+        r.read()
+    results.put(1000 * (time.perf_counter() - t0))
 
 if __name__ == "__main__":
     main()
