@@ -269,15 +269,17 @@ def check_input_size(value, what: str = "input_size"):
     raise InputError(f"{what} must be 'auto', 'backbone' or a number of pixels from 32 to 4096, got {value!r}")
 
 
-def typical_short_side(paths: Sequence[str], sample: int = 64) -> int | None:
+def typical_short_side(paths: Sequence, sample: int = 64, side_of=None) -> int | None:
     """Median shorter side of up to ``sample`` evenly spaced ``paths``, read from the files'
-    headers (nothing decoded); None when none of them can be read."""
+    headers (nothing decoded); None when none of them can be read. ``side_of(item)`` gives
+    the shorter side of an item of ``paths`` instead (images in memory: their sizes)."""
     from .io import image_short_side
 
     if not len(paths):
         return None
+    side_of = image_short_side if side_of is None else side_of
     idx = np.unique(np.linspace(0, len(paths) - 1, min(sample, len(paths))).round().astype(int))
-    sides = [s for s in (image_short_side(paths[i]) for i in idx) if s]
+    sides = [s for s in (side_of(paths[i]) for i in idx) if s]
     return int(np.median(sides)) if sides else None
 
 

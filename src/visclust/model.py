@@ -691,15 +691,6 @@ def _image_list(images) -> list:
     return list(images) if isinstance(images, (list, tuple)) else [images]
 
 
-def _median_short_side(sizes, sample: int = 64) -> int | None:
-    """The median shorter side of up to ``sample`` evenly spaced ``(width, height)``: what
-    :func:`visclust.features.typical_short_side` reads from files' headers."""
-    if not sizes:
-        return None
-    idx = np.unique(np.linspace(0, len(sizes) - 1, min(sample, len(sizes))).round().astype(int))
-    return int(np.median([min(sizes[i]) for i in idx]))
-
-
 def _in_memory(X) -> bool:
     """Whether ``X`` holds images in memory (PIL images, numpy arrays) rather than paths."""
     from .io import is_image_object
@@ -1106,6 +1097,7 @@ class ImageClusterer(BaseEstimator):
         """
         memory = features is None and _in_memory(X)
         if memory:
+            from .features import typical_short_side
             from .io import check_image_object
 
             if self.augment:
@@ -1114,7 +1106,7 @@ class ImageClusterer(BaseEstimator):
             names = [f"<image {i}>" for i in range(len(images))]
             sizes = [check_image_object(im, name) for im, name in zip(images, names)]  # all, before any work
             self._memory = dict(zip(names, images))
-            self._memory_short_side = _median_short_side(sizes)
+            self._memory_short_side = typical_short_side(sizes, side_of=min)  # of each (width, height)
         try:
             return self._fit(names if memory else X, features)
         finally:
