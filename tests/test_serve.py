@@ -126,3 +126,7 @@ def test_serving_needs_a_fitted_model_and_a_free_port(served):
         make_server(ImageClusterer(), port=0)
     with pytest.raises(InputError, match=r"cannot listen on 127\.0\.0\.1:\d+ .*choose another --port"):
         make_server(model, port=int(url.rsplit(":", 1)[1]))
+    with pytest.raises(InputError, match="port 70000 is not one; give 1-65535"):
+        make_server(model, port=70000)  # socket's own OverflowError was a traceback
+    with pytest.raises(InputError, match="at least one byte"):
+        make_server(model, port=0, max_bytes=0)

@@ -117,6 +117,10 @@ def make_server(model, host: str = "127.0.0.1", port: int = 8000, max_bytes: int
     call ``serve_forever()`` on it."""
     if getattr(model, "feature_clusterer_", None) is None:
         raise InputError("serve needs a fitted model (visclust.load(path) or ImageClusterer(...).fit(...))")
+    if not 0 <= int(port) <= 65535:
+        raise InputError(f"port {port} is not one; give 1-65535, or 0 for any free port")
+    if int(max_bytes) <= 0:
+        raise InputError(f"the largest upload must be at least one byte, got {max_bytes}")
     try:
         return AssignServer((host, int(port)), model, max_bytes=max_bytes, log=log)
     except OSError as e:
