@@ -283,3 +283,22 @@ def test_pixels_that_group_photos_by_colour_are_refused(tmp_path, cifar_test_dir
     assert hungarian_accuracy(truth, m.labels_) > 0.7
     line = describe_choices(m)[0]
     assert "backbone+pixels was more stable but not kept" in line, line
+
+
+def test_extract_before_a_fit_computes_at_the_input_size_asked_and_fit_keeps_it(shape_images):
+    """``fit(X, features=extract(X))`` is ``fit(X)`` for a fixed input size: before, extract
+    computed at the backbone's own 224 px and fit recorded 224 px, ignoring input_size=96."""
+    kw = dict(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters=3, engine="torch", num_workers=0,
+              pixels=False, progress=False)  # random weights, seeded: the same network in every model
+    m = ImageClusterer(**kw, input_size=96)
+    feats = m.extract([shape_images])
+    at_own = ImageClusterer(**kw, input_size="backbone").extract([shape_images])
+    unit = lambda f: f / np.linalg.norm(f, axis=1, keepdims=True)  # noqa: E731 - a random network's tiny values
+    assert feats.paths == at_own.paths and not np.allclose(unit(feats.features), unit(at_own.features), atol=1e-2)
+    direct = ImageClusterer(**kw, input_size=96).fit([shape_images])
+    np.testing.assert_allclose(unit(direct.extract([shape_images]).features), unit(feats.features), atol=1e-5)
+    m.fit([shape_images], features=feats)
+    pre = m.backbone_config_.preprocess
+    assert (pre.input_size, pre.resize_size) == (96, 96)
+    np.testing.assert_array_equal(m.labels_, direct.labels_)
+    np.testing.assert_array_equal(m.predict([shape_images]), m.labels_)

@@ -1068,7 +1068,22 @@ class ImageClusterer(BaseEstimator):
         memory as :meth:`assign_images` takes them)."""
         if _in_memory(inputs):
             return self._images_features(inputs)
-        return _joined(self._extract_each(self.get_backbones(), collect_inputs(inputs)))
+        return _joined(self._extract_each(self._extract_backbones(), collect_inputs(inputs)))
+
+    def _extract_backbones(self) -> list:
+        """The fitted model's backbones (at the size it chose), or before a fit the backbones
+        the parameters name at the ``input_size`` they name, so that ``fit(X, features=
+        extract(X))`` is ``fit(X)`` for a fixed size."""
+        if getattr(self, "backbone_configs_", None) is not None:
+            return self.get_backbones()
+        return self._sized(self.get_backbones())
+
+    def _sized(self, bbs) -> list:
+        """``bbs`` at ``input_size`` when it is a number (``baseline/*`` keep theirs)."""
+        from .features import backbone_at_size, check_input_size
+
+        size = check_input_size(self.input_size)
+        return [backbone_at_size(bb, size) for bb in bbs] if isinstance(size, int) else list(bbs)
 
     def _images_features(self, images):
         """The FeatureResult of images in memory, named ``<image i>``; every one is checked
@@ -1080,7 +1095,7 @@ class ImageClusterer(BaseEstimator):
         names = [f"<image {i}>" for i in range(len(images))]
         for im, name in zip(images, names):
             check_image_object(im, name)
-        bbs = self.get_backbones()
+        bbs = self._extract_backbones()
         if not images:
             return FeatureResult(np.zeros((0, sum(bb.feature_dim for bb in bbs)), np.float32), [], [])
         return _joined([FeatureResult(extract_images(bb, images, batch_size=self.batch_size, engine=self._engine(bb),
@@ -1117,7 +1132,7 @@ class ImageClusterer(BaseEstimator):
         template = self.clusterer if self.clusterer is not None else FeatureClusterer()
         if not isinstance(template, FeatureClusterer):
             raise InputError("clusterer must be a visclust.FeatureClusterer")
-        from .features import backbone_at_size, check_input_size
+        from .features import check_input_size
 
         fc = clone(template).set_params(n_clusters=self.n_clusters)
         if not fc.verbose:  # stage lines where the extraction shows its progress bar
@@ -1145,8 +1160,8 @@ class ImageClusterer(BaseEstimator):
         if use_pixels and self.pixels == "auto":
             use_pixels = compares
         paths = (list(X) if "_memory" in self.__dict__ else collect_inputs(X)) if features is None else None
-        if isinstance(size, int) and features is None:  # every backbone at that size (baseline/* keep theirs)
-            bbs = [backbone_at_size(bb, size) for bb in bbs]
+        if isinstance(size, int):  # every backbone at that size, also when the features are given (extract's)
+            bbs = self._sized(bbs)
         alt = self._small_image_view(bbs, paths, self.__dict__.get("_memory_short_side")) \
             if size == "auto" and features is None and compares else None
         self.view_scores_, self.view_support_, base = {}, {}, "backbone"
