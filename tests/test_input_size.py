@@ -302,3 +302,18 @@ def test_extract_before_a_fit_computes_at_the_input_size_asked_and_fit_keeps_it(
     assert (pre.input_size, pre.resize_size) == (96, 96)
     np.testing.assert_array_equal(m.labels_, direct.labels_)
     np.testing.assert_array_equal(m.predict([shape_images]), m.labels_)
+
+
+def test_fit_on_extracted_features_with_pixels_on_keeps_them_and_refuses_features_of_other_backbones(shape_images):
+    kw = dict(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters=3, engine="torch", num_workers=0,
+              progress=False, input_size=64)
+    m = ImageClusterer(**kw, pixels=True)
+    feats = m.extract([shape_images])
+    assert feats.features.shape == (36, 1280 + 3 * 32 * 32)
+    m.fit([shape_images], features=feats)
+    assert [c.name for c in m.backbone_configs_] == ["torchvision/mobilenet_v2", "baseline/pixels"]
+    direct = ImageClusterer(**kw, pixels=True).fit([shape_images])
+    np.testing.assert_array_equal(m.labels_, direct.labels_)
+    np.testing.assert_array_equal(m.predict([shape_images]), m.labels_)
+    with pytest.raises(InputError, match=r"shape \(36, 4352\).* give 1280 columns; compute them with extract\(\)"):
+        ImageClusterer(**kw, pixels=False).fit([shape_images], features=feats)

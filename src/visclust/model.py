@@ -711,6 +711,17 @@ def _joined(parts):
     return parts[0] if len(parts) == 1 else concat_features(parts)
 
 
+def _given_features(features, bbs):
+    """``fit(features=...)``'s result, checked against the backbones the model records."""
+    width = sum(bb.feature_dim for bb in bbs)
+    got = np.shape(getattr(features, "features", None))
+    if len(got) != 2 or got[1] != width or len(features.paths) != got[0]:
+        raise InputError(f"the features given to fit have shape {got}, and the backbones "
+                         f"({', '.join(bb.name for bb in bbs)}) give {width} columns; compute them with extract() "
+                         "of a model with the same parameters")
+    return features
+
+
 def _check_some(res) -> None:
     if len(res.paths) == 0:
         from .exceptions import NoImagesError
@@ -1076,7 +1087,16 @@ class ImageClusterer(BaseEstimator):
         extract(X))`` is ``fit(X)`` for a fixed size."""
         if getattr(self, "backbone_configs_", None) is not None:
             return self.get_backbones()
-        return self._sized(self.get_backbones())
+        bbs = self._sized(self.get_backbones())
+        return self._with_pixels(bbs) if self.pixels is True else bbs
+
+    @staticmethod
+    def _with_pixels(bbs) -> list:
+        """``bbs`` and the raw pixels after them (``pixels=True``), unless they are there."""
+        from .backbones import create_backbone
+
+        names = [bb.name for bb in bbs]
+        return list(bbs) if "baseline/pixels" in names else [*bbs, create_backbone("baseline/pixels")]
 
     def _sized(self, bbs) -> list:
         """``bbs`` at ``input_size`` when it is a number (``baseline/*`` keep theirs)."""
@@ -1108,7 +1128,10 @@ class ImageClusterer(BaseEstimator):
         names them ``<image 0>``, ... and nothing is stored). ``y`` is ignored.
 
         ``features`` may pass a precomputed :class:`visclust.features.FeatureResult` for
-        ``X`` (from a feature store) so nothing is computed twice.
+        ``X`` (from a feature store, or :meth:`extract` of a model with the same parameters:
+        the same backbones, ``input_size`` and ``pixels=True`` if used) so nothing is computed
+        twice; the views are then not compared (``input_size`` and ``pixels`` ``'auto'`` keep
+        the backbones at their own size, without pixels).
         """
         memory = features is None and _in_memory(X)
         if memory:
@@ -1156,9 +1179,9 @@ class ImageClusterer(BaseEstimator):
         names = [bb.name for bb in bbs]
         size = check_input_size(self.input_size)
         compares = k is not None and k > 1 and "auto" in (fc.method, fc.space)  # the selection gives a score
-        use_pixels = self.pixels is not False and features is None and "baseline/pixels" not in names
+        use_pixels = self.pixels is not False and "baseline/pixels" not in names
         if use_pixels and self.pixels == "auto":
-            use_pixels = compares
+            use_pixels = compares and features is None  # comparing the views needs the images
         paths = (list(X) if "_memory" in self.__dict__ else collect_inputs(X)) if features is None else None
         if isinstance(size, int):  # every backbone at that size, also when the features are given (extract's)
             bbs = self._sized(bbs)
@@ -1168,14 +1191,9 @@ class ImageClusterer(BaseEstimator):
         if alt is not None or (use_pixels and self.pixels == "auto"):
             fc, bbs, res, base = self._fit_views(fc, bbs, alt, use_pixels, paths)
         else:
-            if features is not None:
-                res = features
-            else:
-                if use_pixels:  # pixels=True: always side by side
-                    from .backbones import create_backbone
-
-                    bbs = bbs + [create_backbone("baseline/pixels")]
-                res = self._features_of(bbs, paths)
+            if use_pixels:  # pixels=True: always side by side (extract() before a fit adds them too)
+                bbs = self._with_pixels(bbs)
+            res = self._features_of(bbs, paths) if features is None else _given_features(features, bbs)
             _check_some(res)
             fc.fit(res.features)
         if augment:
