@@ -121,6 +121,30 @@ def test_save_load_predict_gives_the_same_answers(blobs, tmp_path):
     assert fc3.cluster_sizes_ == fc2.cluster_sizes_ == np.bincount(fc.labels_, minlength=4).tolist()
 
 
+def test_normalize_false_keeps_the_length_of_low_dimensional_rows(tmp_path):
+    """L2-normalising 2-d points puts them on a circle, where blobs in one direction from the
+    centre merge; normalize=False keeps the plane (and UMAP's euclidean metric), and the
+    model file keeps the choice."""
+    from sklearn.datasets import make_blobs
+    from sklearn.metrics import adjusted_rand_score
+
+    from visclust.artifact import load_model
+    from visclust.reduce import umap_embedding
+
+    X, y = make_blobs(600, n_features=2, centers=4, random_state=1)
+    flat = FeatureClusterer(4, normalize=False).fit(X)
+    assert adjusted_rand_score(y, flat.labels_) > 0.9
+    assert adjusted_rand_score(y, FeatureClusterer(4).fit(X).labels_) < 0.75  # the circle
+    umap = FeatureClusterer(4, normalize=False, space="umap", method="kmeans").fit(X)
+    assert adjusted_rand_score(y, umap.labels_) > 0.9
+    flat.save(tmp_path / "m.vcm")
+    back = load_model(tmp_path / "m.vcm")
+    assert back.normalize is False and back.reducer_.normalize is False
+    np.testing.assert_array_equal(back.predict(X), flat.predict(X))
+    with pytest.raises(InputError, match="metric must be one of cosine, euclidean"):
+        umap_embedding(X, 2, metric="manhattan")
+
+
 @pytest.mark.parametrize("params, match", [
     (dict(n_clusters="many"), "positive integer or 'auto'"),
     (dict(method="kmean"), "did you mean 'kmeans'"),
@@ -130,6 +154,7 @@ def test_save_load_predict_gives_the_same_answers(blobs, tmp_path):
     (dict(candidates="pca+kmeans"), "list of 'SPACE\\+METHOD'"),
     (dict(reject_threshold=1.0), r"reject_threshold must be in \[0, 1\)"),
     (dict(max_cluster_rows=0), "max_cluster_rows must be a positive integer or None"),
+    (dict(normalize="no"), "normalize must be True or False"),
 ])
 def test_bad_parameters_say_what_to_do(blobs, params, match):
     with pytest.raises(InputError, match=match):

@@ -124,6 +124,16 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         between runs) is kept (scores in ``whiten_scores_``). Whitening helps when a few
         high-variance directions hide the groups; it hurts when sampling noise is whitened
         up to the size of the real signal (few images per dimension).
+    normalize : bool, default True
+        L2-normalise the rows before PCA and after it, and embed with UMAP's cosine metric:
+        the geometry of a deep network's features, whose direction is what they say (and
+        what the choices of this pipeline were measured on). ``False`` keeps the rows'
+        lengths (euclidean UMAP): for coordinates where the length counts, such as 2-d or
+        3-d points or measurements. On 2-d ``make_blobs`` (600 points, 4 centres, 3 seeds) the
+        normalised pipeline projects the points on a circle and merges blobs that lie in one
+        direction (ARI 0.52-0.63); ``False`` gives 0.82-0.95, near scikit-learn's K-means
+        (0.83-0.96; ``benchmarks/normalize.py``, docs/benchmarks.md, "Rows whose length
+        counts").
     umap_components : int or None, default 10
         Dimensions of the UMAP embeddings; ``None`` disables every UMAP-based space.
     learned_step : bool, default False
@@ -217,7 +227,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, n_clusters=8, method: str = "auto", space: str = "auto", n_components: int | None = 64,
-                 whiten="auto", umap_components: int | None = 10, learned_step: bool = False,
+                 whiten="auto", normalize: bool = True, umap_components: int | None = 10, learned_step: bool = False,
                  candidates=None, n_runs: int = 3, confident_fraction: float = 0.5, self_training: int = 2,
                  classifier: str = "auto", reject_threshold: float = 0.0, reject_novel: bool = False,
                  k_range=(2, 30), n_init: int = 10,
@@ -228,6 +238,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         self.space = space
         self.n_components = n_components
         self.whiten = whiten
+        self.normalize = normalize
         self.umap_components = umap_components
         self.learned_step = learned_step
         self.candidates = candidates
@@ -276,6 +287,8 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             raise InputError(f"space='{self.space}' needs UMAP: set umap_components (e.g. 10) or use space='pca'")
         if self.whiten not in (True, False, "auto"):
             raise InputError(f"whiten must be True, False or 'auto', got {self.whiten!r}")
+        if not isinstance(self.normalize, (bool, np.bool_)):
+            raise InputError(f"normalize must be True or False, got {self.normalize!r}")
         if not isinstance(self.n_runs, (int, np.integer)) or isinstance(self.n_runs, bool) or self.n_runs < 2:
             raise InputError(f"n_runs must be an integer >= 2, got {self.n_runs!r}")
         m = self.max_cluster_rows
@@ -283,6 +296,10 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             raise InputError(f"max_cluster_rows must be a positive integer or None (every row), got {m!r}")
         self._candidate_list()
         return k
+
+    def _metric(self) -> str:
+        """UMAP's metric: cosine on L2-normalised rows, euclidean where their length counts."""
+        return "cosine" if self.normalize else "euclidean"
 
     def _choose_whitening(self, X, k):
         """Whitened or plain PCA, whichever K-means partitions more reproducibly."""
@@ -293,9 +310,9 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         seed = 0 if self.random_state is None else int(self.random_state)
         best, scores = None, {}
         if len(X) <= k:  # too few rows to judge: plain PCA (whitening amplifies the noise of few rows)
-            return Reducer(self.n_components, False).fit(X), {}
+            return Reducer(self.n_components, False, self.normalize).fit(X), {}
         for whiten in (True, False):
-            reducer = Reducer(self.n_components, whiten).fit(X)
+            reducer = Reducer(self.n_components, whiten, self.normalize).fit(X)
             Z = reducer.transform(X)
             runs = [subsample_run(Z, k, "kmeans", seed + r, 0.8) for r in range(self.n_runs)]
             scores[whiten] = stability(runs)
@@ -360,7 +377,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         if self.whiten == "auto":
             self.reducer_, self.whiten_scores_ = self._choose_whitening(X, k)
         else:
-            self.reducer_ = Reducer(self.n_components, bool(self.whiten)).fit(X)
+            self.reducer_ = Reducer(self.n_components, bool(self.whiten), self.normalize).fit(X)
         Z = self.reducer_.transform(X)
         if k == 1:  # one group: nothing to choose, and a mixture cannot even be fitted to one image
             self.pipeline_, self.pipeline_scores_, self.k_scores_ = "pca+kmeans", {}, {}
@@ -380,7 +397,8 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
                             "kmeans")
             with self._stage(f"choosing the number of clusters in {self.k_range[0]}..{self.k_range[1]} "
                              f"on {self._count(len(X))}"):
-                spaces[ks] = embed_runs(Z, ks, [seed + 1000 * r for r in range(self.n_runs)], umap_components=umap_dims)
+                spaces[ks] = embed_runs(Z, ks, [seed + 1000 * r for r in range(self.n_runs)], umap_components=umap_dims,
+                                        metric=self._metric())
                 k, self.k_scores_ = choose_n_clusters(spaces[ks], self.k_range, k_method, random_state=seed)
         cands = self._candidate_list(len(X), k)
         state = {"k": k, "rows": len(X), "Z": Z, "space": None, "runs": []}
@@ -389,7 +407,8 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         elif len(cands) == 1:
             c = cands[0]
             with self._stage(f"clustering {self._count(len(X))} with {c.name}"):
-                E = spaces[c.space][0] if c.space in spaces else embed(Z, c.space, seed, umap_components=umap_dims)
+                E = spaces[c.space][0] if c.space in spaces else embed(Z, c.space, seed, umap_components=umap_dims,
+                                                                       metric=self._metric())
                 self.cluster_labels_ = cluster_features(E, k, c.method, random_state=self.random_state,
                                                         n_init=self.n_init)
             self.pipeline_, self.pipeline_scores_ = c.name, {}
@@ -398,7 +417,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             with self._stage(f"choosing the pipeline: {len(cands)} candidates x {self.n_runs} runs on "
                              f"{self._count(len(X))}"):
                 sel = select_pipeline(Z, k, cands, n_runs=self.n_runs, random_state=seed, umap_components=umap_dims,
-                                      spaces=spaces)
+                                      spaces=spaces, metric=self._metric())
             self.cluster_labels_ = sel.labels
             self.pipeline_, self.pipeline_scores_ = sel.best.name, dict(sel.scores)
             self.selection_ = sel  # every candidate's runs, e.g. to report them; not saved
@@ -419,7 +438,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             self.sample_index_ = self._random_rows(len(X_all), max(FINAL_CLUSTER_ROWS, state["rows"]), seed + 1)
             Z = self.reducer_.transform(X_all if self.sample_index_ is None else X_all[self.sample_index_])
             with self._stage(f"clustering {self._count(len(Z))} with {self.pipeline_}"):
-                space = embed(Z, best.space, seed, umap_components=umap_dims)
+                space = embed(Z, best.space, seed, umap_components=umap_dims, metric=self._metric())
                 self.cluster_labels_ = cluster_features(space, k, best.method, random_state=self.random_state,
                                                         n_init=self.n_init)
             runs = []

@@ -164,6 +164,10 @@ class Reducer(TransformerMixin, BaseEstimator):
 #: in one compiled loop and hands UMAP the same neighbours, so the embedding is unchanged.
 _UMAP_EXACT_ROWS = 4096
 
+#: The metrics :func:`umap_embedding` takes: cosine for L2-normalised features, euclidean for
+#: coordinates whose length counts (``FeatureClusterer(normalize=False)``).
+UMAP_METRICS = ("cosine", "euclidean")
+
 
 def _exact_cosine_neighbours(X: np.ndarray, n_neighbors: int):
     """The neighbours umap-learn's exact path finds for fewer than 4,096 rows (metric
@@ -240,15 +244,19 @@ def heldout_residuals(X: np.ndarray, n_components: int, normalize: bool = True, 
 
 
 def umap_embedding(X: np.ndarray, n_components: int = 10, n_neighbors: int = 15,
-                   random_state: int | None = 0, min_dist: float = 0.0) -> np.ndarray:
-    """UMAP embedding of ``X`` for clustering (cosine metric, ``min_dist=0`` packs clusters).
-    Below 4,096 rows the exact neighbours are computed here, in compiled code, and given to
+                   random_state: int | None = 0, min_dist: float = 0.0, metric: str = "cosine") -> np.ndarray:
+    """UMAP embedding of ``X`` for clustering (``min_dist=0`` packs clusters). ``metric`` is
+    ``'cosine'`` (L2-normalised features: the direction is what counts) or ``'euclidean'``
+    (coordinates whose length counts too: ``FeatureClusterer(normalize=False)``).
+    Below 4,096 rows the exact cosine neighbours are computed here, in compiled code, and given to
     UMAP (the same neighbours and the same embedding as UMAP's own exact path, without its
     per-pair Python calls). At most ``len(X) - 2`` components: UMAP starts from a spectral
     layout of ``n_components + 1`` eigenvectors, which needs more rows than that (10
     components on 8 images raised SciPy's TypeError); fewer than 3 rows is an error."""
     if len(X) < 3:
         raise InputError(f"UMAP needs at least 3 images (rows), got {len(X)}; use the PCA space (space='pca', --space pca)")
+    if metric not in UMAP_METRICS:
+        raise InputError(f"UMAP's metric must be one of {', '.join(UMAP_METRICS)}, got {metric!r}")
     n_components = int(min(n_components, len(X) - 2))
     _jit.tolerate_cache_errors()  # before umap-learn loads its own cached functions
     try:
@@ -261,7 +269,7 @@ def umap_embedding(X: np.ndarray, n_components: int = 10, n_neighbors: int = 15,
     X = np.ascontiguousarray(X, np.float32)
     n_neighbors = int(min(n_neighbors, max(2, len(X) - 1)))
     knn = (None, None, None)  # UMAP finds the neighbours
-    if len(X) < _UMAP_EXACT_ROWS:
+    if len(X) < _UMAP_EXACT_ROWS and metric == "cosine":
         knn = _exact_cosine_neighbours(X, n_neighbors) + (None,)  # no search index: only fit_transform is used
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*n_jobs value.*")
@@ -269,7 +277,7 @@ def umap_embedding(X: np.ndarray, n_components: int = 10, n_neighbors: int = 15,
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message=".*Cannot cache compiled function.*")  # see _cache_umap_jit
         reducer = umap.UMAP(n_components=n_components, n_neighbors=n_neighbors, min_dist=min_dist,
-                            metric="cosine", random_state=random_state, low_memory=True,
+                            metric=metric, random_state=random_state, low_memory=True,
                             precomputed_knn=knn)
         return reducer.fit_transform(X).astype(np.float32)
 
@@ -314,7 +322,7 @@ def _cpu_count() -> int:
 
 
 def umap_embeddings(X: np.ndarray, seeds, n_components: int = 10, n_neighbors: int = 15,
-                    min_dist: float = 0.0) -> list[np.ndarray]:
+                    min_dist: float = 0.0, metric: str = "cosine") -> list[np.ndarray]:
     """``[umap_embedding(X, ..., random_state=s) for s in seeds]``, computed side by side.
 
     With at least :data:`UMAP_PARALLEL_ROWS` rows, more than one seed and more than one CPU,
@@ -329,7 +337,8 @@ def umap_embeddings(X: np.ndarray, seeds, n_components: int = 10, n_neighbors: i
     """
     seeds = [int(s) for s in seeds]
     X = np.ascontiguousarray(X, np.float32)
-    params = dict(n_components=int(n_components), n_neighbors=int(n_neighbors), min_dist=float(min_dist))
+    params = dict(n_components=int(n_components), n_neighbors=int(n_neighbors), min_dist=float(min_dist),
+                  metric=str(metric))
     n_children = min(len(seeds) - 1, _cpu_count() - 1) if len(X) >= UMAP_PARALLEL_ROWS else 0
     if n_children <= 0:
         return [umap_embedding(X, random_state=s, **params) for s in seeds]

@@ -106,24 +106,25 @@ class Selection:
 
 
 def embed(Z: np.ndarray, space: str, random_state: int, *, umap_components: int = 10,
-          n_neighbors: int = 15, learn_params: dict | None = None) -> np.ndarray:
-    """The clustering space ``space`` of the reduced features ``Z`` for one seed."""
+          n_neighbors: int = 15, learn_params: dict | None = None, metric: str = "cosine") -> np.ndarray:
+    """The clustering space ``space`` of the reduced features ``Z`` for one seed (UMAP's
+    ``metric``: see :func:`visclust.reduce.umap_embedding`)."""
     from .reduce import umap_embedding
 
     if space == "pca":
         return Z
     if space == "umap":
-        return umap_embedding(Z, umap_components, n_neighbors=n_neighbors, random_state=random_state)
+        return umap_embedding(Z, umap_components, n_neighbors=n_neighbors, random_state=random_state, metric=metric)
     if space == "autoencoder":
         from .learn import FeatureAutoencoder
 
         code = FeatureAutoencoder(random_state=random_state, **(learn_params or {})).fit_transform(Z)
-        return umap_embedding(code, umap_components, n_neighbors=n_neighbors, random_state=random_state)
+        return umap_embedding(code, umap_components, n_neighbors=n_neighbors, random_state=random_state, metric=metric)
     raise InputError(f"unknown clustering space '{space}'; choose one of {', '.join(SPACES)}")
 
 
 def embed_runs(Z: np.ndarray, space: str, seeds, *, umap_components: int = 10,
-               learn_params: dict | None = None) -> list[np.ndarray]:
+               learn_params: dict | None = None, metric: str = "cosine") -> list[np.ndarray]:
     """:func:`embed` for each of ``seeds``; UMAP's embeddings side by side in child processes
     on large inputs (:func:`visclust.reduce.umap_embeddings`)."""
     from .reduce import umap_embeddings
@@ -132,8 +133,9 @@ def embed_runs(Z: np.ndarray, space: str, seeds, *, umap_components: int = 10,
     if space == "pca":
         return [Z] * len(seeds)
     if space == "umap":
-        return umap_embeddings(Z, seeds, umap_components)
-    return [embed(Z, space, s, umap_components=umap_components, learn_params=learn_params) for s in seeds]
+        return umap_embeddings(Z, seeds, umap_components, metric=metric)
+    return [embed(Z, space, s, umap_components=umap_components, learn_params=learn_params, metric=metric)
+            for s in seeds]
 
 
 def subsample_run(E: np.ndarray, n_clusters: int, method: str, random_state: int, subsample: float,
@@ -308,7 +310,8 @@ def agreement(runs: list[np.ndarray], reference: np.ndarray) -> np.ndarray:
 
 def select_pipeline(Z: np.ndarray, n_clusters: int, candidates=DEFAULT_CANDIDATES, *, n_runs: int = 3,
                     subsample: float = 0.8, random_state: int | None = 0, umap_components: int = 10,
-                    learn_params: dict | None = None, spaces: dict | None = None, consensus: bool = True) -> Selection:
+                    learn_params: dict | None = None, spaces: dict | None = None, consensus: bool = True,
+                    metric: str = "cosine") -> Selection:
     """Run every candidate pipeline ``n_runs`` times and keep the most stable one.
 
     Parameters
@@ -330,6 +333,8 @@ def select_pipeline(Z: np.ndarray, n_clusters: int, candidates=DEFAULT_CANDIDATE
     consensus : bool, default True
         The answer is the consensus of the winner's runs (:func:`consensus_labels`) where it
         applies; False (or where it does not): the winner's medoid run.
+    metric : {'cosine', 'euclidean'}, default 'cosine'
+        UMAP's metric in the ``'umap'`` and ``'autoencoder'`` spaces.
 
     Returns
     -------
@@ -357,7 +362,8 @@ def select_pipeline(Z: np.ndarray, n_clusters: int, candidates=DEFAULT_CANDIDATE
     for space in dict.fromkeys(c.space for c in cands):
         if space not in spaces:
             t0 = time.perf_counter()
-            spaces[space] = embed_runs(Z, space, seeds, umap_components=umap_components, learn_params=learn_params)
+            spaces[space] = embed_runs(Z, space, seeds, umap_components=umap_components, learn_params=learn_params,
+                                       metric=metric)
             seconds[f"embed:{space}"] = time.perf_counter() - t0
     runs, scores = {}, {}
     for c in cands:
