@@ -202,6 +202,15 @@ def test_large_collections_choose_on_a_sample_cluster_more_rows_and_assign_the_r
     assert hungarian_accuracy(y, fc.cluster_labels_) == 1.0 and fc._train_score.shape == (1500,)
 
 
+def test_bad_feature_matrices_are_one_line():
+    """scikit-learn's message for complex data went on with the whole array, line after line."""
+    for X, match in ((np.ones((20, 3), complex), "Complex data not supported"), ([[1, 2], [3]], "inhomogeneous"),
+                     (np.full((6, 2), np.nan), "Input contains NaN")):
+        with pytest.raises(InputError, match=match) as err:
+            FeatureClusterer(2).fit(X)
+        assert "\n" not in str(err.value) and str(err.value).endswith("densify sparse input with X.toarray())")
+
+
 def test_predict_before_fit_and_wrong_width(blobs):
     X, _ = blobs
     with pytest.raises(NotFittedError, match="call fit"):

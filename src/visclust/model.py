@@ -643,8 +643,10 @@ def _as_features(X) -> np.ndarray:
 
     try:
         return check_array(X, accept_sparse=False, dtype=[np.float32, np.float64], ensure_all_finite=True)
-    except (TypeError, ValueError) as e:
-        raise InputError(f"{e} (features must be a dense numeric matrix (n_samples, n_features); "
+    except (TypeError, ValueError) as e:  # on one line, without the array some of scikit-learn's messages print
+        said = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith(("[", "array="))]
+        first = " ".join(said) or type(e).__name__
+        raise InputError(f"{first} (features must be a dense numeric matrix (n_samples, n_features); "
                          "densify sparse input with X.toarray())") from e
 
 
