@@ -9,7 +9,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from visclust.evaluate import hungarian_accuracy
 from visclust.exceptions import InputError, NotFittedError
-from visclust.model import FeatureClusterer
+from visclust.model import FeatureClusterer, ImageClusterer
 
 FAST = dict(umap_components=None, n_init=3)  # no UMAP: fast, for tests about plumbing
 
@@ -209,6 +209,14 @@ def test_bad_feature_matrices_are_one_line():
         with pytest.raises(InputError, match=match) as err:
             FeatureClusterer(2).fit(X)
         assert "\n" not in str(err.value) and str(err.value).endswith("densify sparse input with X.toarray())")
+
+
+def test_more_clusters_than_rows_names_what_there_is_too_few_of(shape_images):
+    with pytest.raises(InputError, match="^5 rows cannot form 10 clusters; use fewer clusters or more rows$"):
+        FeatureClusterer(10).fit(np.random.default_rng(0).normal(size=(5, 4)))
+    with pytest.raises(InputError, match="^36 images cannot form 40 clusters; use fewer clusters or more images$"):
+        ImageClusterer(pretrained=False, n_clusters=40, engine="torch", num_workers=0, progress=False,
+                       input_size="backbone").fit([shape_images])
 
 
 def test_predict_before_fit_and_wrong_width(blobs):

@@ -357,7 +357,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         k = self._validate_params()
         X = _as_features(X)
         if k is not None and len(X) < k:
-            raise InputError(f"{len(X)} samples cannot form {k} clusters; use fewer clusters or more data")
+            raise InputError(f"{self._count(len(X))} cannot form {k} clusters; use fewer clusters or more {self._stage_unit}")
         self.n_features_in_ = X.shape[1]
         return k, X
 
