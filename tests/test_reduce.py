@@ -299,3 +299,24 @@ def test_residual_is_the_distance_from_the_principal_subspace():
     off -= basis.T @ (basis @ off)  # a unit step orthogonal to the subspace
     step = off / np.linalg.norm(off)
     np.testing.assert_allclose(r.residual(X[:5] + 2 * step), 2.0, rtol=1e-4)
+
+
+def test_l2_normalize_survives_values_whose_squares_leave_float32():
+    from visclust.reduce import l2_normalize
+
+    X = np.array([[1e30, 2e30], [1e-25, 0.0], [0.0, 0.0], [3.0, 4.0], [-1e-30, 1e-30]], np.float32)
+    np.testing.assert_allclose(l2_normalize(X), [[0.4472136, 0.8944272], [1, 0], [0, 0], [0.6, 0.8],
+                                                 [-0.7071068, 0.7071068]], rtol=1e-6)
+    np.testing.assert_allclose(l2_normalize(np.array([[1e39, 1e39]])), [[0.7071068, 0.7071068]], rtol=1e-6)  # float64
+
+
+def test_the_pipeline_does_not_depend_on_the_scale_of_the_features():
+    from sklearn.datasets import make_blobs
+
+    from visclust.model import FeatureClusterer
+
+    X, _ = make_blobs(200, n_features=8, centers=3, random_state=0)
+    X = X - X.min() + 1  # positive, as a network's features
+    base = FeatureClusterer(3, umap_components=None).fit(X).labels_
+    for scale in (1e25, 1e-25):
+        np.testing.assert_array_equal(FeatureClusterer(3, umap_components=None).fit(X * scale).labels_, base)

@@ -25,9 +25,27 @@ _CHUNK = 65536
 _RANK_TOL = 1e-5
 
 
+#: Below this float32 norm a row's squares have lost digits (or all of them) to underflow.
+_TINY_NORM = 1e-15
+
+
 def l2_normalize(X: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float32)
-    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), eps)
+    """Rows of ``X`` divided by their length, as float32 (rows of zeros stay zero). Rows whose
+    squares leave float32's range (values beyond about 1e19, or below about 1e-19) are
+    scaled by their largest value first, in float64: their norm overflowed to infinity (the
+    row became zeros) or underflowed to zero (the row stayed tiny)."""
+    X = np.asarray(X)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):  # the rows that need it are redone below
+        Xf = X if X.dtype == np.float32 else X.astype(np.float32)
+        n = np.linalg.norm(Xf, axis=1, keepdims=True)
+        out = Xf / np.maximum(n, eps)
+    odd = ~np.isfinite(n[:, 0]) | (n[:, 0] < _TINY_NORM)
+    if odd.any():
+        Y = np.asarray(X[odd], np.float64)
+        m = np.abs(Y).max(axis=1, keepdims=True)
+        Y = np.divide(Y, m, out=np.zeros_like(Y), where=m > 0)
+        out[odd] = np.divide(Y, np.linalg.norm(Y, axis=1, keepdims=True), out=np.zeros_like(Y), where=m > 0)
+    return out
 
 
 class Reducer(TransformerMixin, BaseEstimator):
