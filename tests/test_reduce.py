@@ -265,8 +265,8 @@ def test_umap_on_two_rows_says_to_use_the_pca_space():
         umap_embedding(np.eye(2, 6, dtype=np.float32))
 
 
-@pytest.mark.parametrize("n_neighbors", [15, 5])
-def test_umap_embedding_below_4096_rows_equals_umaps_own_exact_path(n_neighbors):
+@pytest.mark.parametrize("n_neighbors, metric", [(15, "cosine"), (5, "cosine"), (15, "euclidean")])
+def test_umap_embedding_below_4096_rows_equals_umaps_own_exact_path(n_neighbors, metric):
     """The exact neighbours are computed in compiled code and handed to UMAP: the embedding
     must be the one umap-learn computes itself, bit for bit."""
     import umap
@@ -274,8 +274,8 @@ def test_umap_embedding_below_4096_rows_equals_umaps_own_exact_path(n_neighbors)
     X, _ = make_blobs(400, centers=4, n_features=12, random_state=2)
     X = X.astype(np.float32)
     X[:3] = X[3]  # duplicate rows: ties at distance 0
-    ours = umap_embedding(X, n_components=3, n_neighbors=n_neighbors, random_state=5)
-    theirs = umap.UMAP(n_components=3, n_neighbors=n_neighbors, min_dist=0.0, metric="cosine", random_state=5,
+    ours = umap_embedding(X, n_components=3, n_neighbors=n_neighbors, random_state=5, metric=metric)
+    theirs = umap.UMAP(n_components=3, n_neighbors=n_neighbors, min_dist=0.0, metric=metric, random_state=5,
                        low_memory=True).fit_transform(X)
     np.testing.assert_array_equal(ours, theirs.astype(np.float32))
 

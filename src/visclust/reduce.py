@@ -187,18 +187,18 @@ _UMAP_EXACT_ROWS = 4096
 UMAP_METRICS = ("cosine", "euclidean")
 
 
-def _exact_cosine_neighbours(X: np.ndarray, n_neighbors: int):
-    """The neighbours umap-learn's exact path finds for fewer than 4,096 rows (metric
-    'cosine'): the same float32 distance matrix (:mod:`visclust._umap_knn`), distances at or
-    beyond its disconnection distance set to infinity, then its own ``fast_knn_indices``.
-    Returns ``(indices int32, distances float32)``."""
+def _exact_neighbours(X: np.ndarray, n_neighbors: int, metric: str):
+    """The neighbours umap-learn's exact path finds for fewer than 4,096 rows (``metric``
+    'cosine' or 'euclidean'): the same float32 distance matrix (:mod:`visclust._umap_knn`),
+    distances at or beyond its disconnection distance set to infinity, then its own
+    ``fast_knn_indices``. Returns ``(indices int32, distances float32)``."""
     from umap.umap_ import DISCONNECTION_DISTANCES
     from umap.utils import fast_knn_indices
 
-    from ._umap_knn import pairwise_cosine
+    from ._umap_knn import pairwise_distances
 
-    dmat = pairwise_cosine(np.ascontiguousarray(X, np.float32))
-    dmat[dmat >= DISCONNECTION_DISTANCES.get("cosine", np.inf)] = np.inf
+    dmat = pairwise_distances(np.ascontiguousarray(X, np.float32), metric)
+    dmat[dmat >= DISCONNECTION_DISTANCES.get(metric, np.inf)] = np.inf
     idx = fast_knn_indices(dmat, n_neighbors)
     dist = dmat[np.arange(len(dmat))[:, None], idx].copy()
     idx[dist == np.inf] = -1
@@ -266,7 +266,7 @@ def umap_embedding(X: np.ndarray, n_components: int = 10, n_neighbors: int = 15,
     """UMAP embedding of ``X`` for clustering (``min_dist=0`` packs clusters). ``metric`` is
     ``'cosine'`` (L2-normalised features: the direction is what counts) or ``'euclidean'``
     (coordinates whose length counts too: ``FeatureClusterer(normalize=False)``).
-    Below 4,096 rows the exact cosine neighbours are computed here, in compiled code, and given to
+    Below 4,096 rows the exact neighbours are computed here, in compiled code, and given to
     UMAP (the same neighbours and the same embedding as UMAP's own exact path, without its
     per-pair Python calls). At most ``len(X) - 2`` components: UMAP starts from a spectral
     layout of ``n_components + 1`` eigenvectors, which needs more rows than that (10
@@ -287,8 +287,8 @@ def umap_embedding(X: np.ndarray, n_components: int = 10, n_neighbors: int = 15,
     X = np.ascontiguousarray(X, np.float32)
     n_neighbors = int(min(n_neighbors, max(2, len(X) - 1)))
     knn = (None, None, None)  # UMAP finds the neighbours
-    if len(X) < _UMAP_EXACT_ROWS and metric == "cosine":
-        knn = _exact_cosine_neighbours(X, n_neighbors) + (None,)  # no search index: only fit_transform is used
+    if len(X) < _UMAP_EXACT_ROWS:
+        knn = _exact_neighbours(X, n_neighbors, metric) + (None,)  # no search index: only fit_transform is used
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*n_jobs value.*")
         warnings.filterwarnings("ignore", message=".*knn_search_index.*")  # only fit_transform is used
