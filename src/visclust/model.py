@@ -1097,7 +1097,9 @@ class ImageClusterer(BaseEstimator):
 
     def extract(self, inputs):
         """Features of the images in ``inputs`` (files, directories, list files, or images in
-        memory as :meth:`assign_images` takes them)."""
+        memory as :meth:`assign_images` takes them): after a fit, of the view it chose; before,
+        of the backbones named, at ``input_size`` when it is a number and with the raw pixels
+        when ``pixels=True``, as :meth:`fit` takes them in ``features``."""
         if _in_memory(inputs):
             return self._images_features(inputs)
         return _joined(self._extract_each(self._extract_backbones(), collect_inputs(inputs)))
