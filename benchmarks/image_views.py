@@ -40,14 +40,18 @@ def main(argv=None) -> None:
     p.add_argument("--classifier", choices=("auto", "svm", "knn", "mlp"), default="auto",
                    help="FeatureClusterer(classifier=...) (default %(default)s)")
     p.add_argument("--n-runs", type=int, default=3, help="FeatureClusterer(n_runs=N): runs per candidate (default %(default)s)")
+    p.add_argument("--umap-neighbors", type=int, default=None,
+                   help="FeatureClusterer(umap_neighbors=N) (default: FeatureClusterer's)")
     p.add_argument("--cache", type=Path, default=Path("/tmp/visclust-bench"))
     args = p.parse_args(argv)
     from visclust.evaluate import external_scores
     from visclust.model import FeatureClusterer, ImageClusterer
 
+    umap_kw = {} if args.umap_neighbors is None else {"umap_neighbors": args.umap_neighbors}
     size = args.input_size if args.input_size in ("auto", "backbone") else int(args.input_size)
     print(f"<!-- python benchmarks/image_views.py --seeds {args.seeds} --first-seed {args.first_seed} --input-size "
-          f"{args.input_size} --pixels {args.pixels} --augment {args.augment} --classifier {args.classifier} --n-runs {args.n_runs} --datasets {' '.join(args.datasets)}; "
+          f"{args.input_size} --pixels {args.pixels} --augment {args.augment} --classifier {args.classifier} --n-runs {args.n_runs} "
+          f"{'' if args.umap_neighbors is None else f'--umap-neighbors {args.umap_neighbors} '}--datasets {' '.join(args.datasets)}; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} -->")
     print("| dataset | seed | stability of each view | kept | ACC kept | NMI | ARI | time (s) |")
     print("|---|---|---|---|---|---|---|---|")
@@ -60,7 +64,8 @@ def main(argv=None) -> None:
         accs, nmis, aris = [], [], []
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             m = ImageClusterer(backbone="torchvision/mobilenet_v2", weights=str(MOBILENET), n_clusters=k,
-                               clusterer=FeatureClusterer(random_state=seed, classifier=args.classifier, n_runs=args.n_runs), store=str(args.cache / "store"),
+                               clusterer=FeatureClusterer(random_state=seed, classifier=args.classifier, n_runs=args.n_runs,
+                                                          **umap_kw), store=str(args.cache / "store"),
                                progress=False, pixels={"auto": "auto", "on": True, "off": False}[args.pixels],
                                input_size=size, augment=args.augment)
             t = time.perf_counter()

@@ -145,6 +145,26 @@ def test_normalize_false_keeps_the_length_of_low_dimensional_rows(tmp_path):
         umap_embedding(X, 2, metric="manhattan")
 
 
+def test_umap_neighbors_reach_every_umap_embedding_and_the_model_file(tmp_path):
+    """The selection's embeddings are UMAP's own with ``umap_neighbors`` neighbours (also
+    when K is chosen), and the model file keeps the setting."""
+    from sklearn.datasets import make_blobs
+
+    from visclust.artifact import load_model
+    from visclust.reduce import umap_embedding
+
+    X, _ = make_blobs(400, n_features=12, centers=3, random_state=2)
+    for k in (3, "auto"):
+        fc = FeatureClusterer(k, candidates=["umap+kmeans", "pca+kmeans"], umap_neighbors=7, umap_components=3,
+                              k_range=(2, 4), random_state=4).fit(X)
+        Z = fc.reducer_.transform(X)
+        for r, E in enumerate(fc.selection_.spaces["umap"]):
+            np.testing.assert_array_equal(E, umap_embedding(Z, 3, n_neighbors=7, random_state=4 + 1000 * r))
+    assert not np.array_equal(fc.selection_.spaces["umap"][0], umap_embedding(Z, 3, random_state=4))
+    fc.save(tmp_path / "m.vcm")
+    assert load_model(tmp_path / "m.vcm").umap_neighbors == 7
+
+
 @pytest.mark.parametrize("params, match", [
     (dict(n_clusters="many"), "positive integer or 'auto'"),
     (dict(method="kmean"), "did you mean 'kmeans'"),
@@ -155,6 +175,7 @@ def test_normalize_false_keeps_the_length_of_low_dimensional_rows(tmp_path):
     (dict(reject_threshold=1.0), r"reject_threshold must be in \[0, 1\)"),
     (dict(max_cluster_rows=0), "max_cluster_rows must be a positive integer or None"),
     (dict(normalize="no"), "normalize must be True or False"),
+    (dict(umap_neighbors=1), "umap_neighbors must be an integer >= 2"),
 ])
 def test_bad_parameters_say_what_to_do(blobs, params, match):
     with pytest.raises(InputError, match=match):

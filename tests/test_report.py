@@ -193,9 +193,10 @@ def test_cli_report(tmp_path, cli):
     shapes = make_shape_images(tmp_path / "shapes", n_per_class=8)
     (shapes / "red_disc" / "bad.jpg").write_bytes(b"not a jpeg")
     model, fit_csv, out = tmp_path / "m.vcm", tmp_path / "fit.csv", tmp_path / "report.html"
-    r = cli("fit", shapes, "-k", "3", "--backbone", "baseline/pixels", "--pca", "0", "-o", model,
+    r = cli("fit", shapes, "-k", "3", "--backbone", "baseline/pixels", "--pca", "0", "--umap-neighbors", "5", "-o", model,
             "--assignments", fit_csv, "-q")
     assert r.returncode == 1, r.stderr  # bad.jpg skipped, listed in fit.skipped.csv
+    assert visclust.load(model).feature_clusterer_.umap_neighbors == 5
     r = cli("report", model, "--assignments", fit_csv, "--output", out, "--labels", "folders", "--map", "pca",
             "--typical", "4", "--atypical", "2", "--workers", "0")
     assert r.returncode == 0, r.stderr

@@ -136,6 +136,9 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         counts").
     umap_components : int or None, default 10
         Dimensions of the UMAP embeddings; ``None`` disables every UMAP-based space.
+    umap_neighbors : int, default 15
+        UMAP's ``n_neighbors``: how many nearest rows shape each row's place in the embedding
+        (at most the number of rows - 1).
     learned_step : bool, default False
         Also try the learned step (an N2D autoencoder on the features, see
         :mod:`visclust.learn`) as a candidate space; it is kept only if the criterion prefers it.
@@ -227,7 +230,8 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, n_clusters=8, method: str = "auto", space: str = "auto", n_components: int | None = 64,
-                 whiten="auto", normalize: bool = True, umap_components: int | None = 10, learned_step: bool = False,
+                 whiten="auto", normalize: bool = True, umap_components: int | None = 10, umap_neighbors: int = 15,
+                 learned_step: bool = False,
                  candidates=None, n_runs: int = 3, confident_fraction: float = 0.5, self_training: int = 2,
                  classifier: str = "auto", reject_threshold: float = 0.0, reject_novel: bool = False,
                  k_range=(2, 30), n_init: int = 10,
@@ -240,6 +244,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         self.whiten = whiten
         self.normalize = normalize
         self.umap_components = umap_components
+        self.umap_neighbors = umap_neighbors
         self.learned_step = learned_step
         self.candidates = candidates
         self.n_runs = n_runs
@@ -281,6 +286,9 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             raise InputError(f"reject_novel must be True or False, got {self.reject_novel!r}")
         if self.umap_components is not None and int(self.umap_components) < 1:
             raise InputError(f"umap_components must be a positive integer or None, got {self.umap_components}")
+        u = self.umap_neighbors
+        if not isinstance(u, (int, np.integer)) or isinstance(u, bool) or u < 2:
+            raise InputError(f"umap_neighbors must be an integer >= 2, got {u!r}")
         if self.space not in ("auto",) + SPACES:
             raise InputError(f"unknown clustering space '{self.space}'; choose one of auto, {', '.join(SPACES)}")
         if self.space in ("umap", "autoencoder") and self.umap_components is None:
@@ -300,6 +308,11 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     def _metric(self) -> str:
         """UMAP's metric: cosine on L2-normalised rows, euclidean where their length counts."""
         return "cosine" if self.normalize else "euclidean"
+
+    def _umap_kw(self) -> dict:
+        """UMAP's settings for :func:`visclust.select.embed`, ``embed_runs`` and ``select_pipeline``."""
+        dims = int(self.umap_components) if self.umap_components is not None else 10
+        return {"umap_components": dims, "n_neighbors": int(self.umap_neighbors), "metric": self._metric()}
 
     def _choose_whitening(self, X, k):
         """Whitened or plain PCA, whichever K-means partitions more reproducibly."""
@@ -384,7 +397,6 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             self.cluster_labels_ = np.zeros(len(X), np.int64)
             return {"k": 1, "rows": len(X), "Z": Z, "space": Z, "runs": []}
         cands = self._candidate_list(len(X))
-        umap_dims = int(self.umap_components) if self.umap_components is not None else 10
         seed = 0 if self.random_state is None else int(self.random_state)
         spaces = {}
         self.k_scores_ = {}
@@ -397,8 +409,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
                             "kmeans")
             with self._stage(f"choosing the number of clusters in {self.k_range[0]}..{self.k_range[1]} "
                              f"on {self._count(len(X))}"):
-                spaces[ks] = embed_runs(Z, ks, [seed + 1000 * r for r in range(self.n_runs)], umap_components=umap_dims,
-                                        metric=self._metric())
+                spaces[ks] = embed_runs(Z, ks, [seed + 1000 * r for r in range(self.n_runs)], **self._umap_kw())
                 k, self.k_scores_ = choose_n_clusters(spaces[ks], self.k_range, k_method, random_state=seed)
         cands = self._candidate_list(len(X), k)
         state = {"k": k, "rows": len(X), "Z": Z, "space": None, "runs": []}
@@ -407,8 +418,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         elif len(cands) == 1:
             c = cands[0]
             with self._stage(f"clustering {self._count(len(X))} with {c.name}"):
-                E = spaces[c.space][0] if c.space in spaces else embed(Z, c.space, seed, umap_components=umap_dims,
-                                                                       metric=self._metric())
+                E = spaces[c.space][0] if c.space in spaces else embed(Z, c.space, seed, **self._umap_kw())
                 self.cluster_labels_ = cluster_features(E, k, c.method, random_state=self.random_state,
                                                         n_init=self.n_init)
             self.pipeline_, self.pipeline_scores_ = c.name, {}
@@ -416,8 +426,8 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         else:
             with self._stage(f"choosing the pipeline: {len(cands)} candidates x {self.n_runs} runs on "
                              f"{self._count(len(X))}"):
-                sel = select_pipeline(Z, k, cands, n_runs=self.n_runs, random_state=seed, umap_components=umap_dims,
-                                      spaces=spaces, metric=self._metric())
+                sel = select_pipeline(Z, k, cands, n_runs=self.n_runs, random_state=seed, spaces=spaces,
+                                      **self._umap_kw())
             self.cluster_labels_ = sel.labels
             self.pipeline_, self.pipeline_scores_ = sel.best.name, dict(sel.scores)
             self.selection_ = sel  # every candidate's runs, e.g. to report them; not saved
@@ -434,11 +444,10 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         self.selection_index_ = self.sample_index_ = index
         if index is not None:  # the chosen pipeline once more, on up to FINAL_CLUSTER_ROWS rows
             best = Candidate.parse(self.pipeline_)
-            umap_dims = int(self.umap_components) if self.umap_components is not None else 10
             self.sample_index_ = self._random_rows(len(X_all), max(FINAL_CLUSTER_ROWS, state["rows"]), seed + 1)
             Z = self.reducer_.transform(X_all if self.sample_index_ is None else X_all[self.sample_index_])
             with self._stage(f"clustering {self._count(len(Z))} with {self.pipeline_}"):
-                space = embed(Z, best.space, seed, umap_components=umap_dims, metric=self._metric())
+                space = embed(Z, best.space, seed, **self._umap_kw())
                 self.cluster_labels_ = cluster_features(space, k, best.method, random_state=self.random_state,
                                                         n_init=self.n_init)
             runs = []

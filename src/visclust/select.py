@@ -123,7 +123,7 @@ def embed(Z: np.ndarray, space: str, random_state: int, *, umap_components: int 
     raise InputError(f"unknown clustering space '{space}'; choose one of {', '.join(SPACES)}")
 
 
-def embed_runs(Z: np.ndarray, space: str, seeds, *, umap_components: int = 10,
+def embed_runs(Z: np.ndarray, space: str, seeds, *, umap_components: int = 10, n_neighbors: int = 15,
                learn_params: dict | None = None, metric: str = "cosine") -> list[np.ndarray]:
     """:func:`embed` for each of ``seeds``; UMAP's embeddings side by side in child processes
     on large inputs (:func:`visclust.reduce.umap_embeddings`)."""
@@ -133,9 +133,9 @@ def embed_runs(Z: np.ndarray, space: str, seeds, *, umap_components: int = 10,
     if space == "pca":
         return [Z] * len(seeds)
     if space == "umap":
-        return umap_embeddings(Z, seeds, umap_components, metric=metric)
-    return [embed(Z, space, s, umap_components=umap_components, learn_params=learn_params, metric=metric)
-            for s in seeds]
+        return umap_embeddings(Z, seeds, umap_components, n_neighbors=n_neighbors, metric=metric)
+    return [embed(Z, space, s, umap_components=umap_components, n_neighbors=n_neighbors, learn_params=learn_params,
+                  metric=metric) for s in seeds]
 
 
 def subsample_run(E: np.ndarray, n_clusters: int, method: str, random_state: int, subsample: float,
@@ -310,8 +310,8 @@ def agreement(runs: list[np.ndarray], reference: np.ndarray) -> np.ndarray:
 
 def select_pipeline(Z: np.ndarray, n_clusters: int, candidates=DEFAULT_CANDIDATES, *, n_runs: int = 3,
                     subsample: float = 0.8, random_state: int | None = 0, umap_components: int = 10,
-                    learn_params: dict | None = None, spaces: dict | None = None, consensus: bool = True,
-                    metric: str = "cosine") -> Selection:
+                    n_neighbors: int = 15, learn_params: dict | None = None, spaces: dict | None = None,
+                    consensus: bool = True, metric: str = "cosine") -> Selection:
     """Run every candidate pipeline ``n_runs`` times and keep the most stable one.
 
     Parameters
@@ -326,6 +326,8 @@ def select_pipeline(Z: np.ndarray, n_clusters: int, candidates=DEFAULT_CANDIDATE
         Share of the rows each run is fitted on.
     random_state : int, default 0
     umap_components : int, default 10
+    n_neighbors : int, default 15
+        UMAP's neighbours (:func:`visclust.reduce.umap_embedding`).
     learn_params : dict, optional
         Parameters of :class:`visclust.learn.FeatureAutoencoder` for the ``'autoencoder'`` space.
     spaces : dict {space: list of ndarray}, optional
@@ -362,8 +364,8 @@ def select_pipeline(Z: np.ndarray, n_clusters: int, candidates=DEFAULT_CANDIDATE
     for space in dict.fromkeys(c.space for c in cands):
         if space not in spaces:
             t0 = time.perf_counter()
-            spaces[space] = embed_runs(Z, space, seeds, umap_components=umap_components, learn_params=learn_params,
-                                       metric=metric)
+            spaces[space] = embed_runs(Z, space, seeds, umap_components=umap_components, n_neighbors=n_neighbors,
+                                       learn_params=learn_params, metric=metric)
             seconds[f"embed:{space}"] = time.perf_counter() - t0
     runs, scores = {}, {}
     for c in cands:

@@ -30,6 +30,8 @@ def register(sub) -> None:
     g.add_argument("--pca", type=int, default=64, metavar="D", help="PCA dimensions, 0 = none (default %(default)s)")
     g.add_argument("--umap", type=int, default=10, metavar="D",
                    help="dimensions of the UMAP embeddings, 0 = never use UMAP (default %(default)s)")
+    g.add_argument("--umap-neighbors", type=int, default=15, metavar="N",
+                   help="UMAP's nearest neighbours per image (default %(default)s)")
     g.add_argument("--k-range", default="2:30", metavar="MIN:MAX", help="candidates for --clusters auto (default %(default)s)")
     g.add_argument("--classifier", choices=("auto", "svm", "knn", "mlp"), default="auto",
                    help="what assigns images to clusters: a linear SVM, a vote of the nearest training images, a small "
@@ -82,6 +84,7 @@ def run(args) -> int:
 
     clusterer = FeatureClusterer(method=args.method, space=args.space, learned_step=args.learned_step,
                                  n_components=args.pca or None, umap_components=args.umap or None,
+                                 umap_neighbors=args.umap_neighbors,
                                  classifier=args.classifier, reject_threshold=args.reject, k_range=parse_k_range(args.k_range),
                                  random_state=args.seed,
                                  **({} if args.max_cluster_rows is None else {"max_cluster_rows": args.max_cluster_rows or None}))
