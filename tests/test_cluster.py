@@ -110,3 +110,20 @@ def test_select_n_clusters_finds_the_number_of_blobs(true_k):
 def test_select_n_clusters_rejects_a_bad_range():
     with pytest.raises(InputError, match="2 <= min <= max"):
         select_n_clusters(np.zeros((10, 2)), (5, 3))
+
+
+def test_the_gaussian_mixture_starts_from_k_means_and_finds_separated_blobs():
+    """In a whitened, L2-normalised PCA space (what the default pipeline gives it) a full-covariance
+    mixture started from k-means++ seeds alone fell into a poor optimum on most random 80% subsets
+    of three separated blobs (mean ARI 0.66 over 20 subsets); started from K-means it finds them."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from visclust.reduce import Reducer
+
+    X, y = make_blobs(350, n_features=12, centers=3, random_state=0)
+    Z = Reducer(64, whiten=True).fit(X).transform(X)
+    scores = []
+    for seed in range(10):
+        idx = np.sort(np.random.default_rng(seed).choice(len(Z), 280, replace=False))
+        scores.append(adjusted_rand_score(y[idx], cluster_features(Z[idx], 3, "gmm", random_state=seed)))
+    assert np.mean(scores) > 0.9, np.round(scores, 2)
