@@ -89,6 +89,9 @@ def test_fit_on_many_images_clusters_a_sample_and_says_so(tmp_path, cli):
     r = cli("fit", images, "--clusters", "3", "--max-cluster-rows", "-5", "--output", tmp_path / "o.vcm")
     assert r.returncode != 0 and "--max-cluster-rows must be a number of images, or 0" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "o.vcm").exists()
+    for flag, value in (("--umap-neighbors", "1"), ("--umap", "-2"), ("--pca", "-1")):
+        r = cli("fit", images, "--clusters", "3", flag, value, "--output", tmp_path / "o.vcm")
+        assert r.returncode == 2 and f"{flag} must be at least" in r.stderr, r.stderr
 
 
 def test_fit_predict_evaluate_round_trip(tmp_path, shape_images, cli):

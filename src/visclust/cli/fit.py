@@ -78,6 +78,9 @@ def run(args) -> int:
 
     check_inputs_exist(args.inputs)  # before the network and its weights are loaded
     check_outputs(args.output, args.assignments)  # before the work, not after it
+    for flag, value, least in (("--pca", args.pca, 0), ("--umap", args.umap, 0), ("--umap-neighbors", args.umap_neighbors, 2)):
+        if value < least:  # named as the user typed it, not as the Python parameter
+            raise InputError(f"{flag} must be at least {least}{' (0: none)' if least == 0 else ''}; got {value}")
     if args.max_cluster_rows is not None and args.max_cluster_rows < 0:
         raise InputError(f"--max-cluster-rows must be a number of images, or 0 to cluster every image; "
                          f"got {args.max_cluster_rows}")
