@@ -8,7 +8,8 @@ compared, the one kept, and its ACC.
     python benchmarks/image_views.py --augment 3             # the classifier also trained on 3 augmented copies
     python benchmarks/image_views.py --augment 3 --classifier svm   # ... the linear SVM instead of the network
 
-With ``--augment N`` the table also gives the ACC of the clustering the classifier started from.
+With ``--augment N`` or ``--classifier-views all`` the table also gives the ACC of the clustering
+the classifier started from.
 
 ``digits8`` is scikit-learn's digits written as 8 x 8 PNG files; ``fashion-mnist`` (28 x 28 grey
 clothing) and ``emoji`` (64 x 64 RGBA, 9 Unicode categories) are collections the choices were
@@ -42,6 +43,8 @@ def main(argv=None) -> None:
     p.add_argument("--n-runs", type=int, default=3, help="FeatureClusterer(n_runs=N): runs per candidate (default %(default)s)")
     p.add_argument("--umap-neighbors", type=int, default=None,
                    help="FeatureClusterer(umap_neighbors=N) (default: FeatureClusterer's)")
+    p.add_argument("--classifier-views", choices=("chosen", "all"), default="chosen",
+                   help="ImageClusterer(classifier_views=...) (default %(default)s)")
     p.add_argument("--cache", type=Path, default=Path("/tmp/visclust-bench"))
     args = p.parse_args(argv)
     from visclust.evaluate import external_scores
@@ -51,7 +54,7 @@ def main(argv=None) -> None:
     size = args.input_size if args.input_size in ("auto", "backbone") else int(args.input_size)
     print(f"<!-- python benchmarks/image_views.py --seeds {args.seeds} --first-seed {args.first_seed} --input-size "
           f"{args.input_size} --pixels {args.pixels} --augment {args.augment} --classifier {args.classifier} --n-runs {args.n_runs} "
-          f"{'' if args.umap_neighbors is None else f'--umap-neighbors {args.umap_neighbors} '}--datasets {' '.join(args.datasets)}; "
+          f"{'' if args.umap_neighbors is None else f'--umap-neighbors {args.umap_neighbors} '}--classifier-views {args.classifier_views} --datasets {' '.join(args.datasets)}; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} -->")
     print("| dataset | seed | stability of each view | kept | ACC kept | NMI | ARI | time (s) |")
     print("|---|---|---|---|---|---|---|---|")
@@ -67,7 +70,7 @@ def main(argv=None) -> None:
                                clusterer=FeatureClusterer(random_state=seed, classifier=args.classifier, n_runs=args.n_runs,
                                                           **umap_kw), store=str(args.cache / "store"),
                                progress=False, pixels={"auto": "auto", "on": True, "off": False}[args.pixels],
-                               input_size=size, augment=args.augment)
+                               input_size=size, augment=args.augment, classifier_views=args.classifier_views)
             t = time.perf_counter()
             m.fit([str(folder)])
             secs = time.perf_counter() - t
@@ -77,7 +80,7 @@ def main(argv=None) -> None:
             accs.append(acc)
             nmis.append(scores["nmi"])
             aris.append(scores["ari"])
-            if args.augment:  # what the copies changed: the clustering the classifier started from
+            if args.augment or args.classifier_views == "all":  # the clustering the classifier started from
                 start = external_scores(y, m.feature_clusterer_.cluster_labels_)["acc"]
                 print(f"| {name} | {seed} | clustering before the classifier | | {start:.3f} | | | |", flush=True)
             views = ", ".join(f"{k} {v:.3f}" for k, v in m.view_scores_.items()) or "-"
@@ -86,6 +89,8 @@ def main(argv=None) -> None:
                 views += " (support among the backbone's neighbours: " + \
                     ", ".join(f"{k} {v:.2f}" for k, v in support.items()) + ")"
             kept = " + ".join(f"{c.name.split('/')[-1]}@{c.preprocess.input_size}px" for c in m.backbone_configs_)
+            if m.classifier_view_:  # the model computes every view; the clustering used one
+                kept = f"{m.view_} (classifier on every view: {kept})"
             print(f"| {name} | {seed} | {views} | {kept} | {acc:.3f} | {scores['nmi']:.3f} | {scores['ari']:.3f} | "
                   f"{secs:.0f} |", flush=True)
         print(f"| {name} | mean | | | **{np.mean(accs):.3f} ± {np.std(accs):.3f}** | {np.mean(nmis):.3f} | "

@@ -15,7 +15,7 @@ from visclust.exceptions import InputError
 from visclust.features import (accepts_input_size, backbone_at_size, small_image_backbone, small_image_preprocess,
                                typical_short_side, with_preprocess)
 from visclust.cli._common import describe_choices
-from visclust.model import ImageClusterer
+from visclust.model import FeatureClusterer, ImageClusterer
 
 from conftest import make_shape_images
 
@@ -138,6 +138,16 @@ def test_cli_extract_stores_both_sizes_so_fit_computes_nothing(tmp_path, shape_i
     r = cli("fit", shape_images, "-k", "3", "-o", tmp_path / "m.vcm", "--pixels", "off", *common)
     assert r.returncode == 0, r.stderr
     assert sorted(store.glob("*/shards/*.json")) == shards  # both sizes came from the store
+    r = cli("fit", shape_images, "-k", "3", "-o", tmp_path / "all.vcm", "--pixels", "off", "--classifier-views", "all",
+            "--assignments", tmp_path / "fit.csv", *common)
+    assert r.returncode == 0, r.stderr
+    assert "classifier trained on every view side by side: torchvision/mobilenet_v2 at " in r.stdout + r.stderr
+    r = cli("predict", tmp_path / "all.vcm", shape_images, "-o", tmp_path / "p.csv", "--workers", "0", "--store", store,
+            "--engine", "torch")
+    assert r.returncode == 0, r.stderr
+    assert sorted(store.glob("*/shards/*.json")) == shards  # predict read both sizes from the store too
+    cols = lambda f: [line.split(",")[:2] for line in f.read_text().splitlines()]
+    assert cols(tmp_path / "p.csv") == cols(tmp_path / "fit.csv")
     r = cli("fit", shape_images, "-k", "3", "-o", tmp_path / "m.vcm", "--input-size", "huge", *common)
     assert r.returncode == 2 and "--input-size must be 'auto', 'backbone' or a number" in r.stderr
     assert "Traceback" not in r.stderr
@@ -317,3 +327,41 @@ def test_fit_on_extracted_features_with_pixels_on_keeps_them_and_refuses_feature
     np.testing.assert_array_equal(m.predict([shape_images]), m.labels_)
     with pytest.raises(InputError, match=r"shape \(36, 4352\).* give 1280 columns; compute them with extract\(\)"):
         ImageClusterer(**kw, pixels=False).fit([shape_images], features=feats)
+
+
+def test_classifier_views_all_trains_on_every_view_and_predict_computes_them(tmp_path, shape_images):
+    """``classifier_views='all'``: the clustering of the chosen view, the classifier on both
+    sizes and the pixels side by side; the model file keeps all three and predicts the same."""
+    kw = dict(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters=3, engine="torch", num_workers=0,
+              clusterer=FeatureClusterer(random_state=0))
+    chosen = ImageClusterer(**kw).fit([shape_images])  # 48 x 48 images: 224 and 192 compared, then the pixels
+    m = ImageClusterer(**kw, classifier_views="all").fit([shape_images])
+    assert m.view_ == chosen.view_ and m.view_scores_ == chosen.view_scores_  # the same choice of view
+    np.testing.assert_array_equal(m.feature_clusterer_.cluster_labels_, chosen.feature_clusterer_.cluster_labels_)
+    sizes = [(c.name, c.preprocess.input_size) for c in m.backbone_configs_]
+    first = chosen.backbone_configs_[0].preprocess.input_size  # the chosen view's backbone comes first
+    assert sizes == [("torchvision/mobilenet_v2", first), ("torchvision/mobilenet_v2", 416 - first),
+                     ("baseline/pixels", 32)], sizes
+    assert m.feature_clusterer_.n_features_in_ == 2 * 1280 + 3 * 32 * 32
+    assert m.classifier_view_ == (f"torchvision/mobilenet_v2 at {first} px + torchvision/mobilenet_v2 at "
+                                  f"{416 - first} px + baseline/pixels")
+    assert chosen.classifier_view_ is None
+    assert f"classifier trained on every view side by side: {m.classifier_view_}" in describe_choices(m)
+    m.save(tmp_path / "m.vcm")
+    back = ImageClusterer.load(tmp_path / "m.vcm")
+    assert [(c.name, c.preprocess.input_size) for c in back.backbone_configs_] == sizes
+    a = back.assign([shape_images])
+    np.testing.assert_array_equal(a.clusters, m.labels_)
+    np.testing.assert_allclose(a.confidence, m.confidence_, rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="classifier_views must be 'all' or 'chosen', got 'every'"):
+        ImageClusterer(**kw, classifier_views="every").fit([shape_images])
+
+
+def test_one_weights_file_serves_a_network_used_at_two_sizes(tmp_path):
+    from visclust.model import backbone_specs
+
+    w = str(tmp_path / "w.safetensors")
+    names = ["torchvision/mobilenet_v2", "torchvision/mobilenet_v2", "baseline/pixels"]
+    assert backbone_specs(names, w, repeats=True) == [(names[0], w), (names[0], w), (names[2], None)]
+    with pytest.raises(InputError, match="same backbone twice"):  # a user's own list names each once
+        backbone_specs(names, w)

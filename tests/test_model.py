@@ -354,3 +354,45 @@ def test_verbose_prints_each_long_stage_of_the_fit_and_its_time(capsys, monkeypa
         break_line()
         print("warning", file=sys.stderr)
     assert re.fullmatch(r"working \.\.\.\nwarning\nworking: \d+\.\d s\n", capsys.readouterr().err)
+
+
+def _two_views(seed: int, n: int = 600, k: int = 3, d: int = 20):
+    """Two noisy views of the same ``k`` groups, with independent noise: K-means on the first
+    alone mislabels some 4-9% of the rows."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(k), n // k)
+    X = (rng.normal(size=(k, d))[y] + rng.normal(scale=1.6, size=(n, d))).astype(np.float32)
+    X2 = (rng.normal(size=(k, d))[y] + rng.normal(scale=1.6, size=(n, d))).astype(np.float32)
+    return X, np.hstack([X, X2]), y
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_classifier_on_a_second_view_corrects_the_clustering_of_the_first(seed):
+    X, F, y = _two_views(seed)
+    kw = dict(method="kmeans", space="pca", random_state=seed, n_init=3)
+    alone = FeatureClusterer(3, **kw).fit(X)
+    both = FeatureClusterer(3, **kw).fit(X, classifier_features=F)
+    np.testing.assert_array_equal(both.cluster_labels_, alone.cluster_labels_)  # the same clustering of X
+    start = hungarian_accuracy(y, both.cluster_labels_)
+    assert start < 0.96
+    assert hungarian_accuracy(y, alone.labels_) < start + 0.01  # one view's classifier keeps its errors
+    assert hungarian_accuracy(y, both.labels_) >= start + 0.03  # the second view's corrects them
+    assert both.n_features_in_ == F.shape[1] and both.transform(F).shape == (len(F), 40)
+    np.testing.assert_array_equal(both.predict(F), both.labels_)
+    with pytest.raises(InputError, match="expecting 40 features"):
+        both.predict(X)
+
+
+def test_classifier_features_must_be_the_same_rows(tmp_path):
+    from visclust.artifact import load_model
+
+    X, F, _ = _two_views(0, n=90)
+    with pytest.raises(InputError, match="classifier_features has 89 rows but X has 90"):
+        FeatureClusterer(3, **FAST).fit(X, classifier_features=F[:-1])
+    fc = FeatureClusterer(3, **FAST).fit(X, classifier_features=F)
+    with pytest.raises(InputError, match="needs the 90 rows of the last fit"):
+        fc.train_classifier_on(F[:10])
+    fc.save(tmp_path / "m.vcm")  # the model file holds the classifier of the other features
+    loaded = load_model(tmp_path / "m.vcm")
+    np.testing.assert_array_equal(loaded.predict(F), fc.predict(F))
+    assert loaded.n_features_in_ == F.shape[1]

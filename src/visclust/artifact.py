@@ -58,7 +58,7 @@ def _collect(model) -> tuple[dict, dict[str, np.ndarray]]:
         extra = {
             # one backbone: "backbone"; features concatenated from several: "backbones", in order
             **({"backbone": cfgs[0].to_dict()} if len(cfgs) == 1 else {"backbones": [c.to_dict() for c in cfgs]}),
-            "weights_hint": model.weights,
+            "weights_hint": model.weights_hint(),
             "training": {"n_images": len(model.paths_), "n_skipped": len(model.skipped_)},
         }
     elif isinstance(model, FeatureClusterer):

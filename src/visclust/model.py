@@ -359,12 +359,46 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             methods.remove("gmm")
         return [Candidate(s, m) for s in spaces for m in methods]
 
-    def fit(self, X, y=None):
-        """Fit on ``X`` of shape (n_samples, n_features). ``y`` is ignored."""
+    def fit(self, X, y=None, classifier_features=None):
+        """Fit on ``X`` of shape (n_samples, n_features). ``y`` is ignored.
+
+        ``classifier_features``, optional, shape (n_samples, n_other): other features of the
+        same rows, in the same order, for the classifier step alone. ``X`` is clustered as
+        always; the reducer and the classifier are then trained again on these rows with the
+        clustering's pseudo-labels (:meth:`train_classifier_on`), so :meth:`predict` and
+        :meth:`transform` take rows like them. For example the backbone's features at two
+        input sizes and the raw pixels side by side, where ``X`` is one of them:
+        docs/benchmarks.md, "The classifier step on other features of the same images".
+        """
+        if classifier_features is not None:
+            F = _as_features(classifier_features)
+            if len(F) != len(_as_features(X)):
+                raise InputError(f"classifier_features has {len(F)} rows but X has {len(_as_features(X))}; "
+                                 "give the same rows in the same order")
         k, X = self._checked_input(X)
         index = self._cluster_sample(len(X), k)
         state = self._select(X if index is None else X[index], k, sampled=index is not None)
-        return self._finish(X, index, state)
+        self._finish(X, index, state)
+        return self if classifier_features is None else self.train_classifier_on(F)
+
+    def train_classifier_on(self, F):
+        """Train the reducer, the classifier and the novelty test again on ``F``: other
+        features of the rows of the last :meth:`fit` (same order), the clustering unchanged.
+        Afterwards :meth:`predict` and :meth:`transform` take rows like ``F``; ``labels_``,
+        ``confidence_`` and ``cluster_centers_`` are the new classifier's."""
+        _check_fitted(self, "classifier_")
+        F = _as_features(F)
+        if len(F) != len(self.cluster_labels_):
+            raise InputError(f"train_classifier_on needs the {len(self.cluster_labels_)} rows of the last fit, "
+                             f"in the same order; got {len(F)}")
+        seed = 0 if self.random_state is None else int(self.random_state)
+        self.reducer_ = clone(self.reducer_).fit(F)  # the same dimensions and whitening as chosen for X
+        self.n_features_in_ = F.shape[1]
+        Z = self.reducer_.transform(F)
+        with self._stage(f"training the classifier on {self._count(len(Z))} (other features)"):
+            self._fit_classifier(Z)
+            self._fit_novelty(F, Z, seed)
+        return self
 
     def _checked_input(self, X):
         k = self._validate_params()
@@ -659,17 +693,22 @@ def _as_features(X) -> np.ndarray:
                          "densify sparse input with X.toarray())") from e
 
 
-def backbone_specs(backbone, weights) -> list[tuple[str, str | None]]:
+def backbone_specs(backbone, weights, repeats: bool = False) -> list[tuple[str, str | None]]:
     """``[(name, weights file or None), ...]`` for ImageClusterer's ``backbone`` and ``weights``
-    parameters (a name or a list; a file, a list, or one file per backbone that takes weights)."""
+    parameters (a name or a list; a file, a list, or one file per backbone that takes weights).
+    ``repeats``: a fitted model's backbones, where one network may come twice (at two input
+    sizes, ``classifier_views='all'``); one weights file per network then serves each."""
     names = list(backbone) if isinstance(backbone, (list, tuple)) else [backbone]
     if not names or not all(isinstance(n, str) and n for n in names):
         raise InputError(f"backbone must be a backbone name or a list of names, got {backbone!r}")
-    if len(set(names)) != len(names):
+    if len(set(names)) != len(names) and not repeats:
         raise InputError(f"backbone lists the same backbone twice ({', '.join(names)}); give each once")
     files = [None] * len(names) if weights is None else \
         list(weights) if isinstance(weights, (list, tuple)) else [weights]
     takes = [i for i, n in enumerate(names) if not n.startswith("baseline/")]  # backbones with weights
+    networks = list(dict.fromkeys(names[i] for i in takes))  # each network once, in order
+    if len(files) != len(names) and len(networks) < len(takes) and len(files) == len(networks):
+        files = [None if n.startswith("baseline/") else files[networks.index(n)] for n in names]
     if len(files) != len(names):
         if len(files) != len(takes):
             raise InputError(f"{len(files)} weights file(s) for {len(names)} backbone(s); give one per backbone, "
@@ -841,6 +880,17 @@ class ImageClusterer(BaseEstimator):
         collection (written to a temporary directory, never stored). With 3 copies: CIFAR-10
         test 0.517 -> 0.535 ACC (3 seeds), within 0.005 on MNIST, emoji and Fashion-MNIST; with the SVM
         CIFAR-10 0.544 but ACC falls elsewhere (docs/benchmarks.md). 0: off.
+    classifier_views : {'chosen', 'all'}, default 'chosen'
+        What the classifier step, and so ``predict``, learns from. ``'chosen'``: the features
+        of the view kept for the clustering. ``'all'``: when ``fit`` compared views on every
+        image (``input_size`` or ``pixels`` 'auto'), the features of every view it computed,
+        side by side (the backbone at both input sizes, the raw pixels; each L2-normalised),
+        trained with the chosen clustering's pseudo-labels
+        (:meth:`FeatureClusterer.train_classifier_on`): a second look at the same images
+        corrects some of the clustering's mistakes, and ``predict`` computes every one of
+        those features. On more images than ``max_cluster_rows`` the losing views were
+        computed for the sample only, and the chosen view is used (docs/benchmarks.md, "The
+        classifier step on other features of the same images").
 
     Attributes
     ----------
@@ -867,6 +917,11 @@ class ImageClusterer(BaseEstimator):
     view_ : str or None
         The view kept, one of ``view_scores_``' keys (None when no comparison ran; not saved
         in the model file).
+    classifier_view_ : str or None
+        With ``classifier_views='all'``, the features the classifier learnt from, e.g.
+        ``'torchvision/mobilenet_v2 at 224 px + torchvision/mobilenet_v2 at 128 px +
+        baseline/pixels'`` (``backbone_configs_`` lists them); None when it learnt from the
+        chosen view (not saved in the model file).
     n_clusters_ : int
 
     Examples
@@ -878,7 +933,8 @@ class ImageClusterer(BaseEstimator):
     def __init__(self, backbone: str = "torchvision/mobilenet_v2", weights: str | None = None, pretrained: bool = True,
                  n_clusters=8, clusterer: FeatureClusterer | None = None, batch_size: int = 64,
                  num_workers: int | None = None, device: str | None = None, progress: bool | None = None,
-                 store: str | None = None, engine: str = "auto", pixels="auto", input_size="auto", augment: int = 0):
+                 store: str | None = None, engine: str = "auto", pixels="auto", input_size="auto", augment: int = 0,
+                 classifier_views: str = "chosen"):
         self.backbone = backbone
         self.weights = weights
         self.pretrained = pretrained
@@ -893,11 +949,23 @@ class ImageClusterer(BaseEstimator):
         self.engine = engine
         self.pixels = pixels
         self.input_size = input_size
+        self.classifier_views = classifier_views
 
     # -- backbone -----------------------------------------------------------------------
     def backbone_specs(self) -> list[tuple[str, str | None]]:
         """``[(name, weights file or None), ...]``, one per backbone, checked."""
-        return backbone_specs(self.backbone, self.weights)
+        return backbone_specs(self.backbone, self.weights, repeats=getattr(self, "backbone_configs_", None) is not None)
+
+    def weights_hint(self) -> list | str | None:
+        """The weights files the fitted backbones came from, as ``weights`` takes them: the
+        parameter itself, or one entry per backbone when the model uses a network more than
+        once (``classifier_views='all'``), for the model file to name."""
+        cfgs = getattr(self, "backbone_configs_", None) or []
+        names = [c.name for c in cfgs]
+        if len(set(names)) == len(names):
+            return self.weights
+        files = dict(backbone_specs(list(dict.fromkeys(names)), self.weights))
+        return [files[n] for n in names]
 
     def get_backbones(self) -> list:
         """The backbones (built once and cached); after ``load`` they must match the fitted ones."""
@@ -1083,13 +1151,37 @@ class ImageClusterer(BaseEstimator):
                     base = name
         self.view_scores_ = scores
         (wbbs, _, wres), (f, state) = views[base], states[base]
+        every = self._every_view(views, base) if self.classifier_views == "all" and not sampled else None
         views.clear()  # the losing views' features are not needed any more
         if not sampled:
-            return f._finish(wres.features, None, state), wbbs, wres, base
+            f._finish(wres.features, None, state)
+            if every is None:
+                return f, wbbs, wres, base
+            self.classifier_view_ = " + ".join(f"{bb.name} at {bb.preprocess.input_size} px" if not bb.name.startswith(
+                "baseline/") else bb.name for bb in every[0])
+            return f.train_classifier_on(every[1].features), every[0], every[1], base
         res = self._features_of(wbbs, paths, known=wres)  # the sample's rows are not computed again
         at = {p: i for i, p in enumerate(res.paths)}
         index = np.asarray([at[p] for p in wres.paths], np.int64)  # the rows the selection saw
         return f._finish(res.features, index, state), wbbs, res, base
+
+    @staticmethod
+    def _every_view(views: dict, base: str):
+        """``(backbones, FeatureResult)``: the features of every view compared, each backbone
+        (and size) once, the chosen view's first, for the classifier step
+        (``classifier_views='all'``); None when the chosen view already holds them all or
+        the views did not read the same images."""
+        seen = {}
+        for name in [base] + [n for n in views if n != base]:
+            vbbs, vparts, _ = views[name]
+            for bb, part in zip(vbbs, vparts):
+                seen.setdefault(bb.config.cache_key(), (bb, part))
+        if len(seen) == len(views[base][0]):
+            return None
+        res = _joined([part for _, part in seen.values()])
+        if list(res.paths) != list(views[base][2].paths):
+            return None
+        return [bb for bb, _ in seen.values()], res
 
     @staticmethod
     def _neighbour_supports(base_state, pixels_state, base_paths, pixels_paths) -> tuple[float, float]:
@@ -1202,6 +1294,8 @@ class ImageClusterer(BaseEstimator):
                              "vote; use classifier='auto', 'mlp' or 'svm' with augment")
         if self.pixels not in ("auto", True, False):
             raise InputError(f"pixels must be 'auto', True or False, got {self.pixels!r}")
+        if self.classifier_views not in ("all", "chosen"):
+            raise InputError(f"classifier_views must be 'all' or 'chosen', got {self.classifier_views!r}")
         # the backbones the parameters name: not those an earlier fit chose (it may have added pixels)
         self._backbones = None
         self.__dict__.pop("_engines", None)
@@ -1220,6 +1314,7 @@ class ImageClusterer(BaseEstimator):
         alt = self._small_image_view(bbs, paths, self.__dict__.get("_memory_short_side")) \
             if size == "auto" and features is None and compares else None
         self.view_scores_, self.view_support_, base = {}, {}, "backbone"
+        self.classifier_view_ = None
         if alt is not None or (use_pixels and self.pixels == "auto"):
             fc, bbs, res, base = self._fit_views(fc, bbs, alt, use_pixels, paths)
         else:

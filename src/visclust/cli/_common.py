@@ -191,4 +191,6 @@ def describe_choices(model) -> list[str]:
     line = describe_classifier(getattr(fc, "classifier_", None))
     if line:
         lines.append(line)
+    if getattr(model, "classifier_view_", None):
+        lines.append(f"classifier trained on every view side by side: {model.classifier_view_}")
     return lines

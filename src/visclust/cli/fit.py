@@ -50,6 +50,10 @@ def register(sub) -> None:
                         "mirror, colour), those that still look like the collection; each copy costs one more feature "
                         "extraction: +0.015-0.024 ACC on CIFAR-10, within 0.005 on digits, symbols and garments; with "
                         "--classifier svm +0.03 on CIFAR-10 but lower elsewhere (default %(default)s: off)")
+    g.add_argument("--classifier-views", choices=("chosen", "all"), default="chosen",
+                   help="what the classifier (and so predict) learns from: the features of the view kept for the "
+                        "clustering, or all: every view compared (both input sizes, the pixels) side by side, where "
+                        "they were computed for every image; predict then computes them all (default %(default)s)")
     g.add_argument("--max-cluster-rows", type=int, default=None, metavar="N",
                    help="on more images than N (or 100 per cluster, if more), choose the pipeline, the input size and "
                         "the pixels on a random sample of that many (only the chosen features are then computed for "
@@ -96,7 +100,8 @@ def run(args) -> int:
                            num_workers=args.workers, device=args.device, progress=progress_flag(args),
                            store=args.store, engine=args.engine,
                            pixels={"auto": "auto", "on": True, "off": False}[args.pixels],
-                           input_size=input_size_arg(args), augment=args.augment)
+                           input_size=input_size_arg(args), augment=args.augment,
+                           classifier_views=args.classifier_views)
     model.fit(args.inputs)
     model.save(args.output)
     a = model.training_assignments()
