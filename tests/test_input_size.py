@@ -350,6 +350,10 @@ def test_classifier_views_all_trains_on_every_view_and_predict_computes_them(tmp
     m.save(tmp_path / "m.vcm")
     back = ImageClusterer.load(tmp_path / "m.vcm")
     assert [(c.name, c.preprocess.input_size) for c in back.backbone_configs_] == sizes
+    from visclust.report import report_model
+    report_model(back, back.assign([shape_images]), tmp_path / "r.html")  # its header names both sizes
+    assert f"torchvision/mobilenet_v2 at {first} px + torchvision/mobilenet_v2 at {416 - first} px" in \
+        (tmp_path / "r.html").read_text()
     a = back.assign([shape_images])
     np.testing.assert_array_equal(a.clusters, m.labels_)
     np.testing.assert_allclose(a.confidence, m.confidence_, rtol=1e-5, atol=1e-6)

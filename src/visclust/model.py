@@ -693,6 +693,16 @@ def _as_features(X) -> np.ndarray:
                          "densify sparse input with X.toarray())") from e
 
 
+def describe_configs(cfgs, sizes: bool | None = None) -> str:
+    """The backbones of ``cfgs`` as people read them, ``' + '`` between: with their input
+    size when ``sizes`` (None: when a network comes more than once, at two sizes)."""
+    names = [c.name for c in cfgs]
+    if sizes is None:
+        sizes = len(set(names)) != len(names)
+    return " + ".join(f"{c.name} at {c.preprocess.input_size} px" if sizes and not c.name.startswith("baseline/")
+                      else c.name for c in cfgs)
+
+
 def backbone_specs(backbone, weights, repeats: bool = False) -> list[tuple[str, str | None]]:
     """``[(name, weights file or None), ...]`` for ImageClusterer's ``backbone`` and ``weights``
     parameters (a name or a list; a file, a list, or one file per backbone that takes weights).
@@ -1157,8 +1167,7 @@ class ImageClusterer(BaseEstimator):
             f._finish(wres.features, None, state)
             if every is None:
                 return f, wbbs, wres, base
-            self.classifier_view_ = " + ".join(f"{bb.name} at {bb.preprocess.input_size} px" if not bb.name.startswith(
-                "baseline/") else bb.name for bb in every[0])
+            self.classifier_view_ = describe_configs([bb.config for bb in every[0]], sizes=True)
             return f.train_classifier_on(every[1].features), every[0], every[1], base
         res = self._features_of(wbbs, paths, known=wres)  # the sample's rows are not computed again
         at = {p: i for i, p in enumerate(res.paths)}

@@ -486,7 +486,7 @@ def report_model(model, assignments: Assignments, output: str | os.PathLike, *, 
     """
     from ..classify import describe_classifier
     from ..io import resolve_labels
-    from ..model import _check_fitted, describe_sample
+    from ..model import _check_fitted, describe_configs, describe_sample
 
     _check_fitted(model, "feature_clusterer_")
     t = time.perf_counter()
@@ -513,7 +513,7 @@ def report_model(model, assignments: Assignments, output: str | os.PathLike, *, 
     fc = model.feature_clusterer_
     Z = fc.transform(res.features[feat_rows])
     cfgs = getattr(model, "backbone_configs_", None) or [model.backbone_config_]
-    info = {"backbone": " + ".join(c.name for c in cfgs), "clusters": fc.n_clusters_,
+    info = {"backbone": describe_configs(cfgs), "clusters": fc.n_clusters_,
             "method": getattr(fc, "pipeline_", None) or fc.method}
     if getattr(fc, "k_scores_", None):
         from ..select import other_levels
