@@ -346,6 +346,10 @@ def test_classifier_views_all_trains_on_every_view_and_predict_computes_them(tmp
     assert m.classifier_view_ == (f"torchvision/mobilenet_v2 at {first} px + torchvision/mobilenet_v2 at "
                                   f"{416 - first} px + baseline/pixels")
     assert chosen.classifier_view_ is None
+    assert "pixels" not in m.view_  # so 'sizes' leaves the pixels out of the classifier
+    sized = ImageClusterer(**kw, classifier_views="sizes").fit([shape_images])
+    assert [(c.name, c.preprocess.input_size) for c in sized.backbone_configs_] == sizes[:2]
+    assert sized.feature_clusterer_.n_features_in_ == 2 * 1280
     assert f"classifier trained on every view side by side: {m.classifier_view_}" in describe_choices(m)
     m.save(tmp_path / "m.vcm")
     back = ImageClusterer.load(tmp_path / "m.vcm")
@@ -357,7 +361,7 @@ def test_classifier_views_all_trains_on_every_view_and_predict_computes_them(tmp
     a = back.assign([shape_images])
     np.testing.assert_array_equal(a.clusters, m.labels_)
     np.testing.assert_allclose(a.confidence, m.confidence_, rtol=1e-5, atol=1e-6)
-    with pytest.raises(InputError, match="classifier_views must be 'all' or 'chosen', got 'every'"):
+    with pytest.raises(InputError, match="classifier_views must be 'chosen', 'sizes' or 'all', got 'every'"):
         ImageClusterer(**kw, classifier_views="every").fit([shape_images])
 
 

@@ -707,7 +707,7 @@ def backbone_specs(backbone, weights, repeats: bool = False) -> list[tuple[str, 
     """``[(name, weights file or None), ...]`` for ImageClusterer's ``backbone`` and ``weights``
     parameters (a name or a list; a file, a list, or one file per backbone that takes weights).
     ``repeats``: a fitted model's backbones, where one network may come twice (at two input
-    sizes, ``classifier_views='all'``); one weights file per network then serves each."""
+    sizes, ``classifier_views``); one weights file per network then serves each."""
     names = list(backbone) if isinstance(backbone, (list, tuple)) else [backbone]
     if not names or not all(isinstance(n, str) and n for n in names):
         raise InputError(f"backbone must be a backbone name or a list of names, got {backbone!r}")
@@ -928,7 +928,8 @@ class ImageClusterer(BaseEstimator):
         The view kept, one of ``view_scores_``' keys (None when no comparison ran; not saved
         in the model file).
     classifier_view_ : str or None
-        With ``classifier_views='all'``, the features the classifier learnt from, e.g.
+        The features the classifier learnt from when they are not the chosen view's
+        (``classifier_views``), e.g.
         ``'torchvision/mobilenet_v2 at 224 px + torchvision/mobilenet_v2 at 128 px +
         baseline/pixels'`` (``backbone_configs_`` lists them); None when it learnt from the
         chosen view (not saved in the model file).
@@ -969,7 +970,7 @@ class ImageClusterer(BaseEstimator):
     def weights_hint(self) -> list | str | None:
         """The weights files the fitted backbones came from, as ``weights`` takes them: the
         parameter itself, or one entry per backbone when the model uses a network more than
-        once (``classifier_views='all'``), for the model file to name."""
+        once (``classifier_views``), for the model file to name."""
         cfgs = getattr(self, "backbone_configs_", None) or []
         names = [c.name for c in cfgs]
         if len(set(names)) == len(names):
@@ -1161,7 +1162,8 @@ class ImageClusterer(BaseEstimator):
                     base = name
         self.view_scores_ = scores
         (wbbs, _, wres), (f, state) = views[base], states[base]
-        every = self._every_view(views, base) if self.classifier_views == "all" and not sampled else None
+        every = None if self.classifier_views == "chosen" or sampled else \
+            self._every_view(views, base, pixels=self.classifier_views == "all")
         views.clear()  # the losing views' features are not needed any more
         if not sampled:
             f._finish(wres.features, None, state)
@@ -1175,16 +1177,17 @@ class ImageClusterer(BaseEstimator):
         return f._finish(res.features, index, state), wbbs, res, base
 
     @staticmethod
-    def _every_view(views: dict, base: str):
+    def _every_view(views: dict, base: str, pixels: bool):
         """``(backbones, FeatureResult)``: the features of every view compared, each backbone
         (and size) once, the chosen view's first, for the classifier step
-        (``classifier_views='all'``); None when the chosen view already holds them all or
-        the views did not read the same images."""
+        (``classifier_views``); the raw pixels of a view that lost only if ``pixels``. None
+        when the chosen view already holds them all or the views did not read the same images."""
         seen = {}
         for name in [base] + [n for n in views if n != base]:
             vbbs, vparts, _ = views[name]
             for bb, part in zip(vbbs, vparts):
-                seen.setdefault(bb.config.cache_key(), (bb, part))
+                if name == base or pixels or not bb.name.startswith("baseline/"):
+                    seen.setdefault(bb.config.cache_key(), (bb, part))
         if len(seen) == len(views[base][0]):
             return None
         res = _joined([part for _, part in seen.values()])
@@ -1303,8 +1306,8 @@ class ImageClusterer(BaseEstimator):
                              "vote; use classifier='auto', 'mlp' or 'svm' with augment")
         if self.pixels not in ("auto", True, False):
             raise InputError(f"pixels must be 'auto', True or False, got {self.pixels!r}")
-        if self.classifier_views not in ("all", "chosen"):
-            raise InputError(f"classifier_views must be 'all' or 'chosen', got {self.classifier_views!r}")
+        if self.classifier_views not in ("chosen", "sizes", "all"):
+            raise InputError(f"classifier_views must be 'chosen', 'sizes' or 'all', got {self.classifier_views!r}")
         # the backbones the parameters name: not those an earlier fit chose (it may have added pixels)
         self._backbones = None
         self.__dict__.pop("_engines", None)
