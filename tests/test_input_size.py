@@ -83,7 +83,8 @@ def test_networks_that_refuse_a_size_keep_their_own(tmp_path):
 
 def test_auto_compares_the_two_sizes_on_small_images_and_predict_uses_the_chosen_one(tmp_path, shape_images, capsys):
     m = ImageClusterer(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters=3, engine="torch",
-                       num_workers=0, pixels=False, progress=True).fit([shape_images])  # 48 x 48 images: 192 is the candidate
+                       num_workers=0, pixels=False, progress=True,
+                       classifier_views="chosen").fit([shape_images])  # 48 x 48 images: 192 is the candidate
     err = capsys.readouterr().err  # progress shown: the bars, and a line per stage after them, named by view
     for view in ("backbone", "backbone@192px"):
         assert re.search(rf"\n{view}: choosing the pipeline: 3 candidates x 3 runs on 36 images \.\.\. \d+\.\d s\n", err), err
@@ -262,7 +263,7 @@ def test_chosen_features_are_computed_in_chunks_into_one_array(tmp_path, shape_i
 
 def test_pixels_on_go_beside_each_input_size_compared_and_predict_computes_them(tmp_path, shape_images):
     m = ImageClusterer(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters=3, engine="torch",
-                       num_workers=0, pixels=True).fit([shape_images])  # 48 x 48 images: 192 is the candidate
+                       num_workers=0, pixels=True, classifier_views="chosen").fit([shape_images])  # 48 x 48: 192 too
     assert set(m.view_scores_) == {"backbone+pixels", "backbone@192px+pixels"}
     assert [c.name for c in m.backbone_configs_] == ["torchvision/mobilenet_v2", "baseline/pixels"]
     assert m.feature_clusterer_.n_features_in_ == 1280 + 3 * 32 * 32
@@ -331,10 +332,12 @@ def test_fit_on_extracted_features_with_pixels_on_keeps_them_and_refuses_feature
 
 def test_classifier_views_all_trains_on_every_view_and_predict_computes_them(tmp_path, shape_images):
     """``classifier_views='all'``: the clustering of the chosen view, the classifier on both
-    sizes and the pixels side by side; the model file keeps all three and predicts the same."""
+    sizes and the pixels side by side; the model file keeps all three and predicts the same.
+    ``'sizes'`` leaves out the pixels the view tests refused; ``'chosen'`` (the default) uses
+    the chosen view alone."""
     kw = dict(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters=3, engine="torch", num_workers=0,
               clusterer=FeatureClusterer(random_state=0))
-    chosen = ImageClusterer(**kw).fit([shape_images])  # 48 x 48 images: 224 and 192 compared, then the pixels
+    chosen = ImageClusterer(**kw, classifier_views="chosen").fit([shape_images])  # 48 x 48: 224, 192, then the pixels
     m = ImageClusterer(**kw, classifier_views="all").fit([shape_images])
     assert m.view_ == chosen.view_ and m.view_scores_ == chosen.view_scores_  # the same choice of view
     np.testing.assert_array_equal(m.feature_clusterer_.cluster_labels_, chosen.feature_clusterer_.cluster_labels_)
