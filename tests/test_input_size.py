@@ -142,7 +142,7 @@ def test_cli_extract_stores_both_sizes_so_fit_computes_nothing(tmp_path, shape_i
     r = cli("fit", shape_images, "-k", "3", "-o", tmp_path / "all.vcm", "--pixels", "off", "--classifier-views", "all",
             "--assignments", tmp_path / "fit.csv", *common)
     assert r.returncode == 0, r.stderr
-    assert "classifier trained on every view side by side: torchvision/mobilenet_v2 at " in r.stdout + r.stderr
+    assert "classifier trained on these features side by side: torchvision/mobilenet_v2 at " in r.stdout + r.stderr
     r = cli("predict", tmp_path / "all.vcm", shape_images, "-o", tmp_path / "p.csv", "--workers", "0", "--store", store,
             "--engine", "torch")
     assert r.returncode == 0, r.stderr
@@ -353,7 +353,7 @@ def test_classifier_views_all_trains_on_every_view_and_predict_computes_them(tmp
     sized = ImageClusterer(**kw, classifier_views="sizes").fit([shape_images])
     assert [(c.name, c.preprocess.input_size) for c in sized.backbone_configs_] == sizes[:2]
     assert sized.feature_clusterer_.n_features_in_ == 2 * 1280
-    assert f"classifier trained on every view side by side: {m.classifier_view_}" in describe_choices(m)
+    assert f"classifier trained on these features side by side: {m.classifier_view_}" in describe_choices(m)
     m.save(tmp_path / "m.vcm")
     back = ImageClusterer.load(tmp_path / "m.vcm")
     assert [(c.name, c.preprocess.input_size) for c in back.backbone_configs_] == sizes

@@ -192,5 +192,5 @@ def describe_choices(model) -> list[str]:
     if line:
         lines.append(line)
     if getattr(model, "classifier_view_", None):
-        lines.append(f"classifier trained on every view side by side: {model.classifier_view_}")
+        lines.append(f"classifier trained on these features side by side: {model.classifier_view_}")
     return lines

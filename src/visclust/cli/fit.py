@@ -53,7 +53,7 @@ def register(sub) -> None:
     g.add_argument("--classifier-views", choices=("chosen", "sizes", "all"), default="chosen",
                    help="what the classifier (and so predict) learns from, where the input sizes were compared on "
                         "every image: chosen: the kept view's features; sizes: also the backbone's at the other size "
-                        "beside them (predict computes both; level on the views the default keeps, up to +0.04 ACC "
+                        "beside them (predict computes both; level on the views the default keeps, +0.02-0.03 ACC "
                         "where the weaker size was kept); all: also the raw pixels where they were compared and not "
                         "kept (default %(default)s)")
     g.add_argument("--max-cluster-rows", type=int, default=None, metavar="N",
