@@ -198,9 +198,11 @@ def test_views_of_a_large_collection_are_compared_on_the_sample_and_only_the_win
     root = make_shape_images(tmp_path / "many", n_per_class=110, size=24)  # 330 images, 96 px candidate
     fc = FeatureClusterer(umap_components=None, max_cluster_rows=1)  # chooses on 100 rows per cluster: 300
     m = _CountingClusterer(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters=3, clusterer=fc,
-                           engine="torch", num_workers=0)
+                           engine="torch", num_workers=0, classifier_views="sizes")
     m.extracted = []
-    m.fit([root])
+    with pytest.warns(UserWarning, match="needs every view of every image; the views were compared on a sample "
+                                         "of 300 images, so the classifier learns from the chosen view"):
+        m.fit([root])  # the losing views exist for the sample only: the chosen view's classifier, said so
     net, small, pixels = ("torchvision/mobilenet_v2", 224), ("torchvision/mobilenet_v2", 96), ("baseline/pixels", 32)
     first = next(k for k in m.view_scores_ if k.endswith("+pixels"))[:-len("+pixels")]  # the better size
     assert list(m.view_scores_) == ["backbone", "backbone@96px", first + "+pixels"]

@@ -378,7 +378,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         k, X = self._checked_input(X)
         index = self._cluster_sample(len(X), k)
         state = self._select(X if index is None else X[index], k, sampled=index is not None)
-        self._finish(X, index, state)
+        self._finish(X, index, state, classify=classifier_features is None)
         return self if classifier_features is None else self.train_classifier_on(F)
 
     def train_classifier_on(self, F):
@@ -386,7 +386,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         features of the rows of the last :meth:`fit` (same order), the clustering unchanged.
         Afterwards :meth:`predict` and :meth:`transform` take rows like ``F``; ``labels_``,
         ``confidence_`` and ``cluster_centers_`` are the new classifier's."""
-        _check_fitted(self, "classifier_")
+        _check_fitted(self, "cluster_labels_")
         F = _as_features(F)
         if len(F) != len(self.cluster_labels_):
             raise InputError(f"train_classifier_on needs the {len(self.cluster_labels_)} rows of the last fit, "
@@ -469,10 +469,12 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             state["runs"] = [r for r in sel.runs[sel.best.name] if r is not sel.labels]  # all, for a consensus
         return state
 
-    def _finish(self, X_all, index, state: dict):
+    def _finish(self, X_all, index, state: dict, classify: bool = True):
         """The rest of :meth:`fit` after :meth:`_select`: on a sample (``index``: the rows of
         ``X_all`` the selection saw, or None for all of them), the chosen pipeline clusters up
-        to ``FINAL_CLUSTER_ROWS`` rows; then the classifier, and the assignment of every row."""
+        to ``FINAL_CLUSTER_ROWS`` rows; then the classifier, and the assignment of every row.
+        ``classify=False``: no classifier where every row was clustered, for the caller to
+        train one on other features (:meth:`train_classifier_on`)."""
         k, Z, space, runs = state["k"], state["Z"], state["space"], state["runs"]
         seed = 0 if self.random_state is None else int(self.random_state)
         self.selection_index_ = self.sample_index_ = index
@@ -497,9 +499,10 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             rank = np.argsort(np.argsort(margin, kind="stable"), kind="stable") / max(len(margin) - 1, 1)
             margin = agreement(runs, self.cluster_labels_) + 0.5 * rank
         self._train_score = margin  # how typical each row is of its cluster; for refit_classifier, not saved
-        with self._stage(f"training the classifier on {self._count(len(Z))}"):
-            self._fit_classifier(Z, assign=self.sample_index_ is None)  # else _assign_all assigns every row once
-            self._fit_novelty(X_all if self.sample_index_ is None else X_all[self.sample_index_], Z, seed)
+        if classify or self.sample_index_ is not None:  # (a classifier assigns the rows not clustered)
+            with self._stage(f"training the classifier on {self._count(len(Z))}"):
+                self._fit_classifier(Z, assign=self.sample_index_ is None)  # else _assign_all assigns every row once
+                self._fit_novelty(X_all if self.sample_index_ is None else X_all[self.sample_index_], Z, seed)
         self.sample_rows_ = None
         if index is not None:
             self.sample_rows_ = (state["rows"], len(Z), len(X_all))
@@ -902,7 +905,7 @@ class ImageClusterer(BaseEstimator):
         level (docs/benchmarks.md, "The classifier step on other features of the same
         images"). ``'all'``: also the raw pixels where they were compared and not kept. On
         more images than ``max_cluster_rows`` the losing views were computed for the sample
-        only, and the chosen view is used.
+        only, and the chosen view is used, with a warning.
 
     Attributes
     ----------
@@ -1168,11 +1171,15 @@ class ImageClusterer(BaseEstimator):
             self._every_view(views, base, pixels=self.classifier_views == "all")
         views.clear()  # the losing views' features are not needed any more
         if not sampled:
-            f._finish(wres.features, None, state)
+            f._finish(wres.features, None, state, classify=every is None)
             if every is None:
                 return f, wbbs, wres, base
             self.classifier_view_ = describe_configs([bb.config for bb in every[0]], sizes=True)
             return f.train_classifier_on(every[1].features), every[0], every[1], base
+        if self.classifier_views != "chosen":
+            warnings.warn(f"classifier_views={self.classifier_views!r} needs every view of every image; the views "
+                          f"were compared on a sample of {len(rows):,} images, so the classifier learns from the "
+                          f"chosen view ({base}) alone", stacklevel=3)
         res = self._features_of(wbbs, paths, known=wres)  # the sample's rows are not computed again
         at = {p: i for i, p in enumerate(res.paths)}
         index = np.asarray([at[p] for p in wres.paths], np.int64)  # the rows the selection saw
