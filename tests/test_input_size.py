@@ -89,15 +89,18 @@ def test_auto_compares_the_two_sizes_on_small_images_and_predict_uses_the_chosen
     for view in ("backbone", "backbone@192px"):
         assert re.search(rf"\n{view}: choosing the pipeline: 3 candidates x 3 runs on 36 images \.\.\. \d+\.\d s\n", err), err
     assert re.search(rf"\n{m.view_}: training the classifier on 36 images \.\.\. \d+\.\d s\n", err), err
-    s = m.view_scores_
-    assert set(s) == {"backbone", "backbone@192px"} and all(0.0 <= v <= 1.0 for v in s.values())
-    smaller = s["backbone@192px"] > s["backbone"]  # no margin: the smaller input costs less
-    assert m.backbone_config_.preprocess.input_size == (192 if smaller else 224)
+    s, c = m.view_scores_, m.view_centrality_
+    assert set(s) == set(c) == {"backbone", "backbone@192px"} and all(0.0 <= v <= 1.0 for v in s.values())
+    # the view kept holds the candidate most central among the candidates of both sizes
+    assert c[m.view_] == max(c.values())
+    assert m.backbone_config_.preprocess.input_size == (192 if m.view_ == "backbone@192px" else 224)
     fc = m.feature_clusterer_
-    assert fc.pipeline_scores_[fc.pipeline_] == s["backbone@192px" if smaller else "backbone"]
-    assert m.view_ == ("backbone@192px" if smaller else "backbone")
-    other = "backbone" if smaller else "backbone@192px"
-    assert describe_choices(m)[0] == f"features: chose {m.view_} (stability {s[m.view_]:.3f}; {other} {s[other]:.3f})"
+    assert fc.pipeline_centrality_[fc.pipeline_] == c[m.view_] == max(fc.pipeline_centrality_.values())
+    assert max(fc.pipeline_scores_.values()) == s[m.view_]  # a view's score: its most stable pipeline's stability
+    other = "backbone" if m.view_ == "backbone@192px" else "backbone@192px"
+    assert describe_choices(m)[0] == (
+        f"features: chose {m.view_} (agreement with every candidate {c[m.view_]:.3f}, stability {s[m.view_]:.3f}; "
+        f"{other}: agreement with every candidate {c[other]:.3f}, stability {s[other]:.3f})")
     m.save(tmp_path / "m.vcm")
     back = ImageClusterer.load(tmp_path / "m.vcm")
     assert back.backbone_config_.to_dict() == m.backbone_config_.to_dict()
@@ -225,7 +228,7 @@ def test_views_of_a_large_collection_are_compared_on_the_sample_and_only_the_win
         [feats[first], extract_features(create_backbone("baseline/pixels"), paths, num_workers=0)])
     whole = {name: clone(fc).set_params(n_clusters=3).fit(r.features) for name, r in feats.items()}
     for name, score in m.view_scores_.items():
-        assert score == pytest.approx(whole[name].pipeline_scores_[whole[name].pipeline_], abs=1e-9), name
+        assert score == pytest.approx(max(whole[name].pipeline_scores_.values()), abs=1e-9), name
     np.testing.assert_array_equal(m.labels_, whole[m.view_].labels_)
     np.testing.assert_array_equal(f.selection_index_, whole[m.view_].selection_index_)
 

@@ -1,4 +1,4 @@
-"""The label-free choice of the clustering pipeline: stability across runs."""
+"""The label-free choice of the clustering pipeline: stability across runs, centrality among the candidates."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from sklearn.datasets import make_blobs
 from visclust.cluster import select_n_clusters
 from visclust.evaluate import hungarian_accuracy
 from visclust.exceptions import InputError
-from visclust.select import (Candidate, agreement, align_to, choose_n_clusters, consensus_labels, describe_k_choice,
-                             medoid_run, neighbour_support, other_levels, select_pipeline, stability, subsample_run)
+from visclust.select import (Candidate, agreement, align_to, centrality, choose_n_clusters, consensus_labels,
+                             describe_k_choice, medoid_run, most_central, neighbour_support, other_levels,
+                             select_pipeline, stability, subsample_run)
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +66,12 @@ def test_real_structure_is_stable_and_structureless_data_is_not(blobs):
     assert on_noise.scores["pca+kmeans"] < 0.8
 
 
-def test_the_most_stable_candidate_wins_and_its_medoid_run_is_returned(blobs):
+def test_the_most_central_candidate_wins_and_its_medoid_run_is_returned(blobs):
     X, y = blobs
     sel = select_pipeline(X, 4, ["pca+kmeans", "pca+agglomerative", "pca+spectral"], n_runs=3, random_state=0,
                           consensus=False)
-    assert sel.scores[sel.best.name] == max(sel.scores.values())
+    assert set(sel.centrality) == set(sel.scores)
+    assert sel.centrality[sel.best.name] == max(sel.centrality.values())
     assert sel.labels is sel.runs[sel.best.name][sel.medoid]
     assert all(len(runs) == 3 for runs in sel.runs.values())
     assert hungarian_accuracy(y, sel.labels) == 1.0
@@ -208,3 +210,31 @@ def test_too_few_rows_for_auto_k_says_how_many_are_needed():
         choose_n_clusters([X[:4]], (2, 30))
     with pytest.raises(InputError, match=r"^1 sample is too few"):
         choose_n_clusters([X[:1]], (2, 30))
+
+
+def test_a_partition_one_candidate_reproduces_alone_loses_to_the_one_the_others_share():
+    """UMAP on a few hundred images can settle on a wrong partition and repeat it exactly: the
+    most stable candidate is then alone in it. Centrality keeps the partition the other
+    candidates come near, and still counts each candidate's stability as one voice."""
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(3), 50)
+    alone = np.roll(truth, 25)  # half of each group moved: another partition, reproduced exactly
+
+    def noisy(share):
+        labels = truth.copy()
+        flip = rng.random(len(truth)) < share
+        labels[flip] = rng.integers(0, 3, flip.sum())
+        return labels
+
+    runs = {"stable-but-alone": [alone, alone.copy(), alone.copy()],
+            "a": [noisy(0.1) for _ in range(3)], "b": [noisy(0.1) for _ in range(3)]}
+    stab = {k: stability(v) for k, v in runs.items()}
+    assert max(stab, key=stab.get) == "stable-but-alone"  # the old rule's choice
+    central = centrality(runs, stab)
+    assert most_central(central, stab) in ("a", "b")
+    assert central["stable-but-alone"] < min(central["a"], central["b"])
+    # keys may be any hashable, e.g. (view, pipeline), and a lone candidate is its stability
+    assert centrality({("v", "x"): runs["a"]}, {("v", "x"): stab["a"]}) == {("v", "x"): stab["a"]}
+    # ties: the more stable, then the first
+    assert most_central({"p": 0.5, "q": 0.5}, {"p": 0.7, "q": 0.9}) == "q"
+    assert most_central({"p": 0.5, "q": 0.5}, {"p": 0.9, "q": 0.9}) == "p"

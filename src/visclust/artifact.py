@@ -96,6 +96,7 @@ def _collect(model) -> tuple[dict, dict[str, np.ndarray]]:
             "k_scores": {str(k): v for k, v in fc.k_scores_.items()},
             "pipeline": getattr(fc, "pipeline_", None),
             "pipeline_scores": getattr(fc, "pipeline_scores_", {}),
+            "pipeline_centrality": getattr(fc, "pipeline_centrality_", {}),
             "whiten_scores": {str(k): v for k, v in getattr(fc, "whiten_scores_", {}).items()},
             "sample_rows": list(fc.sample_rows_) if getattr(fc, "sample_rows_", None) else None,
             # None: too few training rows, nothing is novel (JSON has no infinity)
@@ -341,6 +342,8 @@ def load_model(path: str | os.PathLike, weights: str | list | None = None):
         fc.pipeline_ = str(fcm["pipeline"]) if isinstance(fcm.get("pipeline"), str) else None
         scores = fcm.get("pipeline_scores")
         fc.pipeline_scores_ = {str(k): float(v) for k, v in scores.items()} if isinstance(scores, dict) else {}
+        central = fcm.get("pipeline_centrality")
+        fc.pipeline_centrality_ = {str(k): float(v) for k, v in central.items()} if isinstance(central, dict) else {}
         _check_consistent(fc, os.fspath(path))
         if kind == "FeatureClusterer":
             return fc

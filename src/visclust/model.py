@@ -214,6 +214,10 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         The pipeline used, ``'SPACE+METHOD'``.
     pipeline_scores_ : dict {str: float}
         Stability of each candidate pipeline (empty when only one was given).
+    pipeline_centrality_ : dict {str: float}
+        Centrality of each candidate (:func:`visclust.select.centrality`: the mean agreement
+        of its runs with every candidate's runs); the pipeline chosen has the highest. Among
+        the candidates of every view compared when :class:`ImageClusterer` compared views.
     selection_ : visclust.select.Selection
         The selection's details (every run of every candidate); only after a fit that chose
         among several candidates, and not saved in the model file.
@@ -420,7 +424,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     def _select(self, X, k, sampled: bool) -> dict:
         """Reduce ``X``, choose K and the pipeline on it; cluster it too unless ``sampled``
         (then :meth:`_finish` clusters the collection the sample came from)."""
-        self.whiten_scores_ = {}
+        self.whiten_scores_, self.pipeline_centrality_ = {}, {}
         if self.whiten == "auto":
             self.reducer_, self.whiten_scores_ = self._choose_whitening(X, k)
         else:
@@ -464,10 +468,30 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
                                       **self._umap_kw())
             self.cluster_labels_ = sel.labels
             self.pipeline_, self.pipeline_scores_ = sel.best.name, dict(sel.scores)
+            self.pipeline_centrality_ = dict(sel.centrality)
             self.selection_ = sel  # every candidate's runs, e.g. to report them; not saved
             state["space"] = sel.spaces[sel.best.space][sel.medoid]
             state["runs"] = [r for r in sel.runs[sel.best.name] if r is not sel.labels]  # all, for a consensus
         return state
+
+    def _use_candidate(self, state: dict, name: str) -> None:
+        """Make the selection's candidate ``name`` the chosen pipeline (its answer, space and
+        runs in ``state``), e.g. when :class:`ImageClusterer` finds it the most central
+        partition among the candidates of several views."""
+        import dataclasses
+
+        from .select import answer
+
+        sel = self.selection_
+        if name == sel.best.name:
+            return
+        c = Candidate.parse(name)
+        seed = 0 if self.random_state is None else int(self.random_state)
+        labels, i = answer(sel.runs[name], state["k"], seed)
+        self.selection_ = dataclasses.replace(sel, best=c, labels=labels, medoid=i)
+        self.cluster_labels_, self.pipeline_ = labels, name
+        state["space"] = sel.spaces[c.space][i]
+        state["runs"] = [r for r in sel.runs[name] if r is not labels]
 
     def _finish(self, X_all, index, state: dict, classify: bool = True):
         """The rest of :meth:`fit` after :meth:`_select`: on a sample (``index``: the rows of
@@ -813,8 +837,32 @@ def _check_some(res) -> None:
 
 
 def _chosen_score(fc) -> float:
-    """Stability of the pipeline a fitted FeatureClusterer chose (its selection's score)."""
-    return float(fc.pipeline_scores_.get(fc.pipeline_, float("-inf")))
+    """A view's score: the stability of its most stable pipeline (the selection's scores),
+    which the pixels view must clearly beat."""
+    return max(map(float, fc.pipeline_scores_.values()), default=float("-inf"))
+
+
+def _central_view(states: dict, paths: dict, names: list) -> str | None:
+    """The view whose candidate is the most central among the candidates of every view in
+    ``names`` (:func:`visclust.select.centrality` over their runs), made that view's chosen
+    pipeline; each view's ``pipeline_centrality_`` becomes its candidates' centrality among
+    them all. None where a view has no selection (one candidate) or the views did not read
+    the same images (``paths``), so that their runs do not label the same rows."""
+    from .select import centrality, most_central
+
+    runs, stab = {}, {}
+    for v in names:
+        sel = states[v][0].__dict__.get("selection_")
+        if sel is None or list(paths[v]) != list(paths[names[0]]):
+            return None
+        for c, r in sel.runs.items():
+            runs[v, c], stab[v, c] = r, sel.scores[c]
+    central = centrality(runs, stab)
+    view, name = most_central(central, stab)
+    states[view][0]._use_candidate(states[view][1], name)
+    for v in names:
+        states[v][0].pipeline_centrality_ = {c: central[v, c] for c in states[v][0].selection_.runs}
+    return view
 
 
 class ImageClusterer(BaseEstimator):
@@ -919,11 +967,16 @@ class ImageClusterer(BaseEstimator):
     backbone_config_ : BackboneConfig
         The first of them (the only one unless features are concatenated).
     view_scores_ : dict {str: float}
-        The stability of the chosen pipeline in each view compared: ``'backbone'`` (the
+        The stability of the most stable pipeline in each view compared: ``'backbone'`` (the
         backbone's own input size), ``'backbone@128px'`` (``input_size='auto'`` on small
         images: the smaller input size), and with ``pixels='auto'`` the winner of those with
         the pixels added (``'backbone+pixels'`` or ``'backbone@128px+pixels'``); empty when no
-        comparison ran.
+        comparison ran. Between the input sizes the view kept is the one whose candidate is
+        the most central among the candidates of both (``view_centrality_``); the pixels are
+        kept where they are clearly more stable and supported (``view_support_``).
+    view_centrality_ : dict {str: float}
+        For the input sizes compared: the highest centrality of each view's candidates among
+        the candidates of both (:func:`visclust.select.centrality`); empty otherwise.
     view_support_ : dict {str: float}
         When the pixels view was the more stable: the support of its partition and of the view
         without pixels among the latter's neighbours (:func:`visclust.select.neighbour_support`);
@@ -1154,7 +1207,12 @@ class ImageClusterer(BaseEstimator):
         if alt is not None:  # the backbone at a smaller input size: kept if more stable
             name = f"backbone@{alt[0].preprocess.input_size}px" + suffix
             scores[name] = add(name, alt + extra, self._extract_each(alt + extra, rows))
-            if view_wins(scores[base], scores[name], gain=0.0):  # no dearer
+            # the view whose candidate the candidates of both sizes agree with most
+            central = _central_view(states, {v: views[v][2].paths for v in views}, [base, name])
+            if central is not None:
+                self.view_centrality_ = {v: max(states[v][0].pipeline_centrality_.values()) for v in (base, name)}
+                base = central
+            elif view_wins(scores[base], scores[name], gain=0.0):  # no dearer
                 base = name
         if use_pixels and not always:  # the winner so far with the raw pixels beside; kept if clearly more stable
             vbbs, vparts, vres = views[base]
@@ -1334,7 +1392,7 @@ class ImageClusterer(BaseEstimator):
             bbs = self._sized(bbs)
         alt = self._small_image_view(bbs, paths, self.__dict__.get("_memory_short_side")) \
             if size == "auto" and features is None and compares else None
-        self.view_scores_, self.view_support_, base = {}, {}, "backbone"
+        self.view_scores_, self.view_support_, self.view_centrality_, base = {}, {}, {}, "backbone"
         self.classifier_view_ = None
         if alt is not None or (use_pixels and self.pixels == "auto"):
             fc, bbs, res, base = self._fit_views(fc, bbs, alt, use_pixels, paths)

@@ -2,14 +2,19 @@
 
 The right pipeline depends on the images: K-means in the PCA space suits some collections,
 UMAP + a Gaussian mixture others, and no single one wins everywhere. visclust therefore
-runs a few *candidate pipelines* on the user's own features and keeps the one whose answer
-is the most **reproducible**: each candidate is run ``n_runs`` times, every run with another
-seed (for UMAP: another embedding) and fitted on another random subsample of the rows
-(``subsample`` of them; the rest are assigned to the nearest cluster), and its score is the
-mean adjusted Rand index between every pair of runs. A partition that reflects real structure
-in the data comes back whatever the seed and whichever rows were seen; one imposed by the
-algorithm on structureless data moves from run to run (Ben-Hur et al. 2002, Lange et al.
-2004). No label is used: this is the criterion behind ``method='auto'``.
+runs a few *candidate pipelines* on the user's own features: each candidate is run
+``n_runs`` times, every run with another seed (for UMAP: another embedding) and fitted on
+another random subsample of the rows (``subsample`` of them; the rest are assigned to the
+nearest cluster). Its **stability** is the mean adjusted Rand index between every pair of
+its runs: a partition that reflects real structure in the data comes back whatever the seed
+and whichever rows were seen; one imposed by the algorithm on structureless data moves from
+run to run (Ben-Hur et al. 2002, Lange et al. 2004). The candidate kept is the most
+**central** one (:func:`centrality`): the one whose runs agree most with the runs of every
+candidate, its own included, so its stability counts as one voice among the candidates'. A
+pipeline can reproduce its own partition almost exactly and still be alone in it (UMAP on a
+few hundred images settles on one of two partitions, and repeats it); the partition most
+candidates come near is kept instead. No label is used: this is the criterion behind
+``method='auto'``.
 
 The answer kept is the consensus of the winning candidate's runs (:func:`consensus_labels`:
 K-means on their labels, which costs little next to the runs), so the selection costs
@@ -94,6 +99,9 @@ class Selection:
         Time spent per candidate (its clusterings; embeddings are counted under the space).
     medoid : int
         Index of the winner's medoid run (the run that agrees most with the others).
+    centrality : dict {name: float}
+        Mean ARI of every candidate's runs with every candidate's runs (:func:`centrality`);
+        the winner has the highest.
     """
 
     best: Candidate
@@ -103,6 +111,7 @@ class Selection:
     spaces: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
     medoid: int = 0
+    centrality: dict = field(default_factory=dict)
 
 
 def embed(Z: np.ndarray, space: str, random_state: int, *, umap_components: int = 10,
@@ -312,7 +321,8 @@ def select_pipeline(Z: np.ndarray, n_clusters: int, candidates=DEFAULT_CANDIDATE
                     subsample: float = 0.8, random_state: int | None = 0, umap_components: int = 10,
                     n_neighbors: int = 15, learn_params: dict | None = None, spaces: dict | None = None,
                     consensus: bool = True, metric: str = "cosine") -> Selection:
-    """Run every candidate pipeline ``n_runs`` times and keep the most stable one.
+    """Run every candidate pipeline ``n_runs`` times and keep the most central one
+    (:func:`centrality`: the partition the candidates' runs agree with most).
 
     Parameters
     ----------
@@ -373,11 +383,55 @@ def select_pipeline(Z: np.ndarray, n_clusters: int, candidates=DEFAULT_CANDIDATE
         runs[c.name] = [subsample_run(E, n_clusters, c.method, s, subsample) for E, s in zip(spaces[c.space], seeds)]
         scores[c.name] = stability(runs[c.name])
         seconds[c.name] = time.perf_counter() - t0
-    best = max(cands, key=lambda c: (scores[c.name], -cands.index(c)))
-    chosen = runs[best.name]
-    i = medoid_run(chosen)
-    labels = consensus_labels(chosen, n_clusters, seed0, start=i) if consensus else None
-    return Selection(best, chosen[i] if labels is None else labels, scores, runs, spaces, seconds, i)
+    central = centrality(runs, scores)
+    best = cands[[c.name for c in cands].index(most_central(central, scores))]
+    labels, i = answer(runs[best.name], n_clusters, seed0, consensus)
+    return Selection(best, labels, scores, runs, spaces, seconds, i, central)
+
+
+def answer(runs: list[np.ndarray], n_clusters: int, random_state: int | None = 0,
+           consensus: bool = True) -> tuple[np.ndarray, int]:
+    """``(labels, medoid)``: a candidate's answer from its runs, the consensus of them
+    (:func:`consensus_labels`) where it applies, else its medoid run (that very object)."""
+    i = medoid_run(runs)
+    labels = consensus_labels(runs, n_clusters, random_state, start=i) if consensus else None
+    return (runs[i] if labels is None else labels), i
+
+
+def centrality(runs: dict, stabilities: dict) -> dict:
+    """How central each candidate's partition is among all the candidates' runs.
+
+    ``runs`` maps a key (a candidate's name, or any hashable, e.g. ``(view, name)`` to
+    compare candidates of several views) to its runs' labels, all of the same rows;
+    ``stabilities`` maps the same keys to :func:`stability`. A key's centrality is the mean
+    over every key (itself included) of the mean ARI between its runs and that key's runs,
+    where a key against itself is its stability. The most central partition is the one
+    most candidates come near, weighing each candidate as one voice; a pipeline alone in a
+    partition it reproduces exactly scores its stability once and its disagreement with
+    every other candidate.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a, b = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 2, 2, 0])
+    >>> c = centrality({"x": [a, a], "y": [a, a], "z": [b, b]}, {"x": 1.0, "y": 1.0, "z": 1.0})
+    >>> c["x"] > c["z"]
+    True
+    """
+    from sklearn.metrics import adjusted_rand_score
+
+    keys = list(runs)
+    pair = {}
+    for a, b in itertools.combinations(keys, 2):
+        pair[a, b] = pair[b, a] = float(np.mean([adjusted_rand_score(r, q) for r in runs[a] for q in runs[b]]))
+    return {a: float(np.mean([float(stabilities[a]) if a == b else pair[a, b] for b in keys])) for a in keys}
+
+
+def most_central(central: dict, stabilities: dict):
+    """The key of :func:`centrality`'s answer with the highest centrality (ties: the more
+    stable, then the first)."""
+    keys = list(central)
+    return max(keys, key=lambda k: (central[k], stabilities[k], -keys.index(k)))
 
 
 #: Disagreement between runs (1 - mean ARI) at or below which a partition counts as reproduced exactly.

@@ -148,11 +148,23 @@ def cluster_summary(assignments: Assignments, n_clusters: int | None = None) -> 
     return ", ".join(parts)
 
 
-def describe_choice(kind: str, chosen: str, scores: dict) -> str:
-    """One line on a label-free choice: ``kind: chose NAME (stability S; other 0.xx, ...)``."""
-    others = sorted(((v, k) for k, v in scores.items() if k != chosen), reverse=True)
-    rest = "; " + ", ".join(f"{k} {v:.3f}" for v, k in others) if others else ""
-    return f"{kind}: chose {chosen} (stability {float(scores[chosen]):.3f}{rest})"
+def describe_choice(kind: str, chosen: str, scores: dict, central: dict | None = None) -> str:
+    """One line on a label-free choice: ``kind: chose NAME (stability S; other 0.xx, ...)``;
+    names that :func:`visclust.select.centrality` compared (``central``) also show their
+    agreement with every candidate, which decided among them."""
+    central = central or {}
+
+    def score(k):
+        s = f"stability {float(scores[k]):.3f}"
+        return f"agreement with every candidate {central[k]:.3f}, {s}" if k in central else s
+
+    others = sorted((k for k in scores if k != chosen), key=lambda k: (central.get(k, float("-inf")), scores[k]),
+                    reverse=True)
+    if central:
+        rest = "; " + ", ".join(f"{k}: {score(k)}" for k in others) if others else ""
+    else:
+        rest = "; " + ", ".join(f"{k} {float(scores[k]):.3f}" for k in others) if others else ""
+    return f"{kind}: chose {chosen} ({score(chosen)}{rest})"
 
 
 def describe_support(view: str, support: dict | None) -> str:
@@ -178,11 +190,12 @@ def describe_choices(model) -> list[str]:
     lines = []
     view, views = getattr(model, "view_", None), getattr(model, "view_scores_", None) or {}
     if view in views and len(views) > 1:
-        lines.append(describe_choice("features", view, views) + describe_support(view, getattr(model, "view_support_", None)))
+        lines.append(describe_choice("features", view, views, getattr(model, "view_centrality_", None))
+                     + describe_support(view, getattr(model, "view_support_", None)))
     fc = model.feature_clusterer_
     scores = getattr(fc, "pipeline_scores_", None) or {}
     if getattr(fc, "pipeline_", None) in scores and len(scores) > 1:
-        lines.append(describe_choice("pipeline", fc.pipeline_, scores))
+        lines.append(describe_choice("pipeline", fc.pipeline_, scores, getattr(fc, "pipeline_centrality_", None)))
     if getattr(fc, "k_scores_", None):
         lines.append(describe_k_choice(fc.k_scores_))
     line = describe_sample(fc, views=len(views) > 1)
