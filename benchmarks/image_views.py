@@ -1,7 +1,8 @@
 """The label-free choices of ``ImageClusterer`` between views of the images on labelled
 folders: the input size (``input_size='auto'``: the backbone's own, or 4x the images' size
 for small images) and the raw pixels (``pixels='auto'``). Prints the stability of every view
-compared, the one kept, and its ACC.
+compared (with, between the input sizes, the agreement of each one's most central candidate
+with every candidate of both, which decides), the pipeline and view kept, and its ACC.
 
     VISCLUST_SHARED=../shared python benchmarks/image_views.py --seeds 3 [--datasets mnist cifar10 digits8 folder:PATH]
     python benchmarks/image_views.py --input-size backbone   # the choice before input_size existed
@@ -83,7 +84,11 @@ def main(argv=None) -> None:
             if args.augment or args.classifier_views != "chosen":  # the clustering the classifier started from
                 start = external_scores(y, m.feature_clusterer_.cluster_labels_)["acc"]
                 print(f"| {name} | {seed} | clustering before the classifier | | {start:.3f} | | | |", flush=True)
-            views = ", ".join(f"{k} {v:.3f}" for k, v in m.view_scores_.items()) or "-"
+            central = getattr(m, "view_centrality_", None) or {}  # the input sizes' agreement, when compared
+            views = ", ".join(f"{k} {v:.3f}" + (f" (agreement {central[k]:.3f})" if k in central else "")
+                              for k, v in m.view_scores_.items()) or "-"
+            fc = m.feature_clusterer_
+            views += f"; pipeline {getattr(fc, 'pipeline_', None)}"
             support = getattr(m, "view_support_", None)  # the pixels' neighbour-support test, when it ran
             if support:
                 views += " (support among the backbone's neighbours: " + \

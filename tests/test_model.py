@@ -38,10 +38,31 @@ def test_default_pipeline_recovers_blobs_and_reports_its_choice(blobs):
     assert hungarian_accuracy(y, fc.labels_) == 1.0
     assert hungarian_accuracy(y, fc.cluster_labels_) == 1.0
     assert fc.pipeline_ in fc.pipeline_scores_
-    assert fc.pipeline_scores_[fc.pipeline_] == max(fc.pipeline_scores_.values())
-    assert set(fc.pipeline_scores_) == {"pca+kmeans", "pca+gmm", "pca+agglomerative"}
+    assert fc.pipeline_centrality_[fc.pipeline_] == max(fc.pipeline_centrality_.values())
+    assert set(fc.pipeline_scores_) == set(fc.pipeline_centrality_) == {"pca+kmeans", "pca+gmm", "pca+agglomerative"}
     assert fc.n_clusters_ == 4 and fc.cluster_centers_.shape == (4, fc.reducer_.n_components_)
     assert (fc.confidence_ > 0.9).mean() > 0.95
+
+
+def test_another_candidate_made_the_choice_brings_its_own_answer_space_and_runs(blobs):
+    """What ImageClusterer does when a candidate of this view is the most central among
+    several views' candidates: the clustering, the space and the runs become that one's."""
+    from visclust.select import answer
+
+    X, y = blobs
+    fc = FeatureClusterer(4, random_state=3, **FAST)
+    state = fc._select_on(X, False)
+    other = next(n for n in fc.selection_.runs if n != fc.pipeline_)
+    runs = fc.selection_.runs[other]
+    fc._use_candidate(state, other)
+    assert fc.pipeline_ == other and fc.selection_.best.name == other
+    np.testing.assert_array_equal(fc.cluster_labels_, answer(runs, 4, 3)[0])
+    assert state["space"] is fc.selection_.spaces[other.split("+")[0]][fc.selection_.medoid]
+    assert all(any(r is q for q in runs) for r in state["runs"]) and len(state["runs"]) >= 2
+    fc._finish(X, None, state)
+    assert fc.pipeline_ == other and hungarian_accuracy(y, fc.labels_) == 1.0
+    fc._use_candidate(state, other)  # already the choice: nothing changes
+    assert fc.pipeline_ == other
 
 
 def test_large_problems_leave_the_gaussian_mixture_out_of_the_automatic_choice(blobs, monkeypatch):
@@ -113,6 +134,9 @@ def test_save_load_predict_gives_the_same_answers(blobs, tmp_path):
     np.testing.assert_array_equal(fc.predict(X), fc2.predict(X))
     np.testing.assert_array_equal(fc.predict_proba(X), fc2.predict_proba(X))
     assert fc2.get_params()["candidates"] is None
+    # what the selection chose, and why, is kept for people (fit's lines, the report)
+    assert fc2.pipeline_ == fc.pipeline_ and fc2.pipeline_scores_ == pytest.approx(fc.pipeline_scores_)
+    assert fc2.pipeline_centrality_ == pytest.approx(fc.pipeline_centrality_) and len(fc.pipeline_centrality_) == 3
     # a loaded model (no training labels) saves again, with the sizes its file recorded
     fc2.set_params(reject_threshold=0.5).save(tmp_path / "again.vcm")
     fc3 = load_model(tmp_path / "again.vcm")
