@@ -1174,8 +1174,10 @@ class ImageClusterer(BaseEstimator):
         return FeatureResult(out[:len(kept)], kept, skipped)
 
     def _fit_views(self, fc, bbs, alt, use_pixels, paths):
-        """Choose the view (the input size ``alt`` on small images, the pixels beside) by the
-        stability of each view's chosen pipeline, then fit ``fc`` on the winner alone.
+        """Choose the view, then fit ``fc`` on the winner alone: between the input sizes (``alt``
+        on small images) the one holding the most central candidate among both sizes'
+        candidates (:func:`_central_view`), then the raw pixels beside it if that view is
+        clearly more stable (each view's most stable pipeline) and supported.
 
         On a collection larger than ``fc``'s ``max_cluster_rows`` the views are compared on
         the random sample its selection would choose on (the same images for every view, so
@@ -1204,7 +1206,7 @@ class ImageClusterer(BaseEstimator):
         extra, suffix = ([px], "+pixels") if always else ([], "")
         base = "backbone" + suffix
         scores = {base: add(base, bbs + extra, self._extract_each(bbs + extra, rows))}
-        if alt is not None:  # the backbone at a smaller input size: kept if more stable
+        if alt is not None:  # the backbone at a smaller input size: kept if its candidate is the more central
             name = f"backbone@{alt[0].preprocess.input_size}px" + suffix
             scores[name] = add(name, alt + extra, self._extract_each(alt + extra, rows))
             # the view whose candidate the candidates of both sizes agree with most
