@@ -100,8 +100,9 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
 
     With the defaults (``method='auto'``, ``space='auto'``) the space and the algorithm are
     chosen on the data, without labels, by :func:`visclust.select.select_pipeline`: every
-    candidate is run ``n_runs`` times on different subsamples and seeds, and the most
-    reproducible one (mean pairwise adjusted Rand index) wins.
+    candidate is run ``n_runs`` times on different subsamples and seeds, and the most central
+    one wins: the one whose runs agree most (mean adjusted Rand index) with the runs of every
+    candidate, its own included (:func:`visclust.select.centrality`).
 
     Parameters
     ----------
@@ -783,8 +784,8 @@ def view_wins(base_score: float, other_score: float, gain: float = VIEW_GAIN) ->
     0.984 -> 0.992 halves it (a clear gain), 0.50 -> 0.51 removes 2% of it (noise). So a view
     that costs more (the pixels: a second extraction at predict time, a bigger model) must
     remove at least ``gain`` of the base view's disagreement; otherwise the base view stays.
-    A view that costs nothing more (a smaller input size: the same network, a third of the
-    work) is compared with ``gain=0``: the more stable one wins, a tie keeps the base view.
+    The input sizes are compared with ``gain=0`` (the more stable one wins, a tie keeps the
+    base view) only where :func:`_central_view` cannot compare their candidates.
     """
     enough = (1.0 - other_score) <= (1.0 - gain) * (1.0 - base_score) + 1e-12
     return enough and other_score > base_score
