@@ -15,6 +15,7 @@ from visclust.exceptions import InputError
 from visclust.features import (accepts_input_size, backbone_at_size, small_image_backbone, small_image_preprocess,
                                typical_short_side, with_preprocess)
 from visclust.cli._common import describe_choices
+from visclust import model
 from visclust.model import FeatureClusterer, ImageClusterer
 
 from conftest import make_shape_images
@@ -81,7 +82,9 @@ def test_networks_that_refuse_a_size_keep_their_own(tmp_path):
     assert backbone_at_size(create_backbone("baseline/pixels"), 128).preprocess.input_size == 32  # keeps its own
 
 
-def test_auto_compares_the_two_sizes_on_small_images_and_predict_uses_the_chosen_one(tmp_path, shape_images, capsys):
+def test_auto_compares_the_two_sizes_on_small_images_and_predict_uses_the_chosen_one(tmp_path, shape_images, capsys,
+                                                                                     monkeypatch):
+    monkeypatch.setattr(model, "SIZE_TEST_P", 0.0)  # the copies never decide here: the candidates' agreement does
     m = ImageClusterer(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters=3, engine="torch",
                        num_workers=0, pixels=False, progress=True,
                        classifier_views="chosen").fit([shape_images])  # 48 x 48 images: 192 is the candidate
@@ -98,15 +101,39 @@ def test_auto_compares_the_two_sizes_on_small_images_and_predict_uses_the_chosen
     assert fc.pipeline_centrality_[fc.pipeline_] == c[m.view_] == max(fc.pipeline_centrality_.values())
     assert max(fc.pipeline_scores_.values()) == s[m.view_]  # a view's score: its most stable pipeline's stability
     other = "backbone" if m.view_ == "backbone@192px" else "backbone@192px"
+    r, p = m.view_copies_, m.view_copies_p_
+    assert set(r) == {"backbone", "backbone@192px"} and 0.0 <= p <= 1.0
     assert describe_choices(m)[0] == (
         f"features: chose {m.view_} (agreement with every candidate {c[m.view_]:.3f}, stability {s[m.view_]:.3f}; "
-        f"{other}: agreement with every candidate {c[other]:.3f}, stability {s[other]:.3f})")
+        f"{other}: agreement with every candidate {c[other]:.3f}, stability {s[other]:.3f}); augmented copies "
+        f"recognised: backbone {r['backbone']:.1%}, backbone@192px {r['backbone@192px']:.1%} (McNemar p = {p:.2g}): "
+        "not clearly different (p >= 0), so the candidates' agreement decided")
     m.save(tmp_path / "m.vcm")
     back = ImageClusterer.load(tmp_path / "m.vcm")
     assert back.backbone_config_.to_dict() == m.backbone_config_.to_dict()
     a = back.assign([shape_images])
     np.testing.assert_array_equal(a.clusters, m.labels_)
     np.testing.assert_allclose(a.confidence, m.confidence_, rtol=1e-5, atol=1e-6)
+
+
+def test_the_size_whose_features_recognise_more_augmented_copies_is_kept_when_clearly_more(shape_images, monkeypatch):
+    monkeypatch.setattr(model, "SIZE_TEST_P", 1.0)  # any difference decides, to see what it decides
+    kw = dict(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters=3, engine="torch", num_workers=0,
+              pixels=False)
+    m = ImageClusterer(**kw).fit([shape_images])
+    r = m.view_copies_
+    assert set(r) == {"backbone", "backbone@192px"} and r["backbone"] != r["backbone@192px"]
+    assert m.view_ == max(r, key=r.get)
+    assert m.backbone_config_.preprocess.input_size == (192 if m.view_ == "backbone@192px" else 224)
+    fc, c = m.feature_clusterer_, m.view_centrality_
+    # the pipeline is the kept size's candidate most central among both sizes' candidates
+    assert fc.pipeline_centrality_[fc.pipeline_] == c[m.view_] == max(fc.pipeline_centrality_.values())
+    assert describe_choices(m)[0].endswith("decided the input size")
+    # the same images in memory draw the same copies, so the same shares and the same choice
+    paths = sorted(str(p) for p in shape_images.rglob("*.png"))
+    mem = ImageClusterer(**kw).fit([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+    assert mem.view_ == m.view_
+    np.testing.assert_allclose(sorted(mem.view_copies_.values()), sorted(r.values()), atol=1.5 / len(paths))
 
 
 def test_large_images_and_fixed_choices_compare_nothing(tmp_path, shape_images):

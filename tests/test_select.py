@@ -10,6 +10,7 @@ from visclust.cluster import select_n_clusters
 from visclust.evaluate import hungarian_accuracy
 from visclust.exceptions import InputError
 from visclust.select import (Candidate, agreement, align_to, centrality, choose_n_clusters, consensus_labels,
+                             copy_retrieval, paired_test,
                              describe_k_choice, medoid_run, most_central, neighbour_support, other_levels,
                              select_pipeline, stability, subsample_run)
 
@@ -238,3 +239,37 @@ def test_a_partition_one_candidate_reproduces_alone_loses_to_the_one_the_others_
     # ties: the more stable, then the first
     assert most_central({"p": 0.5, "q": 0.5}, {"p": 0.7, "q": 0.9}) == "q"
     assert most_central({"p": 0.5, "q": 0.5}, {"p": 0.9, "q": 0.9}) == "p"
+
+
+def test_copy_retrieval_finds_each_copy_s_own_original_among_all():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 16)).astype(np.float32)
+    rows = rng.choice(200, 50, replace=False)
+    near = X[rows] + 0.05 * rng.normal(size=(50, 16)).astype(np.float32)
+    assert copy_retrieval(X, near, rows).all()
+    assert copy_retrieval(X, 3.0 * near, rows).all()  # cosine: a copy's length does not matter
+    far = X[rows] + 3.0 * rng.normal(size=(50, 16)).astype(np.float32)
+    hits = copy_retrieval(X, far, rows, chunk=7)  # chunks answer as one block does
+    assert hits.tolist() == copy_retrieval(X, far, rows).tolist() and 0 < hits.sum() < 25
+    # another original closer than its own: a miss
+    assert copy_retrieval(X, X[[5]], [6]).tolist() == [False]
+    with pytest.raises(InputError, match="same columns"):
+        copy_retrieval(X, near[:, :8], rows)
+    with pytest.raises(InputError, match="one row index per copy"):
+        copy_retrieval(X, near, rows[:10])
+    with pytest.raises(InputError, match="must index the 200 originals"):
+        copy_retrieval(X, near[:1], [200])
+
+
+def test_paired_test_counts_only_the_cases_where_the_two_differ():
+    a = np.array([True] * 40 + [False] * 60)
+    b = a.copy()
+    assert paired_test(a, b) == 1.0
+    b[:20] = False  # a alone succeeds on 20 cases, b alone on none
+    assert paired_test(a, b) < 1e-5 and paired_test(a, b) == paired_test(b, a)
+    b[40:58] = True  # then b alone on 18: as often as a, by chance
+    assert paired_test(a, b) > 0.5
+    # concordant cases do not count: the same discordant pairs among many more cases give the same p
+    assert paired_test(np.r_[a, np.ones(1000, bool)], np.r_[b, np.ones(1000, bool)]) == paired_test(a, b)
+    with pytest.raises(InputError, match="same cases"):
+        paired_test(a, b[:10])

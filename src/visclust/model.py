@@ -768,6 +768,16 @@ VIEW_GAIN = 0.25
 PIXELS_SUPPORT = 1.0 - VIEW_GAIN
 
 
+#: Images of the collection (a random sample of the rows the views are compared on) whose
+#: augmented copies test the input sizes (:meth:`ImageClusterer._size_by_copies`).
+SIZE_TEST_IMAGES = 2000
+
+#: The input sizes' copy retrieval (:func:`visclust.select.copy_retrieval`) decides only where
+#: it differs at this significance (McNemar's exact test, :func:`visclust.select.paired_test`);
+#: otherwise the most central candidate of both sizes decides.
+SIZE_TEST_P = 0.01
+
+
 def pixels_supported(base_support: float, pixels_support: float) -> bool:
     """Whether the pixels view's partition keeps enough of the backbone partition's support among
     the backbone's neighbours (:data:`PIXELS_SUPPORT`); a support that could not be measured
@@ -843,12 +853,14 @@ def _chosen_score(fc) -> float:
     return max(map(float, fc.pipeline_scores_.values()), default=float("-inf"))
 
 
-def _central_view(states: dict, paths: dict, names: list) -> str | None:
+def _central_view(states: dict, paths: dict, names: list, only: str | None = None) -> str | None:
     """The view whose candidate is the most central among the candidates of every view in
     ``names`` (:func:`visclust.select.centrality` over their runs), made that view's chosen
     pipeline; each view's ``pipeline_centrality_`` becomes its candidates' centrality among
-    them all. None where a view has no selection (one candidate) or the views did not read
-    the same images (``paths``), so that their runs do not label the same rows."""
+    them all. With ``only`` (a view already chosen by another test) that view is returned and
+    its most central candidate (among them all) made its pipeline. None where a view has no
+    selection (one candidate) or the views did not read the same images (``paths``), so that
+    their runs do not label the same rows."""
     from .select import centrality, most_central
 
     runs, stab = {}, {}
@@ -859,7 +871,7 @@ def _central_view(states: dict, paths: dict, names: list) -> str | None:
         for c, r in sel.runs.items():
             runs[v, c], stab[v, c] = r, sel.scores[c]
     central = centrality(runs, stab)
-    view, name = most_central(central, stab)
+    view, name = most_central({k: c for k, c in central.items() if only is None or k[0] == only}, stab)
     states[view][0]._use_candidate(states[view][1], name)
     for v in names:
         states[v][0].pipeline_centrality_ = {c: central[v, c] for c in states[v][0].selection_.runs}
@@ -1210,9 +1222,13 @@ class ImageClusterer(BaseEstimator):
         if alt is not None:  # the backbone at a smaller input size: kept if its candidate is the more central
             name = f"backbone@{alt[0].preprocess.input_size}px" + suffix
             scores[name] = add(name, alt + extra, self._extract_each(alt + extra, rows))
-            # the view whose candidate the candidates of both sizes agree with most
-            central = _central_view(states, {v: views[v][2].paths for v in views}, [base, name])
-            if central is not None:
+            # the size whose features recognise clearly more augmented copies of the images;
+            # where neither does, the view whose candidate the candidates of both sizes agree with most
+            by_copies = self._size_by_copies(fc, views, base, name)
+            central = _central_view(states, {v: views[v][2].paths for v in views}, [base, name], only=by_copies)
+            if central is None and by_copies is not None:
+                base = by_copies
+            elif central is not None:
                 self.view_centrality_ = {v: max(states[v][0].pipeline_centrality_.values()) for v in (base, name)}
                 base = central
             elif view_wins(scores[base], scores[name], gain=0.0):  # no dearer
@@ -1245,6 +1261,67 @@ class ImageClusterer(BaseEstimator):
         at = {p: i for i, p in enumerate(res.paths)}
         index = np.asarray([at[p] for p in wres.paths], np.int64)  # the rows the selection saw
         return f._finish(res.features, index, state), wbbs, res, base
+
+    def _size_by_copies(self, fc, views: dict, a: str, b: str) -> str | None:
+        """Between two views of the backbone at different input sizes, the one whose features
+        recognise more augmented copies of the images, if clearly more; else None.
+
+        One augmented copy (:mod:`visclust.augment`: a crop, a mirror image, colour changes) of
+        each of up to :data:`SIZE_TEST_IMAGES` images of the views' rows is written and
+        extracted at both sizes; a copy is recognised where its nearest image (cosine) among
+        all the rows is its own original (:func:`visclust.select.copy_retrieval`). The size
+        that recognises more wins if McNemar's exact test says the difference is not chance
+        (p < :data:`SIZE_TEST_P`). Enlarged 4 times or more, a small image becomes blurred
+        blobs; the size at which its features still recognise it after these changes sees
+        more of what it shows. Sets ``view_copies_`` ({view: share recognised}) and
+        ``view_copies_p_``. The raw pixels beside a view (``pixels=True``) take no part.
+        """
+        from .select import copy_retrieval, paired_test
+
+        ra, rb = views[a][2], views[b][2]
+        if list(ra.paths) != list(rb.paths) or len(ra.paths) < 2:
+            return None
+
+        def backbone_parts(view):
+            kept = [(bb, part) for bb, part in zip(views[view][0], views[view][1]) if not bb.name.startswith("baseline/")]
+            return [bb for bb, _ in kept], _joined([part for _, part in kept]).features
+
+        (abbs, fa), (bbbs, fb) = backbone_parts(a), backbone_parts(b)
+        paths = list(ra.paths)
+        seed = 0 if fc.random_state is None else int(fc.random_state)
+        rows = np.sort(np.random.default_rng(seed).choice(len(paths), min(SIZE_TEST_IMAGES, len(paths)),
+                                                          replace=False))
+        with fc._stage(f"input sizes: augmented copies of {len(rows):,} images recognised at each"):
+            # one set of copies, extracted at both sizes; each size's part is normalised as in its view
+            copies = self._one_copy_each(abbs + bbbs, [paths[i] for i in rows], seed,
+                                         np.concatenate([fa[rows], fb[rows]], axis=1))
+            width = fa.shape[1]
+            hits = {a: copy_retrieval(fa, copies[:, :width], rows), b: copy_retrieval(fb, copies[:, width:], rows)}
+        p = paired_test(hits[a], hits[b])
+        self.view_copies_ = {v: float(h.mean()) for v, h in hits.items()}
+        self.view_copies_p_ = p
+        if p >= SIZE_TEST_P or hits[a].mean() == hits[b].mean():
+            return None
+        return a if hits[a].mean() > hits[b].mean() else b
+
+    def _one_copy_each(self, backbones, paths: list, seed: int, originals: np.ndarray) -> np.ndarray:
+        """Features of one augmented copy of each image (from its file, or of the image in
+        memory for a fit on images: copy ``i`` drawn from ``(seed, 0, i)`` as the files' are),
+        every backbone's part L2-normalised as :func:`visclust.features.concat_features` does."""
+        memory = self.__dict__.get("_memory")
+        if memory is None:
+            return self._copies_features(backbones, paths, originals, 1)[0]
+        from PIL import Image
+
+        from .augment import augment_image
+        from .features import extract_images
+        from .io import image_object_array
+
+        images = [augment_image(Image.fromarray(image_object_array(memory[p], p), "RGB"),
+                                np.random.default_rng([seed, 0, i])) for i, p in enumerate(paths)]
+        parts = [extract_images(bb, images, batch_size=self.batch_size, engine=self._engine(bb), names=paths)
+                 for bb in backbones]
+        return np.concatenate([f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12) for f in parts], axis=1)
 
     @staticmethod
     def _every_view(views: dict, base: str, pixels: bool):
@@ -1396,6 +1473,7 @@ class ImageClusterer(BaseEstimator):
         alt = self._small_image_view(bbs, paths, self.__dict__.get("_memory_short_side")) \
             if size == "auto" and features is None and compares else None
         self.view_scores_, self.view_support_, self.view_centrality_, base = {}, {}, {}, "backbone"
+        self.view_copies_, self.view_copies_p_ = {}, None
         self.classifier_view_ = None
         if alt is not None or (use_pixels and self.pixels == "auto"):
             fc, bbs, res, base = self._fit_views(fc, bbs, alt, use_pixels, paths)

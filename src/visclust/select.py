@@ -179,6 +179,67 @@ def stability(runs: list[np.ndarray]) -> float:
     return float(np.mean([adjusted_rand_score(runs[a], runs[b]) for a, b in pairs]))
 
 
+def copy_retrieval(originals: np.ndarray, copies: np.ndarray, rows, chunk: int = 1024) -> np.ndarray:
+    """Whether each augmented copy finds its own image first among all the originals.
+
+    ``copies[i]`` holds the features of an augmented copy of the image whose features are
+    ``originals[rows[i]]``; the copy's nearest original by cosine similarity is looked up
+    among every row of ``originals``. Returns one boolean per copy: True where no other
+    original is closer than its own. Features that still recognise an image after a crop, a
+    mirror image and colour changes (the changes that keep what it shows) describe what it
+    shows rather than how it was enlarged or coloured; :class:`visclust.model.ImageClusterer`
+    compares input sizes this way (:func:`paired_test`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.eye(3, dtype=np.float32)
+    >>> copy_retrieval(X, X[[2, 0]] + 0.1, [2, 0]).tolist()
+    [True, True]
+    >>> copy_retrieval(X, X[[1]], [0]).tolist()
+    [False]
+    """
+    rows = np.asarray(rows, np.int64)
+    A = np.asarray(originals, np.float32)
+    C = np.asarray(copies, np.float32)
+    if C.ndim != 2 or A.ndim != 2 or C.shape[1] != A.shape[1] or len(C) != len(rows):
+        raise InputError(f"copies {C.shape} and originals {A.shape} must have the same columns, and one row "
+                         f"index per copy ({len(rows)} given)")
+    if len(rows) and (rows.min() < 0 or rows.max() >= len(A)):
+        raise InputError(f"rows must index the {len(A)} originals")
+    A = A / np.maximum(np.linalg.norm(A, axis=1, keepdims=True), 1e-12)
+    C = C / np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
+    hits = np.empty(len(rows), bool)
+    for s in range(0, len(rows), chunk):
+        S = C[s:s + chunk] @ A.T
+        own = S[np.arange(len(S)), rows[s:s + chunk]]
+        hits[s:s + chunk] = ~(S > own[:, None]).any(axis=1)
+    return hits
+
+
+def paired_test(a, b) -> float:
+    """McNemar's exact test: the two-sided p-value that two paired sets of successes
+    (booleans of the same cases, e.g. :func:`copy_retrieval` of two feature spaces) differ
+    only by chance. Only the cases where they disagree count; with none, 1.0.
+
+    Examples
+    --------
+    >>> paired_test([True] * 30 + [False] * 10, [False] * 30 + [True] * 10) < 0.01
+    True
+    >>> paired_test([True, False], [True, False])
+    1.0
+    """
+    from scipy.stats import binomtest
+
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    if a.shape != b.shape:
+        raise InputError(f"paired_test needs outcomes of the same cases, got {a.shape} and {b.shape}")
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    if only_a + only_b == 0:
+        return 1.0
+    return float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
 def neighbour_support(Z: np.ndarray, labels: np.ndarray, n_neighbors: int = 15, random_state: int | None = 0) -> float:
     """How far the neighbourhoods of ``Z`` support a partition of its rows: Cohen's kappa
     between ``labels`` and the vote of each row's ``n_neighbors`` nearest rows in ``Z``, every

@@ -180,6 +180,18 @@ def describe_support(view: str, support: dict | None) -> str:
     return said
 
 
+def describe_copies(copies: dict | None, p: float | None) -> str:
+    """What the input sizes' augmented-copy test said (nothing when it did not run)."""
+    from ..model import SIZE_TEST_P
+
+    if not copies or p is None:
+        return ""
+    shares = ", ".join(f"{v} {s:.1%}" for v, s in copies.items())
+    verdict = ("decided the input size" if p < SIZE_TEST_P and len(set(copies.values())) > 1
+               else f"not clearly different (p >= {SIZE_TEST_P:g}), so the candidates' agreement decided")
+    return f"; augmented copies recognised: {shares} (McNemar p = {p:.2g}): {verdict}"
+
+
 def describe_choices(model) -> list[str]:
     """What a fitted ImageClusterer chose without labels, one line each: the view (input
     size, pixels), the pipeline, the number of clusters, what assigns the images."""
@@ -191,6 +203,7 @@ def describe_choices(model) -> list[str]:
     view, views = getattr(model, "view_", None), getattr(model, "view_scores_", None) or {}
     if view in views and len(views) > 1:
         lines.append(describe_choice("features", view, views, getattr(model, "view_centrality_", None))
+                     + describe_copies(getattr(model, "view_copies_", None), getattr(model, "view_copies_p_", None))
                      + describe_support(view, getattr(model, "view_support_", None)))
     fc = model.feature_clusterer_
     scores = getattr(fc, "pipeline_scores_", None) or {}
