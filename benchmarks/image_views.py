@@ -89,6 +89,10 @@ def main(argv=None) -> None:
                               for k, v in m.view_scores_.items()) or "-"
             fc = m.feature_clusterer_
             views += f"; pipeline {getattr(fc, 'pipeline_', None)}"
+            copies = getattr(m, "view_copies_", None)  # the input sizes' augmented-copy test, when it ran
+            if copies:
+                views += "; copies recognised " + ", ".join(f"{k} {v:.3f}" for k, v in copies.items()) + \
+                    f" (p = {m.view_copies_p_:.2g})"
             support = getattr(m, "view_support_", None)  # the pixels' neighbour-support test, when it ran
             if support:
                 views += " (support among the backbone's neighbours: " + \

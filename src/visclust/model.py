@@ -936,14 +936,16 @@ class ImageClusterer(BaseEstimator):
         preprocessing enlarges 4 times or more (CIFAR's 32 x 32, MNIST's 28 x 28), fit the
         clustering on the features at the backbone's size and at 4 times the images' size
         (:func:`visclust.features.small_image_preprocess`, e.g. 128 for 32 x 32 images) and
-        keep the more reproducible one (the stability of each view's chosen pipeline, as for
-        ``pixels``, but with no margin: the smaller input costs less, not more;
-        :func:`view_wins`); other collections, or a backbone that does not run at the
-        smaller size, use the backbone's size. Applies when the selection compares
-        candidates (as for ``pixels='auto'``), with one backbone and no precomputed
-        ``features``; it extracts the features a second time at the smaller size (a third of
-        the cost at 128 against 224) and fits the clustering once more. The chosen size is
-        saved in the model, so ``predict`` computes the same features.
+        keep the size whose features recognise clearly more augmented copies of the images
+        (one copy of up to :data:`SIZE_TEST_IMAGES` images; McNemar's p <
+        :data:`SIZE_TEST_P`; ``view_copies_``), else the size holding the candidate most
+        central among both sizes' candidates (``view_centrality_``); other collections, or a
+        backbone that does not run at the smaller size, use the backbone's size. Applies
+        when the selection compares candidates (as for ``pixels='auto'``), with one backbone
+        and no precomputed ``features``; it extracts the features a second time at the
+        smaller size (a third of the cost at 128 against 224), fits the clustering once more
+        and extracts the copies at both sizes. The chosen size is saved in the model, so
+        ``predict`` computes the same features.
     augment : int, default 0
         Augmented copies of each training image (random crop, mirror, colour jitter,
         greyscale: :mod:`visclust.augment`) whose features train the classifier step with
@@ -984,12 +986,19 @@ class ImageClusterer(BaseEstimator):
         backbone's own input size), ``'backbone@128px'`` (``input_size='auto'`` on small
         images: the smaller input size), and with ``pixels='auto'`` the winner of those with
         the pixels added (``'backbone+pixels'`` or ``'backbone@128px+pixels'``); empty when no
-        comparison ran. Between the input sizes the view kept is the one whose candidate is
-        the most central among the candidates of both (``view_centrality_``); the pixels are
-        kept where they are clearly more stable and supported (``view_support_``).
+        comparison ran. Between the input sizes the view kept is the one whose features
+        recognise clearly more augmented copies (``view_copies_``), else the one whose
+        candidate is the most central among the candidates of both (``view_centrality_``);
+        the pixels are kept where they are clearly more stable and supported (``view_support_``).
     view_centrality_ : dict {str: float}
         For the input sizes compared: the highest centrality of each view's candidates among
         the candidates of both (:func:`visclust.select.centrality`); empty otherwise.
+    view_copies_ : dict {str: float}
+        For the input sizes compared: the share of augmented copies whose nearest image among
+        all the compared rows is their own original, at each size
+        (:func:`visclust.select.copy_retrieval`); empty otherwise. ``view_copies_p_`` is
+        McNemar's exact p-value of their difference (None when not compared); below
+        :data:`SIZE_TEST_P` the size with the larger share is kept.
     view_support_ : dict {str: float}
         When the pixels view was the more stable: the support of its partition and of the view
         without pixels among the latter's neighbours (:func:`visclust.select.neighbour_support`);
@@ -1126,11 +1135,13 @@ class ImageClusterer(BaseEstimator):
                                  desc=None if desc is None else f"{bb.name}, {desc}")
                 for bb in backbones]
 
-    def _copies_features(self, backbones, paths: list, originals: np.ndarray, n_copies: int) -> list:
+    def _copies_features(self, backbones, paths: list, originals: np.ndarray, n_copies: int,
+                         label: str | None = None) -> list:
         """Features of ``n_copies`` augmented copies of every image in ``paths``, one array per
         copy in the order of ``paths`` (:mod:`visclust.augment`). A copy that cannot be made
         or read gets its original's row of ``originals``, so no row is lost. Copies are
-        written, extracted and deleted ``COPY_CHUNK_IMAGES`` images at a time."""
+        written, extracted and deleted ``COPY_CHUNK_IMAGES`` images at a time. ``label``
+        names them in the progress bars (default: ``augmented copy i/n``)."""
         from .augment import write_copies
         from .features import concat_features, extract_features
         from .io import work_folder
@@ -1144,7 +1155,7 @@ class ImageClusterer(BaseEstimator):
                 feats = np.array(originals, np.float32)
                 for s in range(0, len(paths), step):  # the disk holds one part's copies at a time
                     part = f", images {s + 1}-{min(s + step, len(paths))} of {len(paths)}" if len(paths) > step else ""
-                    what = f"augmented copy {view + 1}/{n_copies}{part}"
+                    what = f"augmented copy {view + 1}/{n_copies}{part}" if label is None else f"{label}{part}"
                     copies = write_copies(paths[s:s + step], tmp, view, seed=seed, short_side=2 * short,
                                           progress=self.progress, desc=f"{what}: writing", start=s,
                                           workers=self.num_workers)
@@ -1188,9 +1199,10 @@ class ImageClusterer(BaseEstimator):
 
     def _fit_views(self, fc, bbs, alt, use_pixels, paths):
         """Choose the view, then fit ``fc`` on the winner alone: between the input sizes (``alt``
-        on small images) the one holding the most central candidate among both sizes'
-        candidates (:func:`_central_view`), then the raw pixels beside it if that view is
-        clearly more stable (each view's most stable pipeline) and supported.
+        on small images) the one whose features recognise clearly more augmented copies
+        (:meth:`_size_by_copies`), else the one holding the most central candidate among both
+        sizes' candidates (:func:`_central_view`), then the raw pixels beside it if that view
+        is clearly more stable (each view's most stable pipeline) and supported.
 
         On a collection larger than ``fc``'s ``max_cluster_rows`` the views are compared on
         the random sample its selection would choose on (the same images for every view, so
@@ -1219,7 +1231,7 @@ class ImageClusterer(BaseEstimator):
         extra, suffix = ([px], "+pixels") if always else ([], "")
         base = "backbone" + suffix
         scores = {base: add(base, bbs + extra, self._extract_each(bbs + extra, rows))}
-        if alt is not None:  # the backbone at a smaller input size: kept if its candidate is the more central
+        if alt is not None:  # the backbone at a smaller input size
             name = f"backbone@{alt[0].preprocess.input_size}px" + suffix
             scores[name] = add(name, alt + extra, self._extract_each(alt + extra, rows))
             # the size whose features recognise clearly more augmented copies of the images;
@@ -1310,7 +1322,7 @@ class ImageClusterer(BaseEstimator):
         every backbone's part L2-normalised as :func:`visclust.features.concat_features` does."""
         memory = self.__dict__.get("_memory")
         if memory is None:
-            return self._copies_features(backbones, paths, originals, 1)[0]
+            return self._copies_features(backbones, paths, originals, 1, label="input-size test, augmented copies")[0]
         from PIL import Image
 
         from .augment import augment_image
