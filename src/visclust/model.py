@@ -1326,14 +1326,14 @@ class ImageClusterer(BaseEstimator):
         from PIL import Image
 
         from .augment import augment_image
-        from .features import extract_images
+        from .features import FeatureResult, concat_features, extract_images
         from .io import image_object_array
 
         images = [augment_image(Image.fromarray(image_object_array(memory[p], p), "RGB"),
                                 np.random.default_rng([seed, 0, i])) for i, p in enumerate(paths)]
-        parts = [extract_images(bb, images, batch_size=self.batch_size, engine=self._engine(bb), names=paths)
-                 for bb in backbones]
-        return np.concatenate([f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12) for f in parts], axis=1)
+        return concat_features([FeatureResult(extract_images(bb, images, batch_size=self.batch_size,
+                                                             engine=self._engine(bb), names=paths), list(paths))
+                                for bb in backbones]).features
 
     @staticmethod
     def _every_view(views: dict, base: str, pixels: bool):

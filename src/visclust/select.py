@@ -199,6 +199,8 @@ def copy_retrieval(originals: np.ndarray, copies: np.ndarray, rows, chunk: int =
     >>> copy_retrieval(X, X[[1]], [0]).tolist()
     [False]
     """
+    from .reduce import l2_normalize
+
     rows = np.asarray(rows, np.int64)
     A = np.asarray(originals, np.float32)
     C = np.asarray(copies, np.float32)
@@ -207,8 +209,7 @@ def copy_retrieval(originals: np.ndarray, copies: np.ndarray, rows, chunk: int =
                          f"index per copy ({len(rows)} given)")
     if len(rows) and (rows.min() < 0 or rows.max() >= len(A)):
         raise InputError(f"rows must index the {len(A)} originals")
-    A = A / np.maximum(np.linalg.norm(A, axis=1, keepdims=True), 1e-12)
-    C = C / np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
+    A, C = l2_normalize(A), l2_normalize(C)
     hits = np.empty(len(rows), bool)
     for s in range(0, len(rows), chunk):
         S = C[s:s + chunk] @ A.T

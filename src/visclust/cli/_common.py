@@ -26,7 +26,9 @@ def add_backbone_options(p, default: str | None = DEFAULT_BACKBONE) -> None:
         g.add_argument("--input-size", default="auto", metavar="auto|backbone|N",
                        help="the network's input size: 'backbone' (its own preprocessing), N (images resized to "
                             "N x N, no crop), or 'auto': for small images (enlarged 4x or more, e.g. 32 x 32) "
-                            "also try 4x their size and keep the more reproducible clustering (default %(default)s)")
+                            "also try 4x their size and keep the size whose features recognise clearly more augmented "
+                            "copies of the images, else the one whose clusterings the candidates of both agree with "
+                            "most (default %(default)s)")
 
 
 def backbone_arg(args, default: str = DEFAULT_BACKBONE):
