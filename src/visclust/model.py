@@ -778,6 +778,16 @@ SIZE_TEST_IMAGES = 2000
 SIZE_TEST_P = 0.01
 
 
+def size_by_copies(shares: dict, p: float | None):
+    """The input size the augmented-copy test chose: the view with the larger share of copies
+    recognised (``ImageClusterer.view_copies_``) where McNemar's p (``view_copies_p_``) is
+    below :data:`SIZE_TEST_P`; None where the test did not run or did not decide. (A p below
+    it means the sizes recognised different numbers of copies, so the shares differ.)"""
+    if not shares or p is None or p >= SIZE_TEST_P:
+        return None
+    return max(shares, key=shares.get)
+
+
 def pixels_supported(base_support: float, pixels_support: float) -> bool:
     """Whether the pixels view's partition keeps enough of the backbone partition's support among
     the backbone's neighbours (:data:`PIXELS_SUPPORT`); a support that could not be measured
@@ -1309,12 +1319,9 @@ class ImageClusterer(BaseEstimator):
                                          np.concatenate([fa[rows], fb[rows]], axis=1))
             width = fa.shape[1]
             hits = {a: copy_retrieval(fa, copies[:, :width], rows), b: copy_retrieval(fb, copies[:, width:], rows)}
-        p = paired_test(hits[a], hits[b])
         self.view_copies_ = {v: float(h.mean()) for v, h in hits.items()}
-        self.view_copies_p_ = p
-        if p >= SIZE_TEST_P or hits[a].mean() == hits[b].mean():
-            return None
-        return a if hits[a].mean() > hits[b].mean() else b
+        self.view_copies_p_ = paired_test(hits[a], hits[b])
+        return size_by_copies(self.view_copies_, self.view_copies_p_)
 
     def _one_copy_each(self, backbones, paths: list, seed: int, originals: np.ndarray) -> np.ndarray:
         """Features of one augmented copy of each image (from its file, or of the image in

@@ -184,12 +184,12 @@ def describe_support(view: str, support: dict | None) -> str:
 
 def describe_copies(copies: dict | None, p: float | None) -> str:
     """What the input sizes' augmented-copy test said (nothing when it did not run)."""
-    from ..model import SIZE_TEST_P
+    from ..model import SIZE_TEST_P, size_by_copies
 
     if not copies or p is None:
         return ""
     shares = ", ".join(f"{v} {s:.1%}" for v, s in copies.items())
-    verdict = ("decided the input size" if p < SIZE_TEST_P and len(set(copies.values())) > 1
+    verdict = ("decided the input size" if size_by_copies(copies, p) is not None
                else f"not clearly different (p >= {SIZE_TEST_P:g}), so the candidates' agreement decided")
     return f"; augmented copies recognised: {shares} (McNemar p = {p:.2g}): {verdict}"
 
