@@ -8,6 +8,7 @@ with every candidate of both, which decides), the pipeline and view kept, and it
     python benchmarks/image_views.py --input-size backbone   # the choice before input_size existed
     python benchmarks/image_views.py --augment 3             # the classifier also trained on 3 augmented copies
     python benchmarks/image_views.py --augment 3 --classifier svm   # ... the linear SVM instead of the network
+    python benchmarks/image_views.py --clusters auto          # n_clusters='auto': the K chosen beside the true K
 
 With ``--augment N`` or ``--classifier-views sizes|all`` the table also gives the ACC of the clustering
 the classifier started from.
@@ -46,6 +47,8 @@ def main(argv=None) -> None:
                    help="FeatureClusterer(umap_neighbors=N) (default: FeatureClusterer's)")
     p.add_argument("--classifier-views", choices=("chosen", "sizes", "all"), default="chosen",
                    help="ImageClusterer(classifier_views=...) (default %(default)s)")
+    p.add_argument("--clusters", choices=("true", "auto"), default="true",
+                   help="true: as many as the dataset's subfolders; auto: n_clusters='auto' (default %(default)s)")
     p.add_argument("--cache", type=Path, default=Path("/tmp/visclust-bench"))
     args = p.parse_args(argv)
     from visclust.evaluate import external_scores
@@ -55,7 +58,7 @@ def main(argv=None) -> None:
     size = args.input_size if args.input_size in ("auto", "backbone") else int(args.input_size)
     print(f"<!-- python benchmarks/image_views.py --seeds {args.seeds} --first-seed {args.first_seed} --input-size "
           f"{args.input_size} --pixels {args.pixels} --augment {args.augment} --classifier {args.classifier} --n-runs {args.n_runs} "
-          f"{'' if args.umap_neighbors is None else f'--umap-neighbors {args.umap_neighbors} '}--classifier-views {args.classifier_views} --datasets {' '.join(args.datasets)}; "
+          f"{'' if args.umap_neighbors is None else f'--umap-neighbors {args.umap_neighbors} '}--classifier-views {args.classifier_views} --clusters {args.clusters} --datasets {' '.join(args.datasets)}; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} -->")
     print("| dataset | seed | stability of each view | kept | ACC kept | NMI | ARI | time (s) |")
     print("|---|---|---|---|---|---|---|---|")
@@ -67,7 +70,8 @@ def main(argv=None) -> None:
         k = sum(1 for d in folder.iterdir() if d.is_dir())  # the true number of groups: one per subfolder
         accs, nmis, aris = [], [], []
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            m = ImageClusterer(backbone="torchvision/mobilenet_v2", weights=str(MOBILENET), n_clusters=k,
+            m = ImageClusterer(backbone="torchvision/mobilenet_v2", weights=str(MOBILENET),
+                               n_clusters=k if args.clusters == "true" else "auto",
                                clusterer=FeatureClusterer(random_state=seed, classifier=args.classifier, n_runs=args.n_runs,
                                                           **umap_kw), store=str(args.cache / "store"),
                                progress=False, pixels={"auto": "auto", "on": True, "off": False}[args.pixels],
@@ -100,6 +104,8 @@ def main(argv=None) -> None:
             kept = " + ".join(f"{c.name.split('/')[-1]}@{c.preprocess.input_size}px" for c in m.backbone_configs_)
             if m.classifier_view_:  # the model computes every view; the clustering used one
                 kept = f"{m.view_} (classifier on every view: {kept})"
+            if args.clusters == "auto":
+                kept += f", K = {m.n_clusters_} (true {k})"
             print(f"| {name} | {seed} | {views} | {kept} | {acc:.3f} | {scores['nmi']:.3f} | {scores['ari']:.3f} | "
                   f"{secs:.0f} |", flush=True)
         print(f"| {name} | mean | | | **{np.mean(accs):.3f} ± {np.std(accs):.3f}** | {np.mean(nmis):.3f} | "

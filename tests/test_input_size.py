@@ -260,6 +260,47 @@ def test_views_of_a_large_collection_are_compared_on_the_sample_and_only_the_win
     np.testing.assert_array_equal(f.selection_index_, whole[m.view_].selection_index_)
 
 
+def test_with_automatic_k_the_copies_alone_choose_the_size_on_the_sample_and_the_winner_is_extracted_whole(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(model, "SIZE_TEST_P", 2.0)  # any p decides (even 1), to see what it decides
+    monkeypatch.setattr(model, "SAMPLE_ROWS_PER_CLUSTER", 30)
+    root = make_shape_images(tmp_path / "many", n_per_class=40, size=24)  # 120 images, 96 px candidate
+    fc = FeatureClusterer(umap_components=None, max_cluster_rows=1, k_range=(2, 3))  # 30 rows per k: 90
+    m = _CountingClusterer(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters="auto", clusterer=fc,
+                           engine="torch", num_workers=0)
+    m.extracted = []
+    m.fit([root])
+    r = m.view_copies_
+    assert set(r) == {"backbone", "backbone@96px"} and r["backbone"] != r["backbone@96px"]
+    assert m.view_ == max(r, key=r.get) and m.view_scores_ == {}  # no clustering of each size
+    net, small = ("torchvision/mobilenet_v2", 224), ("torchvision/mobilenet_v2", 96)
+    winner = small if m.view_ == "backbone@96px" else net
+    assert m.extracted == [([net], 90), ([small], 90), ([winner], 30)]  # both sizes on the sample only
+    assert m.backbone_config_.preprocess.input_size == winner[1]
+    f = m.feature_clusterer_
+    assert f.k_scores_ and f.n_clusters_ in (2, 3) and len(m.labels_) == 120
+    line = describe_choices(m)[0]
+    assert line == (f"features: chose {m.view_}; augmented copies recognised: backbone {r['backbone']:.1%}, "
+                    f"backbone@96px {r['backbone@96px']:.1%} (McNemar p = {m.view_copies_p_:.2g}): decided the "
+                    "input size"), line
+
+
+def test_with_automatic_k_the_backbone_size_is_kept_where_the_copies_do_not_decide(shape_images, monkeypatch):
+    monkeypatch.setattr(model, "SIZE_TEST_P", 0.0)  # the copies never decide
+    m = ImageClusterer(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters="auto", engine="torch",
+                       num_workers=0, clusterer=FeatureClusterer(umap_components=None, k_range=(2, 3))
+                       ).fit([shape_images])
+    assert m.view_ == "backbone" and set(m.view_copies_) == {"backbone", "backbone@192px"}
+    assert m.backbone_config_.preprocess.input_size == 224
+    assert describe_choices(m)[0].endswith("not clearly different (p >= 0), so the backbone's own input size "
+                                           "was kept")
+    fixed = ImageClusterer(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters="auto", engine="torch",
+                           num_workers=0, input_size="backbone",
+                           clusterer=FeatureClusterer(umap_components=None, k_range=(2, 3))).fit([shape_images])
+    assert fixed.view_ is None and fixed.view_copies_ == {}  # input_size given: nothing compared
+    np.testing.assert_array_equal(fixed.labels_, m.labels_)  # the same features, the same clustering
+
+
 def test_merge_results_keeps_the_input_order():
     from visclust.features import FeatureResult, merge_results
 

@@ -954,7 +954,9 @@ class ImageClusterer(BaseEstimator):
         when the selection compares candidates (as for ``pixels='auto'``), with one backbone
         and no precomputed ``features``; it extracts the features a second time at the
         smaller size (a third of the cost at 128 against 224), fits the clustering once more
-        and extracts the copies at both sizes. The chosen size is saved in the model, so
+        and extracts the copies at both sizes. With ``n_clusters='auto'``, whose choice of K
+        gives no score comparable between the sizes, the copies alone decide and the
+        backbone's size is kept where they do not (no second clustering). The chosen size is saved in the model, so
         ``predict`` computes the same features.
     augment : int, default 0
         Augmented copies of each training image (random crop, mirror, colour jitter,
@@ -1015,8 +1017,9 @@ class ImageClusterer(BaseEstimator):
         the pixels are kept only if theirs is at least :data:`PIXELS_SUPPORT` of the other's.
         Empty otherwise.
     view_ : str or None
-        The view kept, one of ``view_scores_``' keys (None when no comparison ran; not saved
-        in the model file).
+        The view kept, one of ``view_scores_``' keys; with ``n_clusters='auto'`` the input
+        size the copies chose, one of ``view_copies_``' keys (``'backbone'`` where they did
+        not decide). None when no comparison ran; not saved in the model file.
     classifier_view_ : str or None
         The features the classifier learnt from when they are not the chosen view's
         (``classifier_views``), e.g.
@@ -1323,6 +1326,26 @@ class ImageClusterer(BaseEstimator):
         self.view_copies_p_ = paired_test(hits[a], hits[b])
         return size_by_copies(self.view_copies_, self.view_copies_p_)
 
+    def _size_by_copies_alone(self, fc, bbs, alt, paths):
+        """With ``n_clusters='auto'`` on small images: the input size whose features recognise
+        clearly more augmented copies (:meth:`_size_by_copies`), else the backbone's own. Both
+        sizes are extracted for the rows ``fc``'s selection would choose on (a random sample of
+        a large collection), then the winner for the other rows. Returns ``(backbones,
+        features of every image, view name)``."""
+        index = fc._cluster_sample(len(paths), None)
+        rows = paths if index is None else [paths[i] for i in index]
+        base, small = "backbone", f"backbone@{alt[0].preprocess.input_size}px"
+        views = {}
+        for name, backbones in ((base, bbs), (small, alt)):
+            parts = self._extract_each(backbones, rows)
+            views[name] = (backbones, parts, _joined(parts))
+            _check_some(views[name][2])
+        won = self._size_by_copies(fc, views, base, small) or base
+        wbbs, _, wres = views[won]
+        views.clear()  # the other size's features are not needed any more
+        res = wres if index is None else self._features_of(wbbs, paths, known=wres)
+        return wbbs, res, won
+
     def _one_copy_each(self, backbones, paths: list, seed: int, originals: np.ndarray) -> np.ndarray:
         """Features of one augmented copy of each image (from its file, or of the image in
         memory for a fit on images: copy ``i`` drawn from ``(seed, 0, i)`` as the files' are),
@@ -1489,13 +1512,20 @@ class ImageClusterer(BaseEstimator):
         paths = (list(X) if "_memory" in self.__dict__ else collect_inputs(X)) if features is None else None
         if isinstance(size, int):  # every backbone at that size, also when the features are given (extract's)
             bbs = self._sized(bbs)
+        # n_clusters='auto' gives no score comparable between the input sizes: their copies alone decide
+        copies_only = k is None and "auto" in (fc.method, fc.space)
         alt = self._small_image_view(bbs, paths, self.__dict__.get("_memory_short_side")) \
-            if size == "auto" and features is None and compares else None
+            if size == "auto" and features is None and (compares or copies_only) else None
         self.view_scores_, self.view_support_, self.view_centrality_, base = {}, {}, {}, "backbone"
         self.view_copies_, self.view_copies_p_ = {}, None
         self.classifier_view_ = None
-        if alt is not None or (use_pixels and self.pixels == "auto"):
+        view = None
+        if alt is not None and copies_only:
+            bbs, res, view = self._size_by_copies_alone(fc, bbs, alt, paths)
+            fc.fit(res.features)
+        elif alt is not None or (use_pixels and self.pixels == "auto"):
             fc, bbs, res, base = self._fit_views(fc, bbs, alt, use_pixels, paths)
+            view = base if self.view_scores_ else None
         else:
             if use_pixels:  # pixels=True: always side by side (extract() before a fit adds them too)
                 bbs = self._with_pixels(bbs)
@@ -1505,7 +1535,7 @@ class ImageClusterer(BaseEstimator):
         if augment:
             fc.refit_classifier(res.features, self._copies_features(bbs, list(res.paths), res.features, augment))
         self.feature_clusterer_ = fc
-        self.view_ = base if self.view_scores_ else None
+        self.view_ = view
         self._backbones = bbs  # the ones the chosen features came from: predict computes these
         chosen = {bb.config.cache_key() for bb in bbs}  # the other views' engines are not needed again
         self._engines = {k: e for k, e in self.__dict__.get("_engines", {}).items() if k[0] in chosen}

@@ -182,15 +182,17 @@ def describe_support(view: str, support: dict | None) -> str:
     return said
 
 
-def describe_copies(copies: dict | None, p: float | None) -> str:
-    """What the input sizes' augmented-copy test said (nothing when it did not run)."""
+def describe_copies(copies: dict | None, p: float | None,
+                    otherwise: str = "the candidates' agreement decided") -> str:
+    """What the input sizes' augmented-copy test said (nothing when it did not run);
+    ``otherwise``: what decided where the copies did not."""
     from ..model import SIZE_TEST_P, size_by_copies
 
     if not copies or p is None:
         return ""
     shares = ", ".join(f"{v} {s:.1%}" for v, s in copies.items())
     verdict = ("decided the input size" if size_by_copies(copies, p) is not None
-               else f"not clearly different (p >= {SIZE_TEST_P:g}), so the candidates' agreement decided")
+               else f"not clearly different (p >= {SIZE_TEST_P:g}), so {otherwise}")
     return f"; augmented copies recognised: {shares} (McNemar p = {p:.2g}): {verdict}"
 
 
@@ -203,10 +205,13 @@ def describe_choices(model) -> list[str]:
 
     lines = []
     view, views = getattr(model, "view_", None), getattr(model, "view_scores_", None) or {}
+    copies, p = getattr(model, "view_copies_", None), getattr(model, "view_copies_p_", None)
     if view in views and len(views) > 1:
         lines.append(describe_choice("features", view, views, getattr(model, "view_centrality_", None))
-                     + describe_copies(getattr(model, "view_copies_", None), getattr(model, "view_copies_p_", None))
-                     + describe_support(view, getattr(model, "view_support_", None)))
+                     + describe_copies(copies, p) + describe_support(view, getattr(model, "view_support_", None)))
+    elif copies and view in copies:  # n_clusters='auto': the copies alone compared the input sizes
+        lines.append(f"features: chose {view}"
+                     + describe_copies(copies, p, otherwise="the backbone's own input size was kept"))
     fc = model.feature_clusterer_
     scores = getattr(fc, "pipeline_scores_", None) or {}
     if getattr(fc, "pipeline_", None) in scores and len(scores) > 1:
