@@ -287,15 +287,15 @@ def test_with_automatic_k_the_copies_alone_choose_the_size_on_the_sample_and_the
 
 def test_with_automatic_k_the_backbone_size_is_kept_where_the_copies_do_not_decide(shape_images, monkeypatch):
     monkeypatch.setattr(model, "SIZE_TEST_P", 0.0)  # the copies never decide
-    m = ImageClusterer(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters="auto", engine="torch",
-                       num_workers=0, clusterer=FeatureClusterer(umap_components=None, k_range=(2, 3))
-                       ).fit([shape_images])
-    assert m.view_ == "backbone" and set(m.view_copies_) == {"backbone", "backbone@192px"}
-    assert m.backbone_config_.preprocess.input_size == 224
+    kw = dict(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters="auto", engine="torch", num_workers=0,
+              pixels=True)  # the pixels asked for go beside the size kept, and take no part in the test
+    m = ImageClusterer(**kw, clusterer=FeatureClusterer(umap_components=None, k_range=(2, 3))).fit([shape_images])
+    assert m.view_ == "backbone+pixels" and set(m.view_copies_) == {"backbone+pixels", "backbone@192px+pixels"}
+    assert [(c.name, c.preprocess.input_size) for c in m.backbone_configs_] == [
+        ("torchvision/mobilenet_v2", 224), ("baseline/pixels", 32)]
     assert describe_choices(m)[0].endswith("not clearly different (p >= 0), so the backbone's own input size "
                                            "was kept")
-    fixed = ImageClusterer(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters="auto", engine="torch",
-                           num_workers=0, input_size="backbone",
+    fixed = ImageClusterer(**kw, input_size="backbone",
                            clusterer=FeatureClusterer(umap_components=None, k_range=(2, 3))).fit([shape_images])
     assert fixed.view_ is None and fixed.view_copies_ == {}  # input_size given: nothing compared
     np.testing.assert_array_equal(fixed.labels_, m.labels_)  # the same features, the same clustering

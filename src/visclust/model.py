@@ -1326,17 +1326,20 @@ class ImageClusterer(BaseEstimator):
         self.view_copies_p_ = paired_test(hits[a], hits[b])
         return size_by_copies(self.view_copies_, self.view_copies_p_)
 
-    def _size_by_copies_alone(self, fc, bbs, alt, paths):
+    def _size_by_copies_alone(self, fc, bbs, alt, paths, pixels: bool):
         """With ``n_clusters='auto'`` on small images: the input size whose features recognise
         clearly more augmented copies (:meth:`_size_by_copies`), else the backbone's own. Both
         sizes are extracted for the rows ``fc``'s selection would choose on (a random sample of
-        a large collection), then the winner for the other rows. Returns ``(backbones,
+        a large collection), then the winner for the other rows; ``pixels`` (``pixels=True``):
+        the raw pixels beside each size, taking no part in the test. Returns ``(backbones,
         features of every image, view name)``."""
         index = fc._cluster_sample(len(paths), None)
         rows = paths if index is None else [paths[i] for i in index]
-        base, small = "backbone", f"backbone@{alt[0].preprocess.input_size}px"
+        suffix = "+pixels" if pixels else ""
+        base, small = "backbone" + suffix, f"backbone@{alt[0].preprocess.input_size}px" + suffix
         views = {}
         for name, backbones in ((base, bbs), (small, alt)):
+            backbones = self._with_pixels(backbones) if pixels else backbones
             parts = self._extract_each(backbones, rows)
             views[name] = (backbones, parts, _joined(parts))
             _check_some(views[name][2])
@@ -1521,7 +1524,7 @@ class ImageClusterer(BaseEstimator):
         self.classifier_view_ = None
         view = None
         if alt is not None and copies_only:
-            bbs, res, view = self._size_by_copies_alone(fc, bbs, alt, paths)
+            bbs, res, view = self._size_by_copies_alone(fc, bbs, alt, paths, pixels=use_pixels)
             fc.fit(res.features)
         elif alt is not None or (use_pixels and self.pixels == "auto"):
             fc, bbs, res, base = self._fit_views(fc, bbs, alt, use_pixels, paths)

@@ -28,7 +28,7 @@ def add_backbone_options(p, default: str | None = DEFAULT_BACKBONE) -> None:
                             "N x N, no crop), or 'auto': for small images (enlarged 4x or more, e.g. 32 x 32) "
                             "also try 4x their size and keep the size whose features recognise clearly more augmented "
                             "copies of the images, else the one whose clusterings the candidates of both agree with "
-                            "most (default %(default)s)")
+                            "most (with --clusters auto: else the backbone's own) (default %(default)s)")
 
 
 def backbone_arg(args, default: str = DEFAULT_BACKBONE):
