@@ -124,8 +124,14 @@ def test_kill_9_at_random_moments_then_rerun_equals_uninterrupted(tmp_path):
 # --------------------------------------------------------------------------- Ctrl-C
 
 
+def manifests(store: Path) -> list[Path]:
+    """The shards' committed manifests: not the ``.tmp-*.json`` one a running writer is filling
+    (pathlib's glob matches names that start with a dot; the store's own readers skip them)."""
+    return [p for p in store.glob("*/shards/*.json") if not p.name.startswith(".")]
+
+
 def committed_rows(store: Path) -> int:
-    return sum(len(json.loads(p.read_text())["paths"]) for p in store.glob("*/shards/*.json"))
+    return sum(len(json.loads(p.read_text())["paths"]) for p in manifests(store))
 
 
 def wait_for(condition, timeout=180.0, what="condition") -> None:
@@ -149,7 +155,7 @@ def test_ctrl_c_stops_within_two_seconds_and_keeps_finished_work(tmp_path):
                                                           for ln in iter(p.stderr.readline, b"")), daemon=True)
     reader.start()
     try:
-        wait_for(lambda: any((tmp_path / "store").glob("*/shards/*.json")) or p.poll() is not None,
+        wait_for(lambda: any(manifests(tmp_path / "store")) or p.poll() is not None,
                  what="the first committed shard")
         assert p.poll() is None, "extract finished before it could be interrupted"
         first = time.monotonic()
