@@ -219,32 +219,33 @@ class _CountingClusterer(ImageClusterer):
         return super()._extract_each(backbones, paths, desc=desc)
 
 
-def test_views_of_a_large_collection_are_compared_on_the_sample_and_only_the_winner_is_extracted_whole(tmp_path):
+def test_views_of_a_large_collection_are_compared_on_the_sample_and_only_the_winner_is_extracted_whole(tmp_path, monkeypatch):
     from sklearn.base import clone
 
     from visclust.features import concat_features, extract_features
     from visclust.model import FeatureClusterer
 
-    root = make_shape_images(tmp_path / "many", n_per_class=110, size=24)  # 330 images, 96 px candidate
-    fc = FeatureClusterer(umap_components=None, max_cluster_rows=1)  # chooses on 100 rows per cluster: 300
+    monkeypatch.setattr(model, "SAMPLE_ROWS_PER_CLUSTER", 30)
+    root = make_shape_images(tmp_path / "many", n_per_class=40, size=24)  # 120 images, 96 px candidate
+    fc = FeatureClusterer(umap_components=None, max_cluster_rows=1)  # chooses on 30 rows per cluster: 90
     m = _CountingClusterer(backbone="torchvision/mobilenet_v2", pretrained=False, n_clusters=3, clusterer=fc,
                            engine="torch", num_workers=0, classifier_views="sizes")
     m.extracted = []
     with pytest.warns(UserWarning, match="needs every view of every image; the views were compared on a sample "
-                                         "of 300 images, so the classifier learns from the chosen view"):
+                                         "of 90 images, so the classifier learns from the chosen view"):
         m.fit([root])  # the losing views exist for the sample only: the chosen view's classifier, said so
     net, small, pixels = ("torchvision/mobilenet_v2", 224), ("torchvision/mobilenet_v2", 96), ("baseline/pixels", 32)
     first = next(k for k in m.view_scores_ if k.endswith("+pixels"))[:-len("+pixels")]  # the better size
     assert list(m.view_scores_) == ["backbone", "backbone@96px", first + "+pixels"]
     assert m.view_ in (first, first + "+pixels")
     winner = [small if "96px" in m.view_ else net] + ([pixels] if "pixels" in m.view_ else [])
-    # every view on the same 300 images; the other 30 only for the winner
-    assert m.extracted == [([net], 300), ([small], 300), ([pixels], 300), (winner, 30)]
+    # every view on the same 90 images; the other 30 only for the winner
+    assert m.extracted == [([net], 90), ([small], 90), ([pixels], 90), (winner, 30)]
     f = m.feature_clusterer_
-    assert f.sample_rows_ == (300, 330, 330) and len(f.selection_index_) == 300 and len(m.labels_) == 330
-    assert "clustered: chose the view and the pipeline on a random 300 of 330 images (--max-cluster-rows)" \
+    assert f.sample_rows_ == (90, 120, 120) and len(f.selection_index_) == 90 and len(m.labels_) == 120
+    assert "clustered: chose the view and the pipeline on a random 90 of 120 images (--max-cluster-rows)" \
         in "\n".join(describe_choices(m))
-    assert m.paths_ == sorted(m.paths_) and len(set(m.paths_)) == 330
+    assert m.paths_ == sorted(m.paths_) and len(set(m.paths_)) == 120
 
     # the same scores and labels as fitting each view's features of the whole collection
     paths = m.paths_
