@@ -838,6 +838,12 @@ def _joined(parts):
     return parts[0] if len(parts) == 1 else concat_features(parts)
 
 
+def _small_view_name(alt) -> str:
+    """The name of the view of :meth:`ImageClusterer._small_image_view`'s backbones, e.g.
+    ``'backbone@128px'`` (``view_scores_``' and ``view_copies_``' key)."""
+    return f"backbone@{alt[0].preprocess.input_size}px"
+
+
 def _given_features(features, bbs):
     """``fit(features=...)``'s result, checked against the backbones the model records."""
     width = sum(bb.feature_dim for bb in bbs)
@@ -956,8 +962,8 @@ class ImageClusterer(BaseEstimator):
         smaller size (a third of the cost at 128 against 224), fits the clustering once more
         and extracts the copies at both sizes. With ``n_clusters='auto'``, whose choice of K
         gives no score comparable between the sizes, the copies alone decide and the
-        backbone's size is kept where they do not (no second clustering). The chosen size is saved in the model, so
-        ``predict`` computes the same features.
+        backbone's size is kept where they do not (no second clustering). The chosen size is
+        saved in the model, so ``predict`` computes the same features.
     augment : int, default 0
         Augmented copies of each training image (random crop, mirror, colour jitter,
         greyscale: :mod:`visclust.augment`) whose features train the classifier step with
@@ -1245,7 +1251,7 @@ class ImageClusterer(BaseEstimator):
         base = "backbone" + suffix
         scores = {base: add(base, bbs + extra, self._extract_each(bbs + extra, rows))}
         if alt is not None:  # the backbone at a smaller input size
-            name = f"backbone@{alt[0].preprocess.input_size}px" + suffix
+            name = _small_view_name(alt) + suffix
             scores[name] = add(name, alt + extra, self._extract_each(alt + extra, rows))
             # the size whose features recognise clearly more augmented copies of the images;
             # where neither does, the view whose candidate the candidates of both sizes agree with most
@@ -1336,7 +1342,7 @@ class ImageClusterer(BaseEstimator):
         index = fc._cluster_sample(len(paths), None)
         rows = paths if index is None else [paths[i] for i in index]
         suffix = "+pixels" if pixels else ""
-        base, small = "backbone" + suffix, f"backbone@{alt[0].preprocess.input_size}px" + suffix
+        base, small = "backbone" + suffix, _small_view_name(alt) + suffix
         views = {}
         for name, backbones in ((base, bbs), (small, alt)):
             backbones = self._with_pixels(backbones) if pixels else backbones
