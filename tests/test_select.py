@@ -9,8 +9,8 @@ from sklearn.datasets import make_blobs
 from visclust.cluster import select_n_clusters
 from visclust.evaluate import hungarian_accuracy
 from visclust.exceptions import InputError
-from visclust.select import (Candidate, agreement, align_to, centrality, choose_n_clusters, consensus_labels,
-                             copy_retrieval, paired_test,
+from visclust.select import (Candidate, adjusted_rand, agreement, align_to, centrality, choose_n_clusters,
+                             consensus_labels, copy_retrieval, paired_test,
                              describe_k_choice, medoid_run, most_central, neighbour_support, other_levels,
                              select_pipeline, stability, subsample_run)
 
@@ -43,6 +43,21 @@ def test_stability_is_one_for_renumbered_copies_and_low_for_random_partitions():
     a = rng.integers(0, 4, 500)
     assert stability([a, (a + 1) % 4, (a + 2) % 4]) == pytest.approx(1.0)
     assert abs(stability([rng.integers(0, 4, 500) for _ in range(3)])) < 0.05
+
+
+def test_adjusted_rand_is_scikit_learns_to_the_last_bit():
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = np.random.default_rng(0)
+    cases = [([], []), ([0], [5]), ([0, 0, 1, 1], [0, 1, 0, 1]), ([-1, -1, 0, 1, 1], [3, 3, 9, 9, 7]),
+             ([10**12, 5, 5], [1, 1, 2]), (np.arange(3000), np.arange(3000)[::-1] // 2)]
+    for n, k in ((2000, 10), (500, 3), (3000, 900)):
+        a = rng.integers(0, k, n)
+        cases += [(a, (a + (rng.random(n) < 0.3) * rng.integers(0, k, n)) % k), (a.astype(np.int32), a - 1)]
+    for a, b in cases:
+        assert adjusted_rand(a, b) == adjusted_rand_score(a, b)
+    with pytest.raises(InputError, match="different lengths"):
+        adjusted_rand([0, 1], [0])
 
 
 def test_medoid_run_is_the_one_agreeing_with_the_others():

@@ -169,14 +169,51 @@ def subsample_run(E: np.ndarray, n_clusters: int, method: str, random_state: int
     return labels
 
 
+def _codes(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """``labels`` as codes 0..m-1 and m: the labels themselves where they already are
+    non-negative and not far above the number of rows (the runs' cluster numbers), else
+    their ranks among the distinct labels."""
+    if labels.size and labels.min() >= 0 and labels.max() < 2 * labels.size + 1024:
+        return labels, int(labels.max()) + 1
+    distinct, codes = np.unique(labels, return_inverse=True)
+    return codes.reshape(-1), len(distinct)
+
+
+def adjusted_rand(a, b) -> float:
+    """scikit-learn's ``adjusted_rand_score(a, b)``, to the last bit, counted with
+    ``np.bincount`` instead of a sparse contingency matrix: 0.05 ms instead of 1.6 ms for
+    10,000 rows in 10 clusters (2026-12-07, Intel 2-core). The selection computes thousands
+    (every pair of runs of every candidate, and under ``--clusters auto`` of every number of
+    clusters). The pair counts are scikit-learn's ``pair_confusion_matrix``: with ``c`` the
+    contingency table, ``sum(c**2) - n`` pairs together in both, ``sum(rows**2) - sum(c**2)``
+    and ``sum(columns**2) - sum(c**2)`` together in one only; the same formula on Python
+    integers."""
+    a, b = np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)
+    if a.shape != b.shape:
+        raise InputError(f"two labellings of different lengths ({a.size} and {b.size}) cannot be compared")
+    n = a.size
+    (ca, ka), (cb, kb) = _codes(a.astype(np.int64, copy=False)), _codes(b.astype(np.int64, copy=False))
+    cell = ca * kb + cb
+    if ka * kb <= 4 * n + (1 << 20):
+        counts = np.bincount(cell, minlength=ka * kb)
+    else:  # many labels on both sides (e.g. every row its own): only the cells that occur
+        counts = np.unique(cell, return_counts=True)[1]
+    squares = int(np.dot(counts, counts))
+    tp = squares - n
+    fn = int(np.dot(na := np.bincount(ca), na)) - squares
+    fp = int(np.dot(nb := np.bincount(cb), nb)) - squares
+    tn = n * n - fp - fn - squares
+    if fn == 0 and fp == 0:
+        return 1.0
+    return 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn))
+
+
 def stability(runs: list[np.ndarray]) -> float:
     """Mean adjusted Rand index over every pair of runs (1 = identical partitions)."""
-    from sklearn.metrics import adjusted_rand_score
-
     pairs = list(itertools.combinations(range(len(runs)), 2))
     if not pairs:
         return float("nan")
-    return float(np.mean([adjusted_rand_score(runs[a], runs[b]) for a, b in pairs]))
+    return float(np.mean([adjusted_rand(runs[a], runs[b]) for a, b in pairs]))
 
 
 def copy_retrieval(originals: np.ndarray, copies: np.ndarray, rows, chunk: int = 1024) -> np.ndarray:
@@ -283,11 +320,9 @@ def neighbour_support(Z: np.ndarray, labels: np.ndarray, n_neighbors: int = 15, 
 
 def medoid_run(runs: list[np.ndarray]) -> int:
     """Index of the run that agrees most (summed ARI) with the others."""
-    from sklearn.metrics import adjusted_rand_score
-
     if len(runs) < 3:
         return 0
-    total = [sum(adjusted_rand_score(runs[i], runs[j]) for j in range(len(runs)) if j != i) for i in range(len(runs))]
+    total = [sum(adjusted_rand(runs[i], runs[j]) for j in range(len(runs)) if j != i) for i in range(len(runs))]
     return int(np.argmax(total))
 
 
@@ -480,12 +515,10 @@ def centrality(runs: dict, stabilities: dict) -> dict:
     >>> c["x"] > c["z"]
     True
     """
-    from sklearn.metrics import adjusted_rand_score
-
     keys = list(runs)
     pair = {}
     for a, b in itertools.combinations(keys, 2):
-        pair[a, b] = pair[b, a] = float(np.mean([adjusted_rand_score(r, q) for r in runs[a] for q in runs[b]]))
+        pair[a, b] = pair[b, a] = float(np.mean([adjusted_rand(r, q) for r in runs[a] for q in runs[b]]))
     return {a: float(np.mean([float(stabilities[a]) if a == b else pair[a, b] for b in keys])) for a in keys}
 
 
