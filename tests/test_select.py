@@ -117,6 +117,7 @@ def test_the_consensus_of_runs_corrects_each_runs_own_mistakes():
     assert consensus_labels([runs[0]] * 3, 4) is None                # identical: nothing to gain
     assert consensus_labels([np.where(truth == 0, -1, truth)] + runs[1:], 4) is None  # HDBSCAN noise
     assert consensus_labels(runs, 200) is None                       # fewer distinct rows than clusters
+    assert consensus_labels(runs, 3) is None      # more clusters than asked for (HDBSCAN, its own number)
 
 
 def test_select_pipeline_returns_the_consensus_of_the_winners_runs():

@@ -344,8 +344,9 @@ def consensus_labels(runs: list[np.ndarray], n_clusters: int, random_state: int 
     run does. Where the runs differ, a row goes with the rows it shares clusters with in
     most runs, instead of following one run's accident. Returns None when there is nothing
     to gain or it cannot apply: fewer than 3 runs, runs that agree exactly, noise labels (-1,
-    HDBSCAN), fewer distinct rows than clusters, or more than :data:`CONSENSUS_MAX_CELLS`
-    distinct rows x clusters.
+    HDBSCAN) or more than ``n_clusters`` clusters (HDBSCAN finds its own number), fewer
+    distinct rows than clusters, or more than :data:`CONSENSUS_MAX_CELLS` distinct rows x
+    clusters.
     """
     import warnings
 
@@ -354,7 +355,7 @@ def consensus_labels(runs: list[np.ndarray], n_clusters: int, random_state: int 
     from sklearn.exceptions import ConvergenceWarning
 
     runs = [np.asarray(r, np.int64) for r in runs]
-    if (len(runs) < 3 or any((r < 0).any() for r in runs)
+    if (len(runs) < 3 or any((r < 0).any() or (r >= n_clusters).any() for r in runs)
             or all(np.array_equal(runs[0], r) for r in runs[1:])):  # identical (or empty): nothing to gain
         return None
     # Rows the runs label alike are the same one-hot row: cluster each distinct row once,
