@@ -99,6 +99,16 @@ def test_each_method_by_name(blobs, method):
     assert hungarian_accuracy(y, fc.labels_) == 1.0
 
 
+def test_hdbscan_finding_more_groups_than_asked_is_chosen_among_spaces_without_a_traceback():
+    """HDBSCAN finds its own number of groups: 6 blobs with K = 3 gave runs of 6 clusters,
+    alike but numbered differently, and the consensus of K = 3 raised a sparse-matrix
+    ValueError (found 2026-12-07)."""
+    X, y = make_blobs(600, centers=6, n_features=8, cluster_std=1.0, random_state=1)
+    fc = FeatureClusterer(3, method="hdbscan", random_state=0).fit(X)
+    assert set(fc.pipeline_scores_) == {"pca+hdbscan", "umap+hdbscan"}
+    assert fc.n_clusters_ == 6 and hungarian_accuracy(y, fc.labels_) == 1.0
+
+
 def test_explicit_candidates_and_learned_step_space(blobs):
     X, y = blobs
     fc = FeatureClusterer(4, candidates=["pca+kmeans", "autoencoder+kmeans"], n_runs=2).fit(X)
