@@ -67,6 +67,16 @@ def test_noise_rows_are_not_used_and_classes_keep_their_values(blobs):
     assert set(np.unique(clf.predict(X))) <= {5, 6, 7, 8}
 
 
+def test_rows_the_svm_cannot_tell_apart_end_self_training_instead_of_a_traceback():
+    """Three clusters of identical rows: the first SVM puts every row in one cluster, and
+    retraining on that one cluster raised liblinear's "needs samples of at least 2 classes"."""
+    X = np.ones((90, 4), np.float32)
+    y = np.repeat([0, 1, 2], 30)
+    clf = PseudoLabelClassifier(kind="svm", random_state=0).fit(X, y)
+    assert list(clf.classes_) == [0, 1, 2] and len(set(clf.predict(X))) == 1
+    assert np.allclose(clf.predict_proba(X[:2]).sum(1), 1.0)
+
+
 def test_arrays_round_trip(blobs):
     X, y = blobs
     clf = PseudoLabelClassifier(self_training=0).fit(X, y)

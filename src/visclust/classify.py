@@ -470,6 +470,10 @@ class PseudoLabelClassifier(ClassifierMixin, BaseEstimator):
         labels = y
         train = confident_members(sample_score, labels, self.confident_fraction)
         for round_ in range(self.self_training + 1):
+            if (round_ > 0 or warm) and len(np.unique(labels[train])) < 2:
+                # The SVM put every row in one cluster (rows it cannot tell apart, e.g. all
+                # alike), or a fold holds one cluster only: nothing to learn; keep the SVM so far.
+                break
             rows = np.concatenate([X[train]] + [v[train] for v in views]) if views else X[train]
             self._fit_svm(rows, np.tile(labels[train], 1 + len(views)), warm=warm or round_ > 0)
             best, margin = self._best_and_margin(X, views)
