@@ -109,6 +109,16 @@ def test_hdbscan_finding_more_groups_than_asked_is_chosen_among_spaces_without_a
     assert fc.n_clusters_ == 6 and hungarian_accuracy(y, fc.labels_) == 1.0
 
 
+@pytest.mark.parametrize("k", [3, "auto"])
+def test_identical_rows_are_one_group_in_every_space(k):
+    """350 identical rows (the same image 350 times): UMAP scattered them at random, so
+    space='umap' found 8 'groups' under K = auto and, with K = 3, the classifier raised
+    liblinear's one-class ValueError (found 2026-12-07); the PCA space already said 1."""
+    X = np.ones((350, 7))
+    fc = FeatureClusterer(k, space="umap", random_state=0).fit(X)
+    assert fc.n_clusters_ == 1 and not fc.labels_.any() and not fc.predict(X[:5]).any()
+
+
 def test_explicit_candidates_and_learned_step_space(blobs):
     X, y = blobs
     fc = FeatureClusterer(4, candidates=["pca+kmeans", "autoencoder+kmeans"], n_runs=2).fit(X)

@@ -431,6 +431,10 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         else:
             self.reducer_ = Reducer(self.n_components, bool(self.whiten), self.normalize).fit(X)
         Z = self.reducer_.transform(X)
+        if len(Z) > 1 and not np.ptp(Z, axis=0).any():
+            # Every row the same (identical images): one group, whatever K. UMAP would scatter
+            # identical rows at random and the clusters found there would mean nothing.
+            k = 1
         if k == 1:  # one group: nothing to choose, and a mixture cannot even be fitted to one image
             self.pipeline_, self.pipeline_scores_, self.k_scores_ = "pca+kmeans", {}, {}
             self.cluster_labels_ = np.zeros(len(X), np.int64)
