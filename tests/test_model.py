@@ -119,6 +119,15 @@ def test_identical_rows_are_one_group_in_every_space(k):
     assert fc.n_clusters_ == 1 and not fc.labels_.any() and not fc.predict(X[:5]).any()
 
 
+@pytest.mark.parametrize("method", ["agglomerative", "spectral"])
+def test_copies_of_two_rows_are_never_split_into_more_groups(method):
+    """Two rows 175 times each with K = 3: Ward and spectral clustering cut one set of
+    copies in two (K-means cannot), though `fit` promises identical images are never split."""
+    X = np.repeat(np.random.default_rng(0).normal(size=(2, 7)), 175, axis=0)
+    fc = FeatureClusterer(3, method=method, space="pca", random_state=0).fit(X)
+    assert fc.n_clusters_ == 2 and (fc.labels_[:175] == fc.labels_[0]).all() and (fc.labels_[175:] == fc.labels_[-1]).all()
+
+
 def test_explicit_candidates_and_learned_step_space(blobs):
     X, y = blobs
     fc = FeatureClusterer(4, candidates=["pca+kmeans", "autoencoder+kmeans"], n_runs=2).fit(X)

@@ -431,10 +431,13 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         else:
             self.reducer_ = Reducer(self.n_components, bool(self.whiten), self.normalize).fit(X)
         Z = self.reducer_.transform(X)
-        if len(Z) > 1 and not np.ptp(Z, axis=0).any():
-            # Every row the same (identical images): one group, whatever K. UMAP would scatter
-            # identical rows at random and the clusters found there would mean nothing.
-            k = 1
+        if len(Z) > 1 and k != 1:
+            # Identical images are never split: no more groups than distinct rows (0.16 s for
+            # 100,000 x 64). K-means cannot split them; UMAP scatters identical rows at random and
+            # Ward or spectral clustering would cut a set of copies in two. Every row the same: one
+            # group, whatever K (under K = auto too).
+            distinct = len(np.unique(Z, axis=0))
+            k = 1 if distinct == 1 else k if k is None else min(k, distinct)
         if k == 1:  # one group: nothing to choose, and a mixture cannot even be fitted to one image
             self.pipeline_, self.pipeline_scores_, self.k_scores_ = "pca+kmeans", {}, {}
             self.cluster_labels_ = np.zeros(len(X), np.int64)
