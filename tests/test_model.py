@@ -111,9 +111,10 @@ def test_hdbscan_finding_more_groups_than_asked_is_chosen_among_spaces_without_a
 
 @pytest.mark.parametrize("k", [3, "auto"])
 def test_identical_rows_are_one_group_in_every_space(k):
-    """350 identical rows (the same image 350 times): UMAP scattered them at random, so
-    space='umap' found 8 'groups' under K = auto and, with K = 3, the classifier raised
-    liblinear's one-class ValueError (found 2026-12-07); the PCA space already said 1."""
+    """350 identical rows (the same image 350 times): UMAP scattered them at random, and
+    space='umap' ended in liblinear's one-class ValueError in the classifier (with
+    method='kmeans' and K = auto it reported 8 'groups' instead; found 2026-12-07); the PCA
+    space with K-means already said 1."""
     X = np.ones((350, 7))
     fc = FeatureClusterer(k, space="umap", random_state=0).fit(X)
     assert fc.n_clusters_ == 1 and not fc.labels_.any() and not fc.predict(X[:5]).any()

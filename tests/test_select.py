@@ -50,7 +50,8 @@ def test_adjusted_rand_is_scikit_learns_to_the_last_bit():
 
     rng = np.random.default_rng(0)
     cases = [([], []), ([0], [5]), ([0, 0, 1, 1], [0, 1, 0, 1]), ([-1, -1, 0, 1, 1], [3, 3, 9, 9, 7]),
-             ([10**12, 5, 5], [1, 1, 2]), (np.arange(3000), np.arange(3000)[::-1] // 2)]
+             ([10**12, 5, 5], [1, 1, 2]), (np.arange(3000), np.arange(3000)[::-1] // 2),
+             (["cat", "dog", "dog"], [0.5, 0.5, 1.5])]
     for n, k in ((2000, 10), (500, 3), (3000, 900)):
         a = rng.integers(0, k, n)
         cases += [(a, (a + (rng.random(n) < 0.3) * rng.integers(0, k, n)) % k), (a.astype(np.int32), a - 1)]

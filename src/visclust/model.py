@@ -437,7 +437,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             # Ward or spectral clustering would cut a set of copies in two. Every row the same: one
             # group, whatever K (under K = auto too).
             distinct = len(np.unique(Z, axis=0))
-            k = 1 if distinct == 1 else k if k is None else min(k, distinct)
+            k = 1 if distinct == 1 else (None if k is None else min(k, distinct))
         if k == 1:  # one group: nothing to choose, and a mixture cannot even be fitted to one image
             self.pipeline_, self.pipeline_scores_, self.k_scores_ = "pca+kmeans", {}, {}
             self.cluster_labels_ = np.zeros(len(X), np.int64)

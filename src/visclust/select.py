@@ -170,11 +170,11 @@ def subsample_run(E: np.ndarray, n_clusters: int, method: str, random_state: int
 
 
 def _codes(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """``labels`` as codes 0..m-1 and m: the labels themselves where they already are
-    non-negative and not far above the number of rows (the runs' cluster numbers), else
-    their ranks among the distinct labels."""
-    if labels.size and labels.min() >= 0 and labels.max() < 2 * labels.size + 1024:
-        return labels, int(labels.max()) + 1
+    """``labels`` as integer codes 0..m-1 and m: the labels themselves where they already are
+    non-negative integers not far above the number of rows (the runs' cluster numbers), else
+    their ranks among the distinct labels (any other labels: negative, large, strings...)."""
+    if labels.dtype.kind in "iu" and labels.size and labels.min() >= 0 and labels.max() < 2 * labels.size + 1024:
+        return labels.astype(np.int64, copy=False), int(labels.max()) + 1
     distinct, codes = np.unique(labels, return_inverse=True)
     return codes.reshape(-1), len(distinct)
 
@@ -192,7 +192,7 @@ def adjusted_rand(a, b) -> float:
     if a.shape != b.shape:
         raise InputError(f"two labellings of different lengths ({a.size} and {b.size}) cannot be compared")
     n = a.size
-    (ca, ka), (cb, kb) = _codes(a.astype(np.int64, copy=False)), _codes(b.astype(np.int64, copy=False))
+    (ca, ka), (cb, kb) = _codes(a), _codes(b)
     cell = ca * kb + cb
     if ka * kb <= 4 * n + (1 << 20):
         counts = np.bincount(cell, minlength=ka * kb)
