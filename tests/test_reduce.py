@@ -190,6 +190,24 @@ def test_umap_children_die_with_the_process_that_started_them(tmp_path):
     assert list(temp.iterdir()) == []
 
 
+def test_copies_of_an_image_count_once_in_the_whitening_cap_and_in_umap():
+    """40 images 10 times over are 40 samples: whitening keeps one dimension per 10 distinct
+    images (it kept 20 of 20 here, 4 without the copies), and UMAP embeds each distinct row
+    once, so copies land on one point and the distinct rows exactly where they land alone
+    (copies had filled each other's neighbour lists)."""
+    X = np.random.default_rng(0).normal(size=(40, 20)).astype(np.float32)
+    assert Reducer(64, whiten=True).fit(np.repeat(X, 10, axis=0)).n_components_ == 4
+    assert Reducer(64, whiten=True).fit(X).n_components_ == 4
+    assert Reducer(64, whiten=False).fit(np.repeat(X, 10, axis=0)).n_components_ == 20
+    E = umap_embedding(np.repeat(X, 3, axis=0), 5, random_state=0)
+    np.testing.assert_array_equal(E.reshape(40, 3, 5), np.repeat(umap_embedding(X, 5, random_state=0)[:, None], 3, axis=1))
+    order = np.random.default_rng(1).permutation(120)  # copies anywhere: each still gets its image's point
+    E2 = umap_embedding(np.repeat(X, 3, axis=0)[order], 5, random_state=0)
+    image = order // 3  # which of the 40 images each row is
+    assert all((E2[image == m] == E2[image == m][0]).all() for m in range(40))
+    assert len(np.unique(E2, axis=0)) == 40
+
+
 def test_umaps_compiled_code_is_cached_on_disk_and_gives_the_same_embedding(tmp_path):
     """A second process loads UMAP's machine code from numba's cache instead of compiling it
     again, and its embedding is the first process's, bit for bit."""
@@ -268,16 +286,19 @@ def test_umap_on_two_rows_says_to_use_the_pca_space():
 @pytest.mark.parametrize("n_neighbors, metric", [(15, "cosine"), (5, "cosine"), (15, "euclidean")])
 def test_umap_embedding_below_4096_rows_equals_umaps_own_exact_path(n_neighbors, metric):
     """The exact neighbours are computed in compiled code and handed to UMAP: the embedding
-    must be the one umap-learn computes itself, bit for bit."""
+    must be the one umap-learn computes itself, bit for bit (on the distinct rows: copies of a
+    row are embedded once and get its point)."""
     import umap
 
     X, _ = make_blobs(400, centers=4, n_features=12, random_state=2)
     X = X.astype(np.float32)
-    X[:3] = X[3]  # duplicate rows: ties at distance 0
+    X[1:4] = X[0]  # duplicate rows
     ours = umap_embedding(X, n_components=3, n_neighbors=n_neighbors, random_state=5, metric=metric)
+    distinct = [0] + list(range(4, 400))
     theirs = umap.UMAP(n_components=3, n_neighbors=n_neighbors, min_dist=0.0, metric=metric, random_state=5,
-                       low_memory=True).fit_transform(X)
-    np.testing.assert_array_equal(ours, theirs.astype(np.float32))
+                       low_memory=True).fit_transform(X[distinct])
+    np.testing.assert_array_equal(ours[distinct], theirs.astype(np.float32))
+    np.testing.assert_array_equal(ours[1:4], ours[[0, 0, 0]])
 
 
 def test_whitening_few_rows_keeps_two_dimensions_not_a_sign():
@@ -285,7 +306,9 @@ def test_whitening_few_rows_keeps_two_dimensions_not_a_sign():
     X = np.random.default_rng(0).normal(size=(8, 50)).astype(np.float32)
     Z = Reducer(64, whiten=True).fit(X).transform(X)
     assert Z.shape == (8, 2) and len(np.unique(Z.round(4), axis=0)) == 8
-    assert Reducer(64, whiten=True).fit(np.vstack([X] * 5)).n_components_ == 4  # 40 rows: 10 per dim
+    X40 = np.random.default_rng(1).normal(size=(40, 50)).astype(np.float32)
+    assert Reducer(64, whiten=True).fit(X40).n_components_ == 4  # 40 rows: 10 per dim
+    assert Reducer(64, whiten=True).fit(np.vstack([X] * 5)).n_components_ == 2  # 8 images 5 times: 8 samples
 
 
 def test_residual_is_the_distance_from_the_principal_subspace():

@@ -113,8 +113,9 @@ class Reducer(TransformerMixin, BaseEstimator):
         if self.whiten:
             # Whitening blows sampling noise up to unit variance: with few samples per
             # dimension the noise directions then drown the real ones. Keep >= 10 per dim, but
-            # at least 2 dims: the final L2 would leave one dim nothing but its sign.
-            k = min(k, max(2, len(X) // 10))
+            # at least 2 dims: the final L2 would leave one dim nothing but its sign. Samples
+            # are distinct images: 40 images ten times over are 40 samples, not 400.
+            k = min(k, max(2, _distinct_rows(X, enough=10 * k) // 10))
         # Directions with (numerically) no variance, e.g. constant pixels, carry only rounding
         # noise; whitening would blow that noise up to unit variance, so they are dropped.
         k = max(1, min(k, int((evals[order] > _RANK_TOL * max(evals.max(), 1e-30)).sum())))
@@ -173,6 +174,22 @@ class Reducer(TransformerMixin, BaseEstimator):
         r.explained_variance_ratio_ = arrays["explained_variance_ratio"].astype(np.float32)
         r.n_features_in_ = r.components_.shape[1]
         return r
+
+
+def _distinct_rows(X: np.ndarray, enough: int | None = None) -> int:
+    """How many different rows ``X`` has (identical images give identical rows), or, when
+    ``enough`` is given, possibly only some number at least ``enough``: then evenly spaced
+    rows are counted first, and all of them only if those are too few (100,000 x 1,280 rows
+    cost 0.9 s to count whole)."""
+    X = np.ascontiguousarray(X)
+    if len(X) < 2 or X.shape[1] == 0:
+        return min(len(X), 1) if X.shape[1] == 0 else len(X)
+    rows = X.view(np.dtype((np.void, X.dtype.itemsize * X.shape[1]))).ravel()  # one bytes value per row
+    if enough is not None and len(rows) > 4 * enough:
+        seen = len(np.unique(rows[::len(rows) // (4 * enough)]))
+        if seen >= enough:
+            return seen
+    return len(np.unique(rows))
 
 
 #: umap-learn finds the neighbours of fewer rows than this exactly, from all pairwise
@@ -270,7 +287,22 @@ def umap_embedding(X: np.ndarray, n_components: int = 10, n_neighbors: int = 15,
     UMAP (the same neighbours and the same embedding as UMAP's own exact path, without its
     per-pair Python calls). At most ``len(X) - 2`` components: UMAP starts from a spectral
     layout of ``n_components + 1`` eigenvectors, which needs more rows than that (10
-    components on 8 images raised SciPy's TypeError); fewer than 3 rows is an error."""
+    components on 8 images raised SciPy's TypeError); fewer than 3 rows is an error.
+
+    Identical rows (copies of one image) are embedded once and every copy gets that point: as
+    rows of their own they fill each other's neighbour lists, so ten copies of each of 40
+    images made 40 islands that the number of clusters was then counted on (11 groups chosen
+    in four blobs, 4 without the copies), and UMAP scattered copies at random. With at least 3
+    distinct rows; rows without copies are embedded exactly as before."""
+    X = np.asarray(X)
+    if len(X) >= 3:
+        _, first, inverse = np.unique(np.ascontiguousarray(X), axis=0, return_index=True, return_inverse=True)
+        if 3 <= len(first) < len(X):
+            order = np.argsort(first)  # the distinct rows in the order they first appear
+            rank = np.empty_like(order)
+            rank[order] = np.arange(len(order))
+            E = umap_embedding(X[first[order]], n_components, n_neighbors, random_state, min_dist, metric)
+            return E[rank[inverse.ravel()]]
     if len(X) < 3:
         raise InputError(f"UMAP needs at least 3 images (rows), got {len(X)}; use the PCA space (space='pca', --space pca)")
     if metric not in UMAP_METRICS:
