@@ -129,6 +129,21 @@ def test_copies_of_two_rows_are_never_split_into_more_groups(method):
     assert fc.n_clusters_ == 2 and (fc.labels_[:175] == fc.labels_[0]).all() and (fc.labels_[175:] == fc.labels_[-1]).all()
 
 
+@pytest.mark.parametrize("space", ["pca", "umap"])
+def test_copies_of_images_do_not_change_the_number_of_clusters_chosen(space):
+    """Four blobs of 40 points, each point 10 times (a collection of copies): K = auto chose
+    2 in the PCA space (every subsample held a copy of every point, so a coarse split looked
+    exactly reproducible) and 11 in UMAP's (copies filled each other's neighbour lists: 40
+    islands); without the copies both choose 4 (found 2026-12-07). Now K is counted on the
+    distinct rows, with the same scores as without the copies."""
+    X, _ = make_blobs(40, centers=4, n_features=6, random_state=0)
+    once = FeatureClusterer("auto", space=space, random_state=0).fit(X)
+    copies = FeatureClusterer("auto", space=space, random_state=0).fit(np.repeat(X, 10, axis=0))
+    assert once.n_clusters_ == copies.n_clusters_ == 4
+    assert copies.k_scores_ == pytest.approx(once.k_scores_)
+    assert (copies.labels_.reshape(40, 10) == copies.labels_[::10, None]).all()
+
+
 def test_explicit_candidates_and_learned_step_space(blobs):
     X, y = blobs
     fc = FeatureClusterer(4, candidates=["pca+kmeans", "autoencoder+kmeans"], n_runs=2).fit(X)

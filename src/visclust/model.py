@@ -115,7 +115,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         Clustering algorithm, or ``'auto'`` to choose among K-means, Gaussian mixture and Ward.
     space : {'auto', 'pca', 'umap', 'autoencoder'}, default 'auto'
         Where clusters are found; ``'auto'`` chooses among 'pca' and 'umap' (plus
-        'autoencoder' when ``learned_step=True``); below 300 rows only 'pca' is tried.
+        'autoencoder' when ``learned_step=True``); below 300 distinct rows only 'pca' is tried.
     n_components : int or None, default 64
         PCA dimensions (None: no PCA).
     whiten : bool or 'auto', default 'auto'
@@ -340,9 +340,11 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
                 best = (whiten, reducer)
         return best[1], scores
 
-    def _candidate_list(self, n_samples: int | None = None, n_clusters: int | None = None) -> list[Candidate]:
+    def _candidate_list(self, n_samples: int | None = None, n_clusters: int | None = None,
+                        n_distinct: int | None = None) -> list[Candidate]:
         """The candidate pipelines implied by ``candidates``, ``method``, ``space``... (and by
-        the problem's size: :data:`GMM_MAX_CELLS`)."""
+        the problem's size: :data:`GMM_MAX_CELLS`; :data:`UMAP_MIN_SAMPLES` distinct rows,
+        ``n_distinct``, default ``n_samples``)."""
         if self.candidates is not None:
             if isinstance(self.candidates, str):
                 raise InputError("candidates must be a list of 'SPACE+METHOD' strings, e.g. ['pca+kmeans', 'umap+gmm']")
@@ -355,7 +357,8 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         else:
             # UMAP's neighbour graph says little about a few hundred points, and its first call
             # in a process costs a JIT compilation: small collections use the PCA space only.
-            few = n_samples is not None and n_samples < UMAP_MIN_SAMPLES
+            n_distinct = n_samples if n_distinct is None else n_distinct
+            few = n_distinct is not None and n_distinct < UMAP_MIN_SAMPLES  # copies of an image count once
             spaces = ["pca"] if self.umap_components is None or few else ["pca", "umap"]
             if self.learned_step and len(spaces) > 1:
                 spaces.append("autoencoder")
@@ -431,18 +434,20 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         else:
             self.reducer_ = Reducer(self.n_components, bool(self.whiten), self.normalize).fit(X)
         Z = self.reducer_.transform(X)
+        first, distinct = None, len(Z)  # the first row of each distinct row, and their number
         if len(Z) > 1 and k != 1:
             # Identical images are never split: no more groups than distinct rows (0.16 s for
             # 100,000 x 64). K-means cannot split them; UMAP scatters identical rows at random and
             # Ward or spectral clustering would cut a set of copies in two. Every row the same: one
             # group, whatever K (under K = auto too).
-            distinct = len(np.unique(Z, axis=0))
+            first = np.unique(Z, axis=0, return_index=True)[1]
+            distinct = len(first)
             k = 1 if distinct == 1 else (None if k is None else min(k, distinct))
         if k == 1:  # one group: nothing to choose, and a mixture cannot even be fitted to one image
             self.pipeline_, self.pipeline_scores_, self.k_scores_ = "pca+kmeans", {}, {}
             self.cluster_labels_ = np.zeros(len(X), np.int64)
             return {"k": 1, "rows": len(X), "Z": Z, "space": Z, "runs": []}
-        cands = self._candidate_list(len(X))
+        cands = self._candidate_list(len(X), n_distinct=distinct)
         seed = 0 if self.random_state is None else int(self.random_state)
         spaces = {}
         self.k_scores_ = {}
@@ -456,8 +461,19 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             with self._stage(f"choosing the number of clusters in {self.k_range[0]}..{self.k_range[1]} "
                              f"on {self._count(len(X))}"):
                 spaces[ks] = embed_runs(Z, ks, [seed + 1000 * r for r in range(self.n_runs)], **self._umap_kw())
-                k, self.k_scores_ = choose_n_clusters(spaces[ks], self.k_range, k_method, random_state=seed)
-        cands = self._candidate_list(len(X), k)
+                # K is counted on the distinct images: copies of an image (identical rows here
+                # and in UMAP's embedding) would be in every subsample and make a partition look
+                # more reproducible than the pictures make it (K = 2 in four blobs x 10 copies);
+                # on all rows when the distinct ones are too few to subsample (3 images x 12).
+                if distinct < len(Z):
+                    try:
+                        k, self.k_scores_ = choose_n_clusters([E[np.sort(first)] for E in spaces[ks]],
+                                                              self.k_range, k_method, random_state=seed)
+                    except InputError:
+                        k = None
+                if k is None:
+                    k, self.k_scores_ = choose_n_clusters(spaces[ks], self.k_range, k_method, random_state=seed)
+        cands = self._candidate_list(len(X), k, n_distinct=distinct)
         state = {"k": k, "rows": len(X), "Z": Z, "space": None, "runs": []}
         if len(cands) == 1 and sampled:
             self.pipeline_, self.pipeline_scores_ = cands[0].name, {}  # clustered by _finish, on more rows
