@@ -33,6 +33,24 @@ def onnx_cache(tmp_path_factory):
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread_per_worker():
+    """Under pytest-xdist each worker shares the CPUs with the others: torch and the BLAS /
+    OpenMP pools in this process use one thread each, so two workers on two cores do not run
+    four (subprocesses, such as the real CLI, keep their defaults)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     p = shared_dir()
