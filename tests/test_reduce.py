@@ -103,6 +103,20 @@ def test_umap_embeddings_in_child_processes_equal_the_sequential_ones(parallel_u
         np.testing.assert_array_equal(E, umap_embedding(X, n_components=3, random_state=s))
 
 
+def test_umap_children_on_few_distinct_rows_give_fewer_components_without_a_warning(parallel_umap):
+    """7 distinct rows 30 times each: each embedding has 5 components (distinct rows - 2), and
+    the children's were refused as the wrong shape and computed again here, with a warning."""
+    import warnings
+
+    X = np.repeat(np.random.default_rng(0).normal(size=(7, 6)).astype(np.float32), 30, axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        side_by_side = parallel_umap.umap_embeddings(X, [0, 1000, 2000], n_components=10)
+    for s, E in zip([0, 1000, 2000], side_by_side):
+        assert E.shape == (210, 5)
+        np.testing.assert_array_equal(E, umap_embedding(X, n_components=10, random_state=s))
+
+
 def test_a_failed_umap_child_is_redone_here_with_a_warning(parallel_umap, monkeypatch):
     monkeypatch.setattr(parallel_umap, "_UMAP_CHILD", "import sys\nsys.exit('out of memory, say')\n")
     X, _ = make_blobs(300, centers=3, n_features=8, random_state=0)

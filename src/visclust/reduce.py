@@ -431,7 +431,8 @@ def umap_embeddings(X: np.ndarray, seeds, n_components: int = 10, n_neighbors: i
                             err = f.read().decode(errors="replace").strip().splitlines()
                         raise RuntimeError(err[-1] if err else f"exit status {proc.returncode}")
                     out[i] = np.load(dest)
-                    if out[i].shape != (len(X), params["n_components"]):
+                    # fewer components than asked only when there are few distinct rows (see umap_embedding)
+                    if out[i].ndim != 2 or len(out[i]) != len(X) or not 1 <= out[i].shape[1] <= params["n_components"]:
                         raise RuntimeError(f"an embedding of shape {out[i].shape}")
                 except (OSError, ValueError, RuntimeError) as e:
                     warnings.warn(f"a UMAP child process failed ({e}); computing that embedding here instead",
