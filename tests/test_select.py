@@ -155,6 +155,18 @@ def test_choose_n_clusters_finds_the_number_of_blobs(true_k):
     assert set(scores) == set(range(2, 9)) and max(scores, key=scores.get) == k
 
 
+def test_choose_n_clusters_counts_copies_of_a_row_once():
+    """Four blobs of 40 points, each 10 times: every subsample held a copy of every point and
+    K = 2 looked exactly reproducible; the copies must give the scores of the 40 points. With
+    too few distinct rows to subsample (3 x 12), all rows are used, as before."""
+    X, _ = make_blobs(40, centers=4, n_features=6, random_state=0)
+    once = choose_n_clusters([X], (2, 8))
+    copies = choose_n_clusters([np.repeat(X, 10, axis=0)], (2, 8))
+    assert once[0] == copies[0] == 4 and copies[1] == pytest.approx(once[1])
+    three = np.repeat(np.eye(3, 5), 12, axis=0)
+    assert choose_n_clusters([three], (2, 6))[0] == 3
+
+
 def test_choose_n_clusters_is_not_fooled_by_a_dominant_coarse_split():
     # Two far-apart families of 4 groups each: the silhouette prefers the 2 families, the
     # stability against a structureless reference finds the 8 groups.

@@ -21,7 +21,7 @@ from .classify import PseudoLabelClassifier, centroid_margin
 from .cluster import _compact, check_method, cluster_features, cluster_means, nearest_distance
 from .exceptions import InputError, NotFittedError, WeightsUnavailableError
 from .io import Assignments, collect_inputs
-from .reduce import Reducer, heldout_residuals
+from .reduce import Reducer, distinct_rows, heldout_residuals
 from .select import SPACES, Candidate, agreement, choose_n_clusters, embed, embed_runs, select_pipeline
 
 #: Algorithms ``method='auto'`` chooses among (HDBSCAN and spectral are available by name:
@@ -434,14 +434,12 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         else:
             self.reducer_ = Reducer(self.n_components, bool(self.whiten), self.normalize).fit(X)
         Z = self.reducer_.transform(X)
-        first, distinct = None, len(Z)  # the first row of each distinct row, and their number
+        distinct = len(Z)
         if len(Z) > 1 and k != 1:
-            # Identical images are never split: no more groups than distinct rows (0.16 s for
-            # 100,000 x 64). K-means cannot split them; UMAP scatters identical rows at random and
-            # Ward or spectral clustering would cut a set of copies in two. Every row the same: one
-            # group, whatever K (under K = auto too).
-            first = np.unique(Z, axis=0, return_index=True)[1]
-            distinct = len(first)
+            # Identical images are never split: no more groups than distinct rows. K-means cannot
+            # split them; Ward or spectral clustering would cut a set of copies in two. Every row
+            # the same: one group, whatever K (under K = auto too).
+            distinct = distinct_rows(Z)
             k = 1 if distinct == 1 else (None if k is None else min(k, distinct))
         if k == 1:  # one group: nothing to choose, and a mixture cannot even be fitted to one image
             self.pipeline_, self.pipeline_scores_, self.k_scores_ = "pca+kmeans", {}, {}
@@ -461,18 +459,7 @@ class FeatureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             with self._stage(f"choosing the number of clusters in {self.k_range[0]}..{self.k_range[1]} "
                              f"on {self._count(len(X))}"):
                 spaces[ks] = embed_runs(Z, ks, [seed + 1000 * r for r in range(self.n_runs)], **self._umap_kw())
-                # K is counted on the distinct images: copies of an image (identical rows here
-                # and in UMAP's embedding) would be in every subsample and make a partition look
-                # more reproducible than the pictures make it (K = 2 in four blobs x 10 copies);
-                # on all rows when the distinct ones are too few to subsample (3 images x 12).
-                if distinct < len(Z):
-                    try:
-                        k, self.k_scores_ = choose_n_clusters([E[np.sort(first)] for E in spaces[ks]],
-                                                              self.k_range, k_method, random_state=seed)
-                    except InputError:
-                        k = None
-                if k is None:
-                    k, self.k_scores_ = choose_n_clusters(spaces[ks], self.k_range, k_method, random_state=seed)
+                k, self.k_scores_ = choose_n_clusters(spaces[ks], self.k_range, k_method, random_state=seed)
         cands = self._candidate_list(len(X), k, n_distinct=distinct)
         state = {"k": k, "rows": len(X), "Z": Z, "space": None, "runs": []}
         if len(cands) == 1 and sampled:

@@ -115,7 +115,7 @@ class Reducer(TransformerMixin, BaseEstimator):
             # dimension the noise directions then drown the real ones. Keep >= 10 per dim, but
             # at least 2 dims: the final L2 would leave one dim nothing but its sign. Samples
             # are distinct images: 40 images ten times over are 40 samples, not 400.
-            k = min(k, max(2, _distinct_rows(X, enough=10 * k) // 10))
+            k = min(k, max(2, distinct_rows(X, enough=10 * k) // 10))
         # Directions with (numerically) no variance, e.g. constant pixels, carry only rounding
         # noise; whitening would blow that noise up to unit variance, so they are dropped.
         k = max(1, min(k, int((evals[order] > _RANK_TOL * max(evals.max(), 1e-30)).sum())))
@@ -176,7 +176,7 @@ class Reducer(TransformerMixin, BaseEstimator):
         return r
 
 
-def _distinct_rows(X: np.ndarray, enough: int | None = None) -> int:
+def distinct_rows(X: np.ndarray, enough: int | None = None) -> int:
     """How many different rows ``X`` has (identical images give identical rows), or, when
     ``enough`` is given, possibly only some number at least ``enough``: then evenly spaced
     rows are counted first, and all of them only if those are too few (100,000 x 1,280 rows
