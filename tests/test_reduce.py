@@ -204,6 +204,17 @@ def test_umap_children_die_with_the_process_that_started_them(tmp_path):
     assert list(temp.iterdir()) == []
 
 
+def test_distinct_rows_counts_whole_only_when_a_spread_sample_has_too_few():
+    from visclust.reduce import distinct_rows
+
+    X = np.random.default_rng(0).normal(size=(1000, 8)).astype(np.float32)
+    assert distinct_rows(X) == 1000
+    assert 100 <= distinct_rows(X, enough=100) < 1000  # 400 evenly spaced rows were enough
+    copies = np.repeat(X[:40], 30, axis=0)
+    assert distinct_rows(copies, enough=100) == distinct_rows(copies) == 40
+    assert distinct_rows(np.zeros((5, 0))) == 1 and distinct_rows(np.zeros((0, 3))) == 0
+
+
 def test_copies_of_an_image_count_once_in_the_whitening_cap_and_in_umap():
     """40 images 10 times over are 40 samples: whitening keeps one dimension per 10 distinct
     images (it kept 20 of 20 here, 4 without the copies), and UMAP embeds each distinct row

@@ -182,8 +182,10 @@ def distinct_rows(X: np.ndarray, enough: int | None = None) -> int:
     rows are counted first, and all of them only if those are too few (100,000 x 1,280 rows
     cost 0.9 s to count whole)."""
     X = np.ascontiguousarray(X)
-    if len(X) < 2 or X.shape[1] == 0:
-        return min(len(X), 1) if X.shape[1] == 0 else len(X)
+    if X.shape[1] == 0:  # rows without columns are all alike
+        return min(len(X), 1)
+    if len(X) < 2:
+        return len(X)
     rows = X.view(np.dtype((np.void, X.dtype.itemsize * X.shape[1]))).ravel()  # one bytes value per row
     if enough is not None and len(rows) > 4 * enough:
         seen = len(np.unique(rows[::len(rows) // (4 * enough)]))
