@@ -104,8 +104,9 @@ def test_umap_embeddings_in_child_processes_equal_the_sequential_ones(parallel_u
 
 
 def test_umap_children_on_few_distinct_rows_give_fewer_components_without_a_warning(parallel_umap):
-    """7 distinct rows 30 times each: each embedding has 5 components (distinct rows - 2), and
-    the children's were refused as the wrong shape and computed again here, with a warning."""
+    """7 distinct rows 30 times each: each embedding has 5 components (distinct rows - 2);
+    the children's embeddings were refused as the wrong shape and computed again here, with a
+    warning, until the shape check allowed fewer components (2026-12-07)."""
     import warnings
 
     X = np.repeat(np.random.default_rng(0).normal(size=(7, 6)).astype(np.float32), 30, axis=0)
@@ -317,7 +318,8 @@ def test_umap_embedding_below_4096_rows_equals_umaps_own_exact_path(n_neighbors,
 
     X, _ = make_blobs(400, centers=4, n_features=12, random_state=2)
     X = X.astype(np.float32)
-    X[1:4] = X[0]  # duplicate rows
+    X[1:4] = X[0]  # duplicate rows: embedded once
+    X[4:6] = X[6] * np.array([[2.0], [3.0]], np.float32)  # distinct rows, but ties at cosine distance 0
     ours = umap_embedding(X, n_components=3, n_neighbors=n_neighbors, random_state=5, metric=metric)
     distinct = [0] + list(range(4, 400))
     theirs = umap.UMAP(n_components=3, n_neighbors=n_neighbors, min_dist=0.0, metric=metric, random_state=5,
