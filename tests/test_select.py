@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
+from sklearn.metrics import adjusted_rand_score
 
 from visclust.cluster import select_n_clusters
 from visclust.evaluate import hungarian_accuracy
 from visclust.exceptions import InputError
-from visclust.select import (Candidate, adjusted_rand, agreement, align_to, centrality, choose_n_clusters,
+from visclust.select import (Candidate, adjusted_rand, agreement, align_to, best_k, centrality, choose_n_clusters,
                              consensus_labels, copy_retrieval, paired_test,
                              describe_k_choice, medoid_run, most_central, neighbour_support, other_levels,
                              select_pipeline, stability, subsample_run)
@@ -181,7 +183,35 @@ def test_choose_n_clusters_is_not_fooled_by_a_dominant_coarse_split():
     # the coarse level (the two families) is still offered as a next best level
     assert 2 in other_levels(scores) and 8 not in other_levels(scores)
     line = describe_k_choice(scores)
-    assert line.startswith("--clusters auto chose 8 of 2..12 (reproduced exactly); next best: ") and "2 (" in line
+    assert line.startswith("--clusters auto chose 8 of 2..12 (score ") and "; next best: " in line and "2 (" in line
+
+
+def test_an_exact_coarse_split_does_not_outrank_a_finer_level_reproduced_almost_exactly():
+    # The same two families of 4 groups, each group wider: the families (k = 2) are still
+    # reproduced exactly, the groups within them almost. A Gaussian reference is split in two
+    # almost as reproducibly (disagreement ~0.02), so the exact k = 2 is little evidence; until
+    # 2026-12-07 any exact k won and this chose 2.
+    rng = np.random.default_rng(0)
+    sub = rng.normal(0, 5, (4, 6))
+    shift = np.array([40, 0, 0, 0, 0, 0])
+    centers = np.concatenate([sub + shift, sub * [1, -1, 1, -1, 1, -1] - shift])
+    X, truth = make_blobs(800, centers=centers, cluster_std=2.4, random_state=0)
+    k, scores = choose_n_clusters([X], (2, 12))
+    assert scores[2] < 100 < scores[k] and k >= 6
+    assert 2 in other_levels(scores)  # the families are still offered as a level
+    # the finer level chosen agrees with the 8 groups far better than the 2 families do
+    ari = {j: adjusted_rand_score(truth, KMeans(j, n_init=10, random_state=0).fit_predict(X)) for j in (2, k)}
+    assert ari[k] > ari[2] + 0.3
+
+
+def test_of_the_partitions_reproduced_exactly_the_finest_ranks_first():
+    # Well-separated groups are reproduced exactly at their number and when whole groups are
+    # merged; the reference's disagreement at a smaller k can be the larger (one sample), and
+    # each exact k is scored against the largest up to it, so the finest exact k still wins.
+    X, _ = make_blobs(600, centers=6, n_features=5, cluster_std=0.3, center_box=(-30, 30), random_state=4)
+    k, scores = choose_n_clusters([X], (2, 10))
+    assert k == 6
+    assert best_k({2: 5.0, 3: 7.0, 4: 7.0, 5: 1.0}) == 4  # a tie goes to the larger k
 
 
 def test_other_levels_are_the_local_maxima_after_the_best():
