@@ -669,11 +669,10 @@ def choose_n_clusters(embeddings, k_range=(2, 30), method: str = "kmeans", *, n_
         data = stability(runs)
         ref = stability([subsample_run(null, k, method, s, subsample) for s in seeds])
         # Well-separated groups are reproduced exactly at their number and also when whole
-        # groups are merged: the finest partition reproduced exactly ranks first.
-        # A disagreement below the measurement's resolution counts as that resolution, so an
-        # exact k beats a non-exact one only where the reference is far from exact too. Its
-        # reference is the largest at any k up to it (a Gaussian's disagreement does not
-        # fall with k but a single sample's can), so that of exact ks the finest ranks first.
+        # groups are merged. A disagreement below the measurement's resolution counts as that
+        # resolution, so an exact k beats a non-exact one only where the reference is far from
+        # exact too. Its reference is the largest at any k up to it (a Gaussian's disagreement
+        # does not fall with k but a single sample's can), so of exact ks the finest ranks first.
         ref_max = max(ref_max, 1.0 - ref)
         exact = 1.0 - data <= _EXACT
         scores[k] = float(ref_max / _EXACT) if exact else float((1.0 - ref) / (1.0 - data))
