@@ -169,14 +169,19 @@ def test_choose_n_clusters_counts_copies_of_a_row_once():
     assert choose_n_clusters([three], (2, 6))[0] == 3
 
 
-def test_choose_n_clusters_is_not_fooled_by_a_dominant_coarse_split():
-    # Two far-apart families of 4 groups each: the silhouette prefers the 2 families, the
-    # stability against a structureless reference finds the 8 groups.
+def _two_families(cluster_std: float):
+    """800 points in two far-apart families of 4 groups each (8 groups), and their groups."""
     rng = np.random.default_rng(0)
     sub = rng.normal(0, 5, (4, 6))
     shift = np.array([40, 0, 0, 0, 0, 0])
     centers = np.concatenate([sub + shift, sub * [1, -1, 1, -1, 1, -1] - shift])
-    X, _ = make_blobs(800, centers=centers, cluster_std=1.0, random_state=0)
+    return make_blobs(800, centers=centers, cluster_std=cluster_std, random_state=0)
+
+
+def test_choose_n_clusters_is_not_fooled_by_a_dominant_coarse_split():
+    # Two far-apart families of 4 groups each: the silhouette prefers the 2 families, the
+    # stability against a structureless reference finds the 8 groups.
+    X, _ = _two_families(1.0)
     assert select_n_clusters(X, (2, 12), metric="euclidean")[0] == 2
     k, scores = choose_n_clusters([X], (2, 12))
     assert k == 8
@@ -191,11 +196,7 @@ def test_an_exact_coarse_split_does_not_outrank_a_finer_level_reproduced_almost_
     # reproduced exactly, the groups within them almost. A Gaussian reference is split in two
     # almost as reproducibly (disagreement ~0.02), so the exact k = 2 is little evidence; until
     # 2026-12-07 any exact k won and this chose 2.
-    rng = np.random.default_rng(0)
-    sub = rng.normal(0, 5, (4, 6))
-    shift = np.array([40, 0, 0, 0, 0, 0])
-    centers = np.concatenate([sub + shift, sub * [1, -1, 1, -1, 1, -1] - shift])
-    X, truth = make_blobs(800, centers=centers, cluster_std=2.4, random_state=0)
+    X, truth = _two_families(2.4)
     k, scores = choose_n_clusters([X], (2, 12))
     assert scores[2] < 100 < scores[k] and k >= 6
     assert 2 in other_levels(scores)  # the families are still offered as a level
